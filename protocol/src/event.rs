@@ -1,0 +1,376 @@
+//! Events: one change of one topic, stored and sent in a single encoding.
+//!
+//! An [`Event`] owns exactly one buffer: its MessagePack encoding
+//! `[topic, payload, timestamp, origin, id, iteration, kind]`. The broker
+//! keeps that buffer as the topic's latest value and splices it unchanged
+//! into every delivery frame, so an event is encoded once however many
+//! subscribers receive it.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::ProtocolError;
+use crate::topic::TopicRules;
+use crate::wire::{self, Reader};
+
+/// A globally unique event id (16 bytes).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct EventId(pub [u8; 16]);
+
+impl fmt::Debug for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventId({self})")
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an event sets a value or deletes the topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// The topic holds the payload.
+    Value = 0,
+    /// The topic was deleted; the payload is empty.
+    Tombstone = 1,
+}
+
+impl EventKind {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Value => "value",
+            EventKind::Tombstone => "tombstone",
+        }
+    }
+}
+
+/// The fields that order two events of one topic: last writer wins by
+/// timestamp, then origin, then id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OrderKey<'a> {
+    /// Microseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Who wrote the event.
+    pub origin: &'a str,
+    /// The event's unique id.
+    pub id: &'a EventId,
+}
+
+/// One applied (or proposed) change of a topic.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Event {
+    raw: Bytes,
+    topic: Range<u32>,
+    payload: Range<u32>,
+    origin: Range<u32>,
+    timestamp: u64,
+    iteration: u64,
+    id: EventId,
+    kind: EventKind,
+}
+
+/// The parts of an event before it is encoded.
+#[derive(Debug, Clone, Copy)]
+pub struct EventParts<'a> {
+    /// The topic changed.
+    pub topic: &'a str,
+    /// The new value (empty for a tombstone).
+    pub payload: &'a [u8],
+    /// Microseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Who wrote it: a node id or an authenticated subject.
+    pub origin: &'a str,
+    /// Unique id.
+    pub id: EventId,
+    /// The applying node's sequence number (0 when not applied).
+    pub iteration: u64,
+    /// Value or tombstone.
+    pub kind: EventKind,
+}
+
+impl<'a> EventParts<'a> {
+    /// The conflict-resolution key of these parts.
+    pub fn order_key(&self) -> OrderKey<'_> {
+        OrderKey {
+            timestamp: self.timestamp,
+            origin: self.origin,
+            id: &self.id,
+        }
+    }
+
+    /// Encodes the parts into a new event with its own exact-size buffer.
+    pub fn encode(&self) -> Event {
+        let cap = 1
+            + wire::header_len(self.topic.len())
+            + wire::header_len(self.payload.len())
+            + 9
+            + wire::header_len(self.origin.len())
+            + wire::header_len(16)
+            + 9
+            + 1;
+        let mut buf = BytesMut::with_capacity(cap);
+        wire::put_array(&mut buf, 7);
+        let topic_start = buf.len() + str_header(self.topic.len());
+        wire::put_str(&mut buf, self.topic);
+        let topic = topic_start..buf.len();
+        let payload_start = buf.len() + bin_header(self.payload.len());
+        wire::put_bin(&mut buf, self.payload);
+        let payload = payload_start..buf.len();
+        wire::put_uint(&mut buf, self.timestamp);
+        let origin_start = buf.len() + str_header(self.origin.len());
+        wire::put_str(&mut buf, self.origin);
+        let origin = origin_start..buf.len();
+        wire::put_bin(&mut buf, &self.id.0);
+        wire::put_uint(&mut buf, self.iteration);
+        wire::put_uint(&mut buf, self.kind as u64);
+        Event {
+            raw: buf.freeze(),
+            topic: range32(topic),
+            payload: range32(payload),
+            origin: range32(origin),
+            timestamp: self.timestamp,
+            iteration: self.iteration,
+            id: self.id,
+            kind: self.kind,
+        }
+    }
+}
+
+fn str_header(len: usize) -> usize {
+    match len {
+        0..=31 => 1,
+        32..=255 => 2,
+        256..=65535 => 3,
+        _ => 5,
+    }
+}
+
+fn bin_header(len: usize) -> usize {
+    match len {
+        0..=255 => 2,
+        256..=65535 => 3,
+        _ => 5,
+    }
+}
+
+fn range32(r: Range<usize>) -> Range<u32> {
+    // Frames are far below 4 GiB (the length prefix is a u32).
+    r.start as u32..r.end as u32
+}
+
+impl Event {
+    /// Reads one event from a frame, validating its topic with `rules`.
+    pub(crate) fn read(r: &mut Reader<'_>, rules: &TopicRules) -> Result<Event, ProtocolError> {
+        let start = r.position();
+        r.array_of(7, "event: array of 7")?;
+        let topic = r.str_span("event: topic string")?;
+        let topic_str = std::str::from_utf8(r.bytes_of(topic.clone()))
+            .map_err(|_| r.malformed("event: topic string"))?;
+        rules.check(topic_str, false)?;
+        let payload = r.bin_span("event: payload binary")?;
+        let timestamp = r.uint("event: timestamp")?;
+        let origin = r.str_span("event: origin string")?;
+        let id_span = r.bin_span("event: id binary")?;
+        let id: [u8; 16] = r
+            .bytes_of(id_span)
+            .try_into()
+            .map_err(|_| r.malformed("event: id must be 16 bytes"))?;
+        let iteration = r.uint("event: iteration")?;
+        let kind = match r.uint("event: kind")? {
+            0 => EventKind::Value,
+            1 => EventKind::Tombstone,
+            _ => return Err(r.malformed("event: kind must be 0 or 1")),
+        };
+        let rel = |s: Range<usize>| range32(s.start - start..s.end - start);
+        Ok(Event {
+            raw: r.slice_from(start),
+            topic: rel(topic),
+            payload: rel(payload),
+            origin: rel(origin),
+            timestamp,
+            iteration,
+            id: EventId(id),
+            kind,
+        })
+    }
+
+    /// The topic this event changed.
+    pub fn topic(&self) -> &str {
+        // SAFETY: the range was written by `put_str` from a `&str` or
+        // checked as UTF-8 by `Reader::str_bytes`; `Bytes` is immutable.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::str::from_utf8_unchecked(
+                &self.raw[self.topic.start as usize..self.topic.end as usize],
+            )
+        }
+    }
+
+    /// The payload, sharing the event's buffer.
+    pub fn payload(&self) -> Bytes {
+        self.raw
+            .slice(self.payload.start as usize..self.payload.end as usize)
+    }
+
+    /// The payload as a byte slice.
+    pub fn payload_bytes(&self) -> &[u8] {
+        &self.raw[self.payload.start as usize..self.payload.end as usize]
+    }
+
+    /// Who wrote the event.
+    pub fn origin(&self) -> &str {
+        // SAFETY: as for `topic`.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::str::from_utf8_unchecked(
+                &self.raw[self.origin.start as usize..self.origin.end as usize],
+            )
+        }
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    /// The applying node's sequence number (0 when not applied).
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Unique id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// Value or tombstone.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Whether this event deletes its topic.
+    pub fn is_tombstone(&self) -> bool {
+        self.kind == EventKind::Tombstone
+    }
+
+    /// The MessagePack encoding of the event.
+    pub fn encoded(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The conflict-resolution key.
+    pub fn order_key(&self) -> OrderKey<'_> {
+        OrderKey {
+            timestamp: self.timestamp,
+            origin: self.origin(),
+            id: &self.id,
+        }
+    }
+
+    /// Compares two events by last-writer-wins order.
+    pub fn cmp_order(&self, other: &Event) -> Ordering {
+        self.order_key().cmp(&other.order_key())
+    }
+
+    /// The parts of this event, borrowing its buffer.
+    pub fn parts(&self) -> EventParts<'_> {
+        EventParts {
+            topic: self.topic(),
+            payload: self.payload_bytes(),
+            timestamp: self.timestamp,
+            origin: self.origin(),
+            id: self.id,
+            iteration: self.iteration,
+            kind: self.kind,
+        }
+    }
+
+    /// The same event numbered with another iteration (re-encoded).
+    pub fn with_iteration(&self, iteration: u64) -> Event {
+        EventParts {
+            iteration,
+            ..self.parts()
+        }
+        .encode()
+    }
+}
+
+impl fmt::Debug for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Event")
+            .field("topic", &self.topic())
+            .field("payload_len", &self.payload.len())
+            .field("timestamp", &self.timestamp)
+            .field("origin", &self.origin())
+            .field("id", &self.id)
+            .field("iteration", &self.iteration)
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(topic: &'a str, payload: &'a [u8]) -> EventParts<'a> {
+        EventParts {
+            topic,
+            payload,
+            timestamp: 1_700_000_000_000_000,
+            origin: "node-a",
+            id: EventId([7; 16]),
+            iteration: 42,
+            kind: EventKind::Value,
+        }
+    }
+
+    #[test]
+    fn encode_then_read_round_trips() {
+        for len in [0usize, 1, 255, 256, 70_000] {
+            let payload = vec![0xabu8; len];
+            let topic = "t".repeat(40);
+            let ev = parts(&topic, &payload).encode();
+            let mut r = Reader::new(ev.encoded());
+            let back = Event::read(&mut r, &TopicRules::default()).unwrap();
+            r.finish().unwrap();
+            assert_eq!(back, ev);
+            assert_eq!(back.payload_bytes(), &payload[..]);
+            assert_eq!(back.topic(), topic);
+            assert_eq!(back.origin(), "node-a");
+            assert_eq!(back.iteration(), 42);
+        }
+    }
+
+    #[test]
+    fn order_is_timestamp_then_origin_then_id() {
+        let a = parts("x", b"1").encode();
+        let mut p = parts("x", b"2");
+        p.origin = "node-b";
+        let b = p.encode();
+        assert_eq!(a.cmp_order(&b), Ordering::Less);
+        p.timestamp -= 1;
+        let c = p.encode();
+        assert_eq!(c.cmp_order(&a), Ordering::Less);
+    }
+
+    #[test]
+    fn with_iteration_keeps_everything_else() {
+        let a = parts("x/y", b"hello").encode();
+        let b = a.with_iteration(99);
+        assert_eq!(b.iteration(), 99);
+        assert_eq!(b.topic(), "x/y");
+        assert_eq!(b.payload_bytes(), b"hello");
+        assert_eq!(b.order_key(), a.order_key());
+    }
+}

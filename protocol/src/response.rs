@@ -1,0 +1,401 @@
+//! Messages the broker sends to a client.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use crate::error::{ErrorCode, ProtocolError};
+use crate::event::Event;
+use crate::frame::{begin_frame, end_frame};
+use crate::topic::TopicRules;
+use crate::wire::{self, Reader};
+
+/// Message type codes of broker messages.
+pub mod kind {
+    /// Handshake answer.
+    pub const WELCOME: u64 = 0x81;
+    /// Answer to a ping.
+    pub const PONG: u64 = 0x82;
+    /// Answer to a publish, publish-if-absent or delete.
+    pub const REPORT: u64 = 0x90;
+    /// Answer to a get.
+    pub const VALUE: u64 = 0x91;
+    /// An event delivered to a subscription.
+    pub const EVENT: u64 = 0x92;
+    /// End of a subscription's snapshot.
+    pub const SNAPSHOT_COMPLETE: u64 = 0x93;
+    /// Answer to an unsubscribe.
+    pub const UNSUBSCRIBED: u64 = 0x94;
+    /// Notice that a slow subscription skipped intermediate events.
+    pub const CONFLATED: u64 = 0x95;
+    /// An error.
+    pub const ERROR: u64 = 0xff;
+}
+
+/// Subscribers notified at each prefix level, from the root down to the topic.
+pub type Counts = SmallVec<[u32; 8]>;
+
+/// Publish status codes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStatus {
+    /// Applied: the event is now the topic's latest.
+    New = 0,
+    /// This exact event was applied before; nothing changed.
+    Existing = 1,
+    /// A later event is already there; nothing changed.
+    TooLate = 2,
+    /// Publish-if-absent found a live value; nothing changed.
+    Present = 3,
+}
+
+impl PublishStatus {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublishStatus::New => "new",
+            PublishStatus::Existing => "existing",
+            PublishStatus::TooLate => "too_late",
+            PublishStatus::Present => "present",
+        }
+    }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    New {
+        /// The applied event, with its iteration.
+        event: Event,
+        /// The event it replaced, if any.
+        previous: Option<Event>,
+        /// Subscribers notified at each level, root first.
+        notified: Counts,
+    },
+    /// Already applied earlier.
+    Existing {
+        /// The stored event.
+        event: Event,
+    },
+    /// Ordered before the topic's current event.
+    TooLate {
+        /// The event that was not applied (iteration 0).
+        rejected: Event,
+        /// The current event, which wins.
+        current: Event,
+    },
+    /// Publish-if-absent on a topic with a live value.
+    Present {
+        /// The current event, unchanged.
+        current: Event,
+    },
+}
+
+impl Outcome {
+    /// The wire status of this outcome.
+    pub fn status(&self) -> PublishStatus {
+        match self {
+            Outcome::New { .. } => PublishStatus::New,
+            Outcome::Existing { .. } => PublishStatus::Existing,
+            Outcome::TooLate { .. } => PublishStatus::TooLate,
+            Outcome::Present { .. } => PublishStatus::Present,
+        }
+    }
+
+    /// The event the report is about (see the wire table in docs/protocol.md).
+    pub fn event(&self) -> &Event {
+        match self {
+            Outcome::New { event, .. } | Outcome::Existing { event } => event,
+            Outcome::TooLate { rejected, .. } => rejected,
+            Outcome::Present { current } => current,
+        }
+    }
+}
+
+/// An error frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// The request it answers, or `None` for the connection as a whole.
+    pub req_id: Option<u64>,
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// A broker message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Handshake accepted.
+    Welcome {
+        /// Protocol version the broker will speak.
+        version: u64,
+        /// The broker's node id.
+        node_id: String,
+        /// The broker's current iteration.
+        iteration: u64,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// Request id.
+        req_id: u64,
+    },
+    /// Answer to a publish, publish-if-absent or delete.
+    Report {
+        /// Request id.
+        req_id: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+    /// Answer to a get; `None` when the topic has no live value.
+    Value {
+        /// Request id.
+        req_id: u64,
+        /// The latest event, if live.
+        event: Option<Event>,
+    },
+    /// An event for a subscription.
+    Event {
+        /// Subscription id.
+        sub_id: u64,
+        /// The event.
+        event: Event,
+    },
+    /// The snapshot of a subscription is complete; live events follow.
+    SnapshotComplete {
+        /// Subscription id.
+        sub_id: u64,
+        /// The broker iteration the snapshot covers.
+        iteration: u64,
+    },
+    /// The subscription is ended; no event for it follows.
+    Unsubscribed {
+        /// Request id.
+        req_id: u64,
+    },
+    /// The subscription was too slow: intermediate values were skipped, the
+    /// latest value of every changed topic was delivered.
+    Conflated {
+        /// Subscription id.
+        sub_id: u64,
+        /// How many events were replaced by later ones.
+        skipped: u64,
+    },
+    /// An error.
+    Error(ErrorFrame),
+}
+
+fn put_opt_event(dst: &mut BytesMut, ev: Option<&Event>) {
+    match ev {
+        Some(e) => dst.put_slice(e.encoded()),
+        None => wire::put_nil(dst),
+    }
+}
+
+/// Appends an event delivery frame without building a [`Response`].
+pub fn encode_event(dst: &mut BytesMut, sub_id: u64, event: &Event) {
+    let start = begin_frame(dst);
+    wire::put_array(dst, 3);
+    wire::put_uint(dst, kind::EVENT);
+    wire::put_uint(dst, sub_id);
+    dst.put_slice(event.encoded());
+    end_frame(dst, start);
+}
+
+impl Response {
+    /// Appends this message as a complete frame to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        if let Response::Event { sub_id, event } = self {
+            return encode_event(dst, *sub_id, event);
+        }
+        let start = begin_frame(dst);
+        match self {
+            Response::Welcome {
+                version,
+                node_id,
+                iteration,
+            } => {
+                wire::put_array(dst, 4);
+                wire::put_uint(dst, kind::WELCOME);
+                wire::put_uint(dst, *version);
+                wire::put_str(dst, node_id);
+                wire::put_uint(dst, *iteration);
+            }
+            Response::Pong { req_id } => {
+                wire::put_array(dst, 2);
+                wire::put_uint(dst, kind::PONG);
+                wire::put_uint(dst, *req_id);
+            }
+            Response::Report { req_id, outcome } => {
+                wire::put_array(dst, 6);
+                wire::put_uint(dst, kind::REPORT);
+                wire::put_uint(dst, *req_id);
+                wire::put_uint(dst, outcome.status() as u64);
+                dst.put_slice(outcome.event().encoded());
+                let (other, notified): (Option<&Event>, &[u32]) = match outcome {
+                    Outcome::New {
+                        previous, notified, ..
+                    } => (previous.as_ref(), notified),
+                    Outcome::TooLate { current, .. } => (Some(current), &[]),
+                    Outcome::Existing { .. } | Outcome::Present { .. } => (None, &[]),
+                };
+                put_opt_event(dst, other);
+                wire::put_array(dst, notified.len());
+                for n in notified {
+                    wire::put_uint(dst, u64::from(*n));
+                }
+            }
+            Response::Value { req_id, event } => {
+                wire::put_array(dst, 3);
+                wire::put_uint(dst, kind::VALUE);
+                wire::put_uint(dst, *req_id);
+                put_opt_event(dst, event.as_ref());
+            }
+            Response::Event { .. } => {}
+            Response::SnapshotComplete { sub_id, iteration } => {
+                wire::put_array(dst, 3);
+                wire::put_uint(dst, kind::SNAPSHOT_COMPLETE);
+                wire::put_uint(dst, *sub_id);
+                wire::put_uint(dst, *iteration);
+            }
+            Response::Unsubscribed { req_id } => {
+                wire::put_array(dst, 2);
+                wire::put_uint(dst, kind::UNSUBSCRIBED);
+                wire::put_uint(dst, *req_id);
+            }
+            Response::Conflated { sub_id, skipped } => {
+                wire::put_array(dst, 3);
+                wire::put_uint(dst, kind::CONFLATED);
+                wire::put_uint(dst, *sub_id);
+                wire::put_uint(dst, *skipped);
+            }
+            Response::Error(e) => {
+                wire::put_array(dst, 4);
+                wire::put_uint(dst, kind::ERROR);
+                match e.req_id {
+                    Some(id) => wire::put_uint(dst, id),
+                    None => wire::put_nil(dst),
+                }
+                wire::put_uint(dst, e.code as u64);
+                wire::put_str(dst, &e.message);
+            }
+        }
+        end_frame(dst, start);
+    }
+
+    /// Decodes one frame body. Clients should pass permissive `rules`: the
+    /// broker already enforced its own.
+    pub fn decode(frame: &Bytes, rules: &TopicRules) -> Result<Response, ProtocolError> {
+        let mut r = Reader::new(frame);
+        let len = r.array_between(2, 16, "response: array")?;
+        let code = r.uint("response: type code")?;
+        let expect = |r: &Reader<'_>, n: usize| {
+            if len == n {
+                Ok(())
+            } else {
+                Err(r.malformed("response: wrong number of fields for this type"))
+            }
+        };
+        let resp = match code {
+            kind::WELCOME => {
+                expect(&r, 4)?;
+                Response::Welcome {
+                    version: r.uint("welcome: version")?,
+                    node_id: r.string("welcome: node id")?,
+                    iteration: r.uint("welcome: iteration")?,
+                }
+            }
+            kind::PONG => {
+                expect(&r, 2)?;
+                Response::Pong {
+                    req_id: r.uint("pong: request id")?,
+                }
+            }
+            kind::REPORT => {
+                expect(&r, 6)?;
+                let req_id = r.uint("report: request id")?;
+                let status = r.uint("report: status")?;
+                let event = Event::read(&mut r, rules)?;
+                let other = if r.nil() {
+                    None
+                } else {
+                    Some(Event::read(&mut r, rules)?)
+                };
+                let n = r.array("report: notified counts")?;
+                let mut notified = Counts::new();
+                for _ in 0..n {
+                    notified.push(r.u32("report: notified count")?);
+                }
+                let outcome = match (status, other) {
+                    (0, previous) => Outcome::New {
+                        event,
+                        previous,
+                        notified,
+                    },
+                    (1, None) => Outcome::Existing { event },
+                    (2, Some(current)) => Outcome::TooLate {
+                        rejected: event,
+                        current,
+                    },
+                    (3, None) => Outcome::Present { current: event },
+                    _ => return Err(r.malformed("report: unknown status or missing event")),
+                };
+                Response::Report { req_id, outcome }
+            }
+            kind::VALUE => {
+                expect(&r, 3)?;
+                let req_id = r.uint("value: request id")?;
+                let event = if r.nil() {
+                    None
+                } else {
+                    Some(Event::read(&mut r, rules)?)
+                };
+                Response::Value { req_id, event }
+            }
+            kind::EVENT => {
+                expect(&r, 3)?;
+                let sub_id = r.uint("event: subscription id")?;
+                let event = Event::read(&mut r, rules)?;
+                Response::Event { sub_id, event }
+            }
+            kind::SNAPSHOT_COMPLETE => {
+                expect(&r, 3)?;
+                Response::SnapshotComplete {
+                    sub_id: r.uint("snapshot complete: subscription id")?,
+                    iteration: r.uint("snapshot complete: iteration")?,
+                }
+            }
+            kind::UNSUBSCRIBED => {
+                expect(&r, 2)?;
+                Response::Unsubscribed {
+                    req_id: r.uint("unsubscribed: request id")?,
+                }
+            }
+            kind::CONFLATED => {
+                expect(&r, 3)?;
+                Response::Conflated {
+                    sub_id: r.uint("conflated: subscription id")?,
+                    skipped: r.uint("conflated: skipped")?,
+                }
+            }
+            kind::ERROR => {
+                expect(&r, 4)?;
+                let req_id = if r.nil() {
+                    None
+                } else {
+                    Some(r.uint("error: request id")?)
+                };
+                let raw = r.uint("error: code")?;
+                let code = ErrorCode::from_u64(raw).ok_or(ProtocolError::UnknownErrorCode(raw))?;
+                let message = r.string("error: message")?;
+                Response::Error(ErrorFrame {
+                    req_id,
+                    code,
+                    message,
+                })
+            }
+            other => return Err(ProtocolError::UnknownMessage(other)),
+        };
+        r.finish()?;
+        Ok(resp)
+    }
+}
