@@ -1,1 +1,54 @@
-fn main() {}
+//! The Spread broker: a pub/sub server where every topic keeps its latest
+//! value.
+//!
+//! Data path: [`connection`] tasks decode requests off TLS and send them in
+//! batches to the [`engine`] thread, which applies them to the topic tree in
+//! one total order and stages answers and deliveries per connection; each
+//! connection's writer encodes what it takes into one buffer per TLS write.
+//! See `docs/architecture.md`.
+
+#![deny(missing_docs)]
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod config;
+pub mod connection;
+pub mod engine;
+pub mod node;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use config::{Args, Config};
+pub use server::Server;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The data directory could not be used.
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The engine thread could not start.
+    #[error("cannot start the engine: {0}")]
+    Engine(std::io::Error),
+}

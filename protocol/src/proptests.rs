@@ -62,10 +62,12 @@ fn request() -> impl Strategy<Value = Request> {
             any::<u64>(),
             topic(),
             proptest::collection::vec(any::<u8>(), 0..200),
-            proptest::option::of(any::<u64>()),
+            proptest::option::of((any::<u64>(), proptest::option::of(any::<[u8; 16]>()))),
             0..3u8
         )
-            .prop_map(|(req_id, topic, payload, timestamp, m)| {
+            .prop_map(|(req_id, topic, payload, stamp, m)| {
+                let timestamp = stamp.map(|(ts, _)| ts);
+                let id = stamp.and_then(|(_, id)| id).map(EventId);
                 let mode =
                     [PublishMode::Set, PublishMode::IfAbsent, PublishMode::Delete][usize::from(m)];
                 let payload = if mode == PublishMode::Delete {
@@ -78,6 +80,7 @@ fn request() -> impl Strategy<Value = Request> {
                     topic,
                     payload,
                     timestamp,
+                    id,
                     mode,
                 })
             }),

@@ -1,0 +1,276 @@
+//! Configuration: flags, `SPREAD_*` environment variables and an optional
+//! TOML file, in that order of precedence, over built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use spread_protocol::topic::{DEFAULT_MAX_TOPIC_DEPTH, DEFAULT_MAX_TOPIC_LEN};
+use spread_protocol::{TopicRules, DEFAULT_MAX_FRAME};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./spread-data";
+
+/// Why the configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML file is invalid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {name}: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Command-line flags of `spread-broker` (each also read from `SPREAD_*`).
+#[derive(Debug, Default, Clone, clap::Parser)]
+#[command(name = "spread-broker", version, about = "The Spread broker")]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "SPREAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7411].
+    #[arg(long, env = "SPREAD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the node id, TLS material and (later) the log [default: ./spread-data].
+    #[arg(long, env = "SPREAD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node id [default: generated once and kept in the data dir].
+    #[arg(long, env = "SPREAD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// PEM certificate chain [default: a local CA and certificate in <data-dir>/tls].
+    #[arg(long, env = "SPREAD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the certificate.
+    #[arg(long, env = "SPREAD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest frame accepted, in bytes [default: 8388608].
+    #[arg(long, env = "SPREAD_MAX_FRAME")]
+    pub max_frame: Option<usize>,
+    /// Longest topic, in bytes [default: 1024].
+    #[arg(long, env = "SPREAD_MAX_TOPIC_LEN")]
+    pub max_topic_len: Option<usize>,
+    /// Most segments in a topic [default: 32].
+    #[arg(long, env = "SPREAD_MAX_TOPIC_DEPTH")]
+    pub max_topic_depth: Option<usize>,
+    /// Bytes of live events queued per connection before it conflates [default: 4194304].
+    #[arg(long, env = "SPREAD_SUBSCRIBER_BUFFER")]
+    pub subscriber_buffer: Option<usize>,
+    /// Requests a connection may have unanswered [default: 4096].
+    #[arg(long, env = "SPREAD_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+    /// Most simultaneous connections [default: 10000].
+    #[arg(long, env = "SPREAD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+}
+
+/// The TOML file: the same settings as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    node_id: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_frame: Option<usize>,
+    max_topic_len: Option<usize>,
+    max_topic_depth: Option<usize>,
+    subscriber_buffer: Option<usize>,
+    max_inflight: Option<usize>,
+    max_connections: Option<usize>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Node id, if set explicitly.
+    pub node_id: Option<String>,
+    /// Certificate chain and key files, if given.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Largest frame accepted.
+    pub max_frame: usize,
+    /// Topic limits.
+    pub topic_rules: TopicRules,
+    /// Bytes of live events queued per connection before conflation.
+    pub subscriber_buffer: usize,
+    /// Unanswered requests allowed per connection.
+    pub max_inflight: usize,
+    /// Simultaneous connections allowed.
+    pub max_connections: usize,
+}
+
+impl Config {
+    /// Resolves flags over the file over the defaults.
+    pub fn resolve(args: Args) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let default_listen: SocketAddr =
+            DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                name: "listen",
+                reason: "bad built-in default".into(),
+            })?;
+        let tls_files = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "tls_cert/tls_key",
+                    reason: "give both the certificate and the key, or neither".into(),
+                })
+            }
+        };
+        let cfg = Config {
+            listen: args.listen.or(file.listen).unwrap_or(default_listen),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            node_id: args.node_id.or(file.node_id),
+            tls_files,
+            max_frame: args
+                .max_frame
+                .or(file.max_frame)
+                .unwrap_or(DEFAULT_MAX_FRAME),
+            topic_rules: TopicRules {
+                max_len: args
+                    .max_topic_len
+                    .or(file.max_topic_len)
+                    .unwrap_or(DEFAULT_MAX_TOPIC_LEN),
+                max_depth: args
+                    .max_topic_depth
+                    .or(file.max_topic_depth)
+                    .unwrap_or(DEFAULT_MAX_TOPIC_DEPTH),
+            },
+            subscriber_buffer: args
+                .subscriber_buffer
+                .or(file.subscriber_buffer)
+                .unwrap_or(4 * 1024 * 1024),
+            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(4096),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(10_000),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be greater than 0".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("max_frame", self.max_frame)?;
+        positive("max_topic_len", self.topic_rules.max_len)?;
+        positive("max_topic_depth", self.topic_rules.max_depth)?;
+        positive("max_inflight", self.max_inflight)?;
+        positive("max_connections", self.max_connections)?;
+        if self.max_frame > u32::MAX as usize {
+            return Err(ConfigError::Invalid {
+                name: "max_frame",
+                reason: format!("must be at most {}", u32::MAX),
+            });
+        }
+        if self.max_inflight > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(ConfigError::Invalid {
+                name: "max_inflight",
+                reason: "too large".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(Args::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.max_frame, DEFAULT_MAX_FRAME);
+        assert_eq!(c.topic_rules, TopicRules::default());
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let dir = std::env::temp_dir().join(format!("spread-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("spread.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:9000\"\nmax_frame = 1000\n").unwrap();
+        let c = Config::resolve(Args {
+            config: Some(path.clone()),
+            max_frame: Some(2000),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.max_frame, 2000);
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        let err = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_are_rejected() {
+        let err = Config::resolve(Args {
+            max_frame: Some(0),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("max_frame"));
+    }
+}

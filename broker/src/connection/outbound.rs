@@ -1,0 +1,340 @@
+//! The queue between the engine and one connection's writer.
+//!
+//! The engine pushes a whole batch per connection under one lock and wakes
+//! the writer once; the writer takes everything queued under one lock.
+//!
+//! Slow subscribers: live events are queued up to a byte budget. Past it the
+//! connection *conflates*: each further event replaces the queued event of
+//! the same subscription and topic, so memory is bounded by the number of
+//! topics the connection follows, publishers never wait, and the subscriber
+//! still ends with the latest value of every topic. The writer drains the
+//! conflated events in iteration order after everything queued before them
+//! and then sends a `Conflated` notice with the number of skipped events.
+//! Answers to requests are never dropped; the reader stops reading new
+//! requests while too many answers are outstanding (see `credits`).
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hashbrown::{HashMap, HashSet};
+use parking_lot::Mutex;
+use spread_protocol::{ErrorFrame, Event, Response};
+use tokio::sync::{Notify, Semaphore};
+
+/// One item for a connection's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An answer to a request.
+    Response(Response),
+    /// A live event for a subscription (may be conflated).
+    Event {
+        /// Subscription id.
+        sub_id: u64,
+        /// The event.
+        event: Event,
+    },
+    /// The answer to a subscribe: the snapshot, then the snapshot marker.
+    Snapshot {
+        /// Subscription id.
+        sub_id: u64,
+        /// Latest events under the prefix, in any order.
+        events: Vec<Event>,
+        /// The iteration the snapshot covers.
+        iteration: u64,
+    },
+    /// The answer to an unsubscribe.
+    Unsubscribed {
+        /// Request id.
+        req_id: u64,
+        /// The ended subscription.
+        sub_id: u64,
+    },
+    /// The last item: the error to send, if any, then the connection closes.
+    Close(Option<ErrorFrame>),
+}
+
+impl Outbound {
+    /// Whether this item answers a request (and returns its credit).
+    pub fn is_answer(&self) -> bool {
+        match self {
+            Outbound::Response(r) => !matches!(r, Response::Event { .. }),
+            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } => true,
+            Outbound::Event { .. } | Outbound::Close(_) => false,
+        }
+    }
+}
+
+/// A conflated event, keyed by subscription and topic.
+#[derive(Debug)]
+pub struct Conflated {
+    /// Subscription id.
+    pub sub_id: u64,
+    /// The latest event of the topic.
+    pub event: Event,
+}
+
+impl PartialEq for Conflated {
+    fn eq(&self, other: &Self) -> bool {
+        self.sub_id == other.sub_id && self.event.topic() == other.event.topic()
+    }
+}
+
+impl Eq for Conflated {}
+
+impl Hash for Conflated {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.sub_id.hash(state);
+        self.event.topic().hash(state);
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Outbound>,
+    event_bytes: usize,
+    conflated: HashSet<Conflated>,
+    skipped: HashMap<u64, u64>,
+    closed: bool,
+}
+
+/// What the writer takes in one go.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Conflated events, to write after the items.
+    pub conflated: Vec<Conflated>,
+    /// Skipped-event counts per subscription, for the notices.
+    pub skipped: Vec<(u64, u64)>,
+    /// The connection is closing: write what was taken, then stop.
+    pub closed: bool,
+}
+
+/// Counters shared by all connections.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events replaced in a slow subscriber's queue.
+    pub conflated: AtomicU64,
+    /// Events written to subscribers.
+    pub delivered: AtomicU64,
+}
+
+/// State shared by the engine and one connection's tasks.
+pub struct Conn {
+    /// Connection id, unique in this process.
+    pub id: u64,
+    /// Origin stamped on events this connection publishes.
+    pub origin: Arc<str>,
+    queue: Mutex<Queue>,
+    ready: Notify,
+    /// Request credits: the reader takes one per request, the writer returns
+    /// one per answer written.
+    pub credits: Semaphore,
+    event_budget: usize,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("id", &self.id).finish()
+    }
+}
+
+impl Conn {
+    /// A connection with `max_inflight` request credits and an event queue
+    /// budget of `event_budget` bytes before conflation.
+    pub fn new(
+        id: u64,
+        origin: Arc<str>,
+        max_inflight: usize,
+        event_budget: usize,
+        stats: Arc<Stats>,
+    ) -> Self {
+        Conn {
+            id,
+            origin,
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            credits: Semaphore::new(max_inflight),
+            event_budget,
+            stats,
+        }
+    }
+
+    /// Appends a batch (draining `items`) and wakes the writer once.
+    pub fn push_batch(&self, items: &mut Vec<Outbound>) {
+        let mut q = self.queue.lock();
+        if q.closed {
+            items.clear();
+            return;
+        }
+        for item in items.drain(..) {
+            match item {
+                Outbound::Event { sub_id, event } => {
+                    let len = event.encoded().len();
+                    if !q.conflated.is_empty() || q.event_bytes + len > self.event_budget {
+                        if q.conflated.replace(Conflated { sub_id, event }).is_some() {
+                            *q.skipped.entry(sub_id).or_default() += 1;
+                            self.stats.conflated.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        q.event_bytes += len;
+                        q.items.push(Outbound::Event { sub_id, event });
+                    }
+                }
+                Outbound::Unsubscribed { req_id, sub_id } => {
+                    if !q.conflated.is_empty() {
+                        q.conflated.retain(|c| c.sub_id != sub_id);
+                        q.skipped.remove(&sub_id);
+                    }
+                    q.items.push(Outbound::Unsubscribed { req_id, sub_id });
+                }
+                Outbound::Close(e) => {
+                    q.items.push(Outbound::Close(e));
+                    q.closed = true;
+                    break;
+                }
+                other => q.items.push(other),
+            }
+        }
+        items.clear();
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    /// Queues one item.
+    pub fn push(&self, item: Outbound) {
+        self.push_batch(&mut vec![item]);
+    }
+
+    /// Marks the connection closed and wakes the writer to finish.
+    pub fn close(&self) {
+        self.queue.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits until something is queued (or the connection closes).
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Moves everything queued into `out` (which must be empty).
+    pub fn take(&self, out: &mut Vec<Outbound>) -> Taken {
+        let mut q = self.queue.lock();
+        std::mem::swap(&mut q.items, out);
+        q.event_bytes = 0;
+        let mut taken = Taken {
+            closed: q.closed,
+            ..Taken::default()
+        };
+        if !q.conflated.is_empty() {
+            taken.conflated = q.conflated.drain().collect();
+            taken.skipped = q.skipped.drain().collect();
+        }
+        drop(q);
+        if !taken.conflated.is_empty() {
+            taken
+                .conflated
+                .sort_unstable_by_key(|c| c.event.iteration());
+        }
+        taken
+    }
+
+    /// Counts events written to subscribers.
+    pub fn count_delivered(&self, n: u64) {
+        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spread_protocol::{EventId, EventKind, EventParts};
+
+    fn ev(topic: &str, iteration: u64) -> Event {
+        EventParts {
+            topic,
+            payload: &[0u8; 100],
+            timestamp: iteration,
+            origin: "n",
+            id: EventId([0; 16]),
+            iteration,
+            kind: EventKind::Value,
+        }
+        .encode()
+    }
+
+    fn conn(budget: usize) -> Conn {
+        Conn::new(1, "n".into(), 16, budget, Arc::default())
+    }
+
+    #[test]
+    fn conflates_past_the_budget_and_keeps_latest_per_topic() {
+        let c = conn(300);
+        let mut batch = Vec::new();
+        for i in 1..=10u64 {
+            let topic = if i % 2 == 0 { "a" } else { "b" };
+            batch.push(Outbound::Event {
+                sub_id: 7,
+                event: ev(topic, i),
+            });
+        }
+        c.push_batch(&mut batch);
+        let mut items = Vec::new();
+        let taken = c.take(&mut items);
+        // Two ~120-byte events fit the budget; the rest were conflated.
+        assert_eq!(items.len(), 2);
+        let iters: Vec<u64> = taken
+            .conflated
+            .iter()
+            .map(|x| x.event.iteration())
+            .collect();
+        assert_eq!(iters, [9, 10], "latest per topic, in iteration order");
+        let skipped: u64 = taken.skipped.iter().map(|(_, n)| n).sum();
+        assert_eq!(skipped, 6);
+        assert_eq!(c.stats.conflated.load(Ordering::Relaxed), 6);
+        // After the writer took everything, events queue normally again.
+        c.push(Outbound::Event {
+            sub_id: 7,
+            event: ev("a", 11),
+        });
+        let mut items = Vec::new();
+        assert!(c.take(&mut items).conflated.is_empty());
+        assert_eq!(items.len(), 1);
+    }
+
+    #[test]
+    fn unsubscribe_purges_conflated_events_of_that_subscription() {
+        let c = conn(0);
+        c.push(Outbound::Event {
+            sub_id: 1,
+            event: ev("a", 1),
+        });
+        c.push(Outbound::Event {
+            sub_id: 2,
+            event: ev("a", 2),
+        });
+        c.push(Outbound::Unsubscribed {
+            req_id: 9,
+            sub_id: 1,
+        });
+        let mut items = Vec::new();
+        let taken = c.take(&mut items);
+        assert_eq!(taken.conflated.len(), 1);
+        assert_eq!(taken.conflated[0].sub_id, 2);
+    }
+
+    #[test]
+    fn nothing_is_queued_after_close() {
+        let c = conn(1000);
+        c.push(Outbound::Close(Some(ErrorFrame {
+            req_id: None,
+            code: spread_protocol::ErrorCode::MalformedFrame,
+            message: "bad".into(),
+        })));
+        c.push(Outbound::Response(Response::Pong { req_id: 1 }));
+        let mut items = Vec::new();
+        let taken = c.take(&mut items);
+        assert!(taken.closed);
+        assert_eq!(items.len(), 1);
+    }
+}

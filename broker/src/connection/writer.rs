@@ -1,0 +1,94 @@
+//! The writer task: takes everything queued for the connection, encodes it
+//! into one buffer and writes it with as few TLS writes as possible.
+
+use bytes::BytesMut;
+use spread_protocol::response::encode_event;
+use spread_protocol::Response;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::outbound::{Conn, Outbound};
+
+/// Buffered bytes at which the writer writes before encoding more.
+const FLUSH_AT: usize = 256 * 1024;
+
+/// Writes `buf` out when it has grown past [`FLUSH_AT`].
+async fn spill<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
+    if buf.len() >= FLUSH_AT {
+        wr.write_all(buf).await?;
+        buf.clear();
+    }
+    Ok(())
+}
+
+/// Runs until the connection closes or the peer stops accepting bytes.
+pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Result<()> {
+    let mut items = Vec::new();
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        let taken = conn.take(&mut items);
+        if items.is_empty() && taken.conflated.is_empty() {
+            if taken.closed {
+                break;
+            }
+            conn.ready().await;
+            continue;
+        }
+        let mut answers = 0u32;
+        let mut delivered = 0u64;
+        let mut close = false;
+        for item in items.drain(..) {
+            answers += u32::from(item.is_answer());
+            match item {
+                Outbound::Response(r) => r.encode(&mut buf),
+                Outbound::Event { sub_id, event } => {
+                    encode_event(&mut buf, sub_id, &event);
+                    delivered += 1;
+                }
+                Outbound::Snapshot {
+                    sub_id,
+                    mut events,
+                    iteration,
+                } => {
+                    // Iteration order lets a client that loses the connection
+                    // mid-snapshot resume from the last iteration it saw.
+                    events.sort_unstable_by_key(|e| e.iteration());
+                    for e in &events {
+                        encode_event(&mut buf, sub_id, e);
+                        spill(&mut wr, &mut buf).await?;
+                    }
+                    delivered += events.len() as u64;
+                    Response::SnapshotComplete { sub_id, iteration }.encode(&mut buf);
+                }
+                Outbound::Unsubscribed { req_id, .. } => {
+                    Response::Unsubscribed { req_id }.encode(&mut buf)
+                }
+                Outbound::Close(error) => {
+                    if let Some(e) = error {
+                        Response::Error(e).encode(&mut buf);
+                    }
+                    close = true;
+                }
+            }
+            spill(&mut wr, &mut buf).await?;
+        }
+        for c in &taken.conflated {
+            encode_event(&mut buf, c.sub_id, &c.event);
+            spill(&mut wr, &mut buf).await?;
+        }
+        delivered += taken.conflated.len() as u64;
+        for (sub_id, skipped) in taken.skipped {
+            Response::Conflated { sub_id, skipped }.encode(&mut buf);
+        }
+        if !buf.is_empty() {
+            wr.write_all(&buf).await?;
+            buf.clear();
+        }
+        wr.flush().await?;
+        conn.count_delivered(delivered);
+        conn.credits.add_permits(answers as usize);
+        if close {
+            break;
+        }
+    }
+    wr.shutdown().await
+}

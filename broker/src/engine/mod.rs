@@ -1,0 +1,274 @@
+//! The engine: one thread that owns the topic tree and applies every request
+//! in one total order.
+//!
+//! Connections send batches of decoded requests over a bounded channel. The
+//! engine drains whatever is queued, applies it, and hands each touched
+//! connection its answers and deliveries in one push (one lock, one wake-up
+//! per connection per round), so costs are shared by the batch rather than
+//! paid per message. Because one thread applies everything, every subscriber
+//! sees the events of a topic in the same order, and a subscription's
+//! snapshot and its live stream meet with no gap and no duplicate.
+
+pub mod clock;
+mod fanout;
+pub mod tree;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use hashbrown::HashMap;
+use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, Topic};
+use tokio::sync::mpsc;
+
+use crate::connection::outbound::{Conn, Outbound};
+use clock::{Clock, IdGen};
+use fanout::Fanout;
+use tree::{Draft, Tree};
+
+/// Commands the engine executes.
+#[derive(Debug)]
+pub enum Command {
+    /// Requests of one connection, in the order they arrived.
+    Requests {
+        /// The connection.
+        conn: Arc<Conn>,
+        /// Its requests.
+        requests: Vec<Request>,
+    },
+    /// The connection's reader stopped: answer what came before, drop its
+    /// subscriptions, then close it (with `error` last, if any).
+    Closed {
+        /// The connection.
+        conn: Arc<Conn>,
+        /// A fatal error to send before closing.
+        error: Option<ErrorFrame>,
+    },
+}
+
+/// A subscription registered in the tree.
+struct Subscriber {
+    conn: Arc<Conn>,
+    sub_id: u64,
+}
+
+/// Most commands applied before answers are flushed to connections.
+const MAX_ROUND: usize = 256;
+
+/// A handle to the engine thread.
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+    iteration: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread; the first event takes `last_iteration + 1`.
+    pub fn start(last_iteration: u64) -> std::io::Result<Self> {
+        let ids = IdGen::random().map_err(std::io::Error::other)?;
+        let (tx, rx) = mpsc::channel(1024);
+        let iteration = Arc::new(AtomicU64::new(last_iteration));
+        let engine = Engine {
+            tree: Tree::new(Clock::system(), ids, last_iteration),
+            subs: HashMap::new(),
+            fanout: Fanout::default(),
+            iteration: iteration.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("spread-engine".into())
+            .spawn(move || engine.run(rx))?;
+        Ok(EngineHandle {
+            tx,
+            iteration,
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for connections.
+    pub fn sender(&self) -> mpsc::Sender<Command> {
+        self.tx.clone()
+    }
+
+    /// The iteration of the last applied event.
+    pub fn iteration(&self) -> u64 {
+        self.iteration.load(Ordering::Acquire)
+    }
+
+    /// A shared view of the iteration, updated after every engine round.
+    pub fn iteration_handle(&self) -> Arc<AtomicU64> {
+        self.iteration.clone()
+    }
+
+    /// Waits for the engine to stop, which it does once every sender
+    /// (this handle's and the connections') is dropped.
+    pub fn join(self) {
+        let EngineHandle { tx, thread, .. } = self;
+        drop(tx);
+        if let Some(t) = thread {
+            if t.join().is_err() {
+                tracing::error!("engine thread panicked");
+            }
+        }
+    }
+}
+
+struct Engine {
+    tree: Tree<Subscriber>,
+    /// Live subscriptions per connection: sub id → prefix.
+    subs: HashMap<u64, HashMap<u64, Topic>>,
+    fanout: Fanout,
+    iteration: Arc<AtomicU64>,
+}
+
+impl Engine {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(cmd) = rx.blocking_recv() {
+            self.execute(cmd);
+            for _ in 1..MAX_ROUND {
+                match rx.try_recv() {
+                    Ok(cmd) => self.execute(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.iteration
+                .store(self.tree.iteration(), Ordering::Release);
+            self.fanout.flush();
+        }
+        tracing::debug!("engine stopped");
+    }
+
+    fn execute(&mut self, cmd: Command) {
+        match cmd {
+            Command::Requests { conn, requests } => {
+                for req in requests {
+                    self.request(&conn, req);
+                }
+            }
+            Command::Closed { conn, error } => {
+                if let Some(subs) = self.subs.remove(&conn.id) {
+                    for (sub_id, prefix) in subs {
+                        self.tree
+                            .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
+                    }
+                }
+                self.fanout.push(&conn, Outbound::Close(error));
+            }
+        }
+    }
+
+    fn request(&mut self, conn: &Arc<Conn>, req: Request) {
+        match req {
+            Request::Publish(p) => self.publish(conn, p),
+            Request::Get { req_id, topic } => {
+                let event = self.tree.get(topic.as_str()).cloned();
+                self.answer(conn, Response::Value { req_id, event });
+            }
+            Request::Subscribe {
+                req_id,
+                prefix,
+                since,
+            } => self.subscribe(conn, req_id, prefix, since),
+            Request::Unsubscribe { req_id, sub_id } => {
+                let prefix = self
+                    .subs
+                    .get_mut(&conn.id)
+                    .and_then(|subs| subs.remove(&sub_id));
+                match prefix {
+                    Some(prefix) => {
+                        self.tree
+                            .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
+                        self.fanout
+                            .push(conn, Outbound::Unsubscribed { req_id, sub_id });
+                    }
+                    None => self.error(
+                        conn,
+                        req_id,
+                        ErrorCode::UnknownSubscription,
+                        format!("no subscription {sub_id} on this connection"),
+                    ),
+                }
+            }
+            Request::Ping { req_id } => self.answer(conn, Response::Pong { req_id }),
+            Request::Hello(_) => self.fanout.push(
+                conn,
+                Outbound::Close(Some(ErrorFrame {
+                    req_id: None,
+                    code: ErrorCode::HandshakeRequired,
+                    message: "hello is only valid as the first frame".into(),
+                })),
+            ),
+        }
+    }
+
+    fn publish(&mut self, conn: &Arc<Conn>, p: Publish) {
+        let Engine { tree, fanout, .. } = self;
+        let draft = Draft {
+            topic: p.topic.as_str(),
+            payload: &p.payload,
+            timestamp: p.timestamp,
+            id: p.id,
+            origin: &conn.origin,
+            mode: p.mode,
+        };
+        let outcome = tree.publish(draft, |s, event| {
+            fanout.push(
+                &s.conn,
+                Outbound::Event {
+                    sub_id: s.sub_id,
+                    event: event.clone(),
+                },
+            );
+        });
+        self.answer(
+            conn,
+            Response::Report {
+                req_id: p.req_id,
+                outcome,
+            },
+        );
+    }
+
+    fn subscribe(&mut self, conn: &Arc<Conn>, req_id: u64, prefix: Topic, since: u64) {
+        let subs = self.subs.entry(conn.id).or_default();
+        if subs.contains_key(&req_id) {
+            return self.error(
+                conn,
+                req_id,
+                ErrorCode::DuplicateSubscription,
+                format!("subscription {req_id} already exists on this connection"),
+            );
+        }
+        subs.insert(req_id, prefix.clone());
+        let events = self.tree.subscribe(
+            &prefix,
+            since,
+            Subscriber {
+                conn: conn.clone(),
+                sub_id: req_id,
+            },
+        );
+        self.fanout.push(
+            conn,
+            Outbound::Snapshot {
+                sub_id: req_id,
+                events,
+                iteration: self.tree.iteration(),
+            },
+        );
+    }
+
+    fn answer(&mut self, conn: &Arc<Conn>, resp: Response) {
+        self.fanout.push(conn, Outbound::Response(resp));
+    }
+
+    fn error(&mut self, conn: &Arc<Conn>, req_id: u64, code: ErrorCode, message: String) {
+        self.answer(
+            conn,
+            Response::Error(ErrorFrame {
+                req_id: Some(req_id),
+                code,
+                message,
+            }),
+        );
+    }
+}

@@ -1,0 +1,535 @@
+//! The topic tree: the latest event of every topic and the subscriptions of
+//! every prefix, in one structure keyed by path segment.
+//!
+//! Invariants:
+//! - each topic holds the greatest event applied to it by
+//!   (timestamp, origin, id): a last-writer-wins register;
+//! - each applied event takes the next iteration, strictly increasing;
+//! - `max_iteration` of a node is the greatest iteration in its subtree, so a
+//!   snapshot "since N" skips untouched subtrees;
+//! - a publish visits only the nodes on its topic's path: O(depth), whatever
+//!   the number of subscriptions.
+
+use hashbrown::HashMap;
+use smallvec::SmallVec;
+use spread_protocol::{Counts, Event, EventId, EventKind, EventParts, Outcome, PublishMode, Topic};
+
+use super::clock::{Clock, IdGen};
+
+struct Node<S> {
+    children: HashMap<Box<str>, Node<S>>,
+    value: Option<Event>,
+    max_iteration: u64,
+    subs: Vec<S>,
+}
+
+impl<S> Default for Node<S> {
+    fn default() -> Self {
+        Node {
+            children: HashMap::new(),
+            value: None,
+            max_iteration: 0,
+            subs: Vec::new(),
+        }
+    }
+}
+
+impl<S> Node<S> {
+    fn is_empty(&self) -> bool {
+        self.value.is_none() && self.subs.is_empty() && self.children.is_empty()
+    }
+
+    fn descend_mut(&mut self, topic: &str) -> &mut Node<S> {
+        let mut node = self;
+        for seg in segments(topic) {
+            // Look up first so that the common case (the segment exists)
+            // allocates nothing.
+            if !node.children.contains_key(seg) {
+                node.children.insert(seg.into(), Node::default());
+            }
+            node = match node.children.get_mut(seg) {
+                Some(child) => child,
+                None => unreachable!("inserted above"),
+            };
+        }
+        node
+    }
+
+    fn descend(&self, topic: &str) -> Option<&Node<S>> {
+        let mut node = self;
+        for seg in segments(topic) {
+            node = node.children.get(seg)?;
+        }
+        Some(node)
+    }
+
+    fn collect(&self, since: u64, tombstones: bool, out: &mut Vec<Event>) {
+        if self.max_iteration <= since {
+            return;
+        }
+        if let Some(v) = &self.value {
+            if v.iteration() > since && (tombstones || !v.is_tombstone()) {
+                out.push(v.clone());
+            }
+        }
+        for child in self.children.values() {
+            child.collect(since, tombstones, out);
+        }
+    }
+
+    /// Removes the first subscriber matching `pred` at the node of `segs`,
+    /// then prunes nodes left empty. Returns the subscriber.
+    fn unsubscribe(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) -> Option<S> {
+        match segs.split_first() {
+            None => {
+                let pos = self.subs.iter().position(|s| pred(s))?;
+                Some(self.subs.swap_remove(pos))
+            }
+            Some((first, rest)) => {
+                let child = self.children.get_mut(*first)?;
+                let found = child.unsubscribe(rest, pred);
+                if child.is_empty() {
+                    self.children.remove(*first);
+                }
+                found
+            }
+        }
+    }
+}
+
+/// The segments of a validated topic (none for the root).
+fn segments(topic: &str) -> impl Iterator<Item = &str> {
+    topic.split('/').filter(move |_| !topic.is_empty())
+}
+
+/// What a publish proposes; unset fields are filled by the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct Draft<'a> {
+    /// Topic to change, already validated.
+    pub topic: &'a str,
+    /// New value (ignored for deletes).
+    pub payload: &'a [u8],
+    /// Event time; stamped by the tree's clock when absent.
+    pub timestamp: Option<u64>,
+    /// Event id; generated when absent.
+    pub id: Option<EventId>,
+    /// Who writes.
+    pub origin: &'a str,
+    /// Set, set-if-absent or delete.
+    pub mode: PublishMode,
+}
+
+/// Latest values and subscriptions, with the node's iteration counter.
+pub struct Tree<S> {
+    root: Node<S>,
+    iteration: u64,
+    clock: Clock,
+    ids: IdGen,
+    topics: usize,
+}
+
+impl<S> Tree<S> {
+    /// An empty tree whose first applied event takes `last_iteration + 1`.
+    pub fn new(clock: Clock, ids: IdGen, last_iteration: u64) -> Self {
+        Tree {
+            root: Node::default(),
+            iteration: last_iteration,
+            clock,
+            ids,
+            topics: 0,
+        }
+    }
+
+    /// The iteration of the last applied event.
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Number of topics holding an event (tombstones included).
+    pub fn topics(&self) -> usize {
+        self.topics
+    }
+
+    /// Applies a publish, calling `deliver` for every subscription whose
+    /// prefix covers the topic when the event is new.
+    pub fn publish(&mut self, d: Draft<'_>, mut deliver: impl FnMut(&S, &Event)) -> Outcome {
+        let Tree {
+            root,
+            iteration,
+            clock,
+            ids,
+            topics,
+        } = self;
+        let leaf = root.descend_mut(d.topic);
+        let current = leaf.value.as_ref();
+        if d.mode == PublishMode::IfAbsent {
+            if let Some(c) = current.filter(|c| !c.is_tombstone()) {
+                return Outcome::Present { current: c.clone() };
+            }
+        }
+        let (kind, payload) = if d.mode == PublishMode::Delete {
+            (EventKind::Tombstone, &[][..])
+        } else {
+            (EventKind::Value, d.payload)
+        };
+        let timestamp = d
+            .timestamp
+            .unwrap_or_else(|| clock.stamp(current.map(Event::timestamp)));
+        let parts = EventParts {
+            topic: d.topic,
+            payload,
+            timestamp,
+            origin: d.origin,
+            id: d.id.unwrap_or_else(|| ids.next_id()),
+            iteration: 0,
+            kind,
+        };
+        if let Some(c) = current {
+            match parts.order_key().cmp(&c.order_key()) {
+                std::cmp::Ordering::Equal => return Outcome::Existing { event: c.clone() },
+                std::cmp::Ordering::Less => {
+                    return Outcome::TooLate {
+                        rejected: parts.encode(),
+                        current: c.clone(),
+                    }
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+        }
+        *iteration += 1;
+        let event = EventParts {
+            iteration: *iteration,
+            ..parts
+        }
+        .encode();
+        let previous = leaf.value.replace(event.clone());
+        if previous.is_none() {
+            *topics += 1;
+        }
+        let notified = Self::fan_out(root, d.topic, &event, &mut deliver);
+        Outcome::New {
+            event,
+            previous,
+            notified,
+        }
+    }
+
+    /// Applies a complete event (from a peer or a replay) by the same rule.
+    pub fn apply(&mut self, event: &Event, deliver: impl FnMut(&S, &Event)) -> Outcome {
+        let draft = Draft {
+            topic: event.topic(),
+            payload: event.payload_bytes(),
+            timestamp: Some(event.timestamp()),
+            id: Some(event.id()),
+            origin: event.origin(),
+            mode: if event.is_tombstone() {
+                PublishMode::Delete
+            } else {
+                PublishMode::Set
+            },
+        };
+        self.publish(draft, deliver)
+    }
+
+    fn fan_out(
+        root: &mut Node<S>,
+        topic: &str,
+        event: &Event,
+        deliver: &mut impl FnMut(&S, &Event),
+    ) -> Counts {
+        let mut counts = Counts::new();
+        let mut node = root;
+        let mut segs = segments(topic);
+        loop {
+            node.max_iteration = event.iteration();
+            counts.push(node.subs.len() as u32);
+            for s in &node.subs {
+                deliver(s, event);
+            }
+            let Some(seg) = segs.next() else { break };
+            node = match node.children.get_mut(seg) {
+                Some(child) => child,
+                None => break, // unreachable: publish created the path
+            };
+        }
+        counts
+    }
+
+    /// The latest live event of `topic` (not a tombstone).
+    pub fn get(&self, topic: &str) -> Option<&Event> {
+        self.root
+            .descend(topic)?
+            .value
+            .as_ref()
+            .filter(|e| !e.is_tombstone())
+    }
+
+    /// Registers `sub` on `prefix` and returns the snapshot: the latest event
+    /// of every topic under it changed after `since` (tombstones only when
+    /// `since > 0`), in no particular order.
+    pub fn subscribe(&mut self, prefix: &Topic, since: u64, sub: S) -> Vec<Event> {
+        let node = self.root.descend_mut(prefix.as_str());
+        node.subs.push(sub);
+        let mut out = Vec::new();
+        node.collect(since, since > 0, &mut out);
+        out
+    }
+
+    /// Removes the first subscription on `prefix` matching `pred`.
+    pub fn unsubscribe(&mut self, prefix: &Topic, mut pred: impl FnMut(&S) -> bool) -> Option<S> {
+        let segs: SmallVec<[&str; 16]> = prefix.segments().collect();
+        self.root.unsubscribe(&segs, &mut pred)
+    }
+
+    /// Number of subscriptions registered exactly at `prefix`.
+    pub fn subscriptions_at(&self, prefix: &str) -> usize {
+        self.root.descend(prefix).map_or(0, |n| n.subs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spread_protocol::TopicRules;
+
+    fn tree() -> Tree<u32> {
+        Tree::new(
+            Clock::with_source(|| 1_000),
+            IdGen::with_prefix([9; 8]),
+            100,
+        )
+    }
+
+    fn t(s: &str) -> Topic {
+        Topic::prefix(s, &TopicRules::default()).unwrap()
+    }
+
+    fn set<'a>(topic: &'a str, payload: &'a [u8]) -> Draft<'a> {
+        Draft {
+            topic,
+            payload,
+            timestamp: None,
+            id: None,
+            origin: "n1",
+            mode: PublishMode::Set,
+        }
+    }
+
+    #[test]
+    fn publish_assigns_iterations_and_reports_levels() {
+        let mut tr = tree();
+        tr.subscribe(&t(""), 0, 1);
+        tr.subscribe(&t("a"), 0, 2);
+        tr.subscribe(&t("a"), 0, 3);
+        let mut got = Vec::new();
+        let out = tr.publish(set("a/b", b"x"), |s, e| got.push((*s, e.iteration())));
+        match out {
+            Outcome::New {
+                event,
+                previous,
+                notified,
+            } => {
+                assert_eq!(event.iteration(), 101);
+                assert!(previous.is_none());
+                assert_eq!(&notified[..], &[1, 2, 0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        got.sort();
+        assert_eq!(got, [(1, 101), (2, 101), (3, 101)]);
+    }
+
+    #[test]
+    fn whole_segment_subscriptions_only() {
+        let mut tr = tree();
+        tr.subscribe(&t("a/b"), 0, 1);
+        let mut hits = 0;
+        tr.publish(set("a/bc", b"x"), |_, _| hits += 1);
+        tr.publish(set("a", b"x"), |_, _| hits += 1);
+        assert_eq!(hits, 0);
+        tr.publish(set("a/b/c", b"x"), |_, _| hits += 1);
+        assert_eq!(hits, 1);
+    }
+
+    #[test]
+    fn if_absent_and_delete() {
+        let mut tr = tree();
+        let mut d = set("k", b"1");
+        d.mode = PublishMode::IfAbsent;
+        assert!(matches!(tr.publish(d, |_, _| {}), Outcome::New { .. }));
+        let mut d2 = set("k", b"2");
+        d2.mode = PublishMode::IfAbsent;
+        match tr.publish(d2, |_, _| {}) {
+            Outcome::Present { current } => assert_eq!(current.payload_bytes(), b"1"),
+            other => panic!("{other:?}"),
+        }
+        let mut del = set("k", b"");
+        del.mode = PublishMode::Delete;
+        assert!(matches!(tr.publish(del, |_, _| {}), Outcome::New { .. }));
+        assert!(tr.get("k").is_none());
+        // A deleted topic has no live value: if-absent applies again.
+        assert!(matches!(tr.publish(d2, |_, _| {}), Outcome::New { .. }));
+        assert_eq!(tr.get("k").unwrap().payload_bytes(), b"2");
+    }
+
+    #[test]
+    fn too_late_and_existing() {
+        let mut tr = tree();
+        let mut late = set("k", b"new");
+        late.timestamp = Some(5_000);
+        late.id = Some(EventId([1; 16]));
+        assert!(matches!(tr.publish(late, |_, _| {}), Outcome::New { .. }));
+        assert!(matches!(
+            tr.publish(late, |_, _| {}),
+            Outcome::Existing { .. }
+        ));
+        let mut early = set("k", b"old");
+        early.timestamp = Some(4_000);
+        match tr.publish(early, |_, _| {}) {
+            Outcome::TooLate { rejected, current } => {
+                assert_eq!(rejected.iteration(), 0);
+                assert_eq!(current.payload_bytes(), b"new");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A stamped write follows the topic's (future) timestamp and wins.
+        match tr.publish(set("k", b"now"), |_, _| {}) {
+            Outcome::New { event, .. } => assert_eq!(event.timestamp(), 5_001),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_since_and_tombstones() {
+        let mut tr = tree();
+        tr.publish(set("a/x", b"1"), |_, _| {});
+        tr.publish(set("a/y", b"2"), |_, _| {});
+        tr.publish(set("b/z", b"3"), |_, _| {});
+        let mut del = set("a/x", b"");
+        del.mode = PublishMode::Delete;
+        tr.publish(del, |_, _| {});
+        let full = tr.subscribe(&t("a"), 0, 1);
+        assert_eq!(full.len(), 1, "tombstones are not part of a fresh snapshot");
+        assert_eq!(full[0].topic(), "a/y");
+        let resumed = tr.subscribe(&t("a"), 102, 2);
+        assert_eq!(resumed.len(), 1);
+        assert!(
+            resumed[0].is_tombstone(),
+            "a resuming client learns of deletes"
+        );
+        assert_eq!(tr.subscribe(&t("a"), tr.iteration(), 3).len(), 0);
+    }
+
+    #[test]
+    fn unsubscribe_prunes_empty_nodes() {
+        let mut tr = tree();
+        tr.subscribe(&t("x/y/z"), 0, 7);
+        assert_eq!(tr.subscriptions_at("x/y/z"), 1);
+        assert_eq!(tr.unsubscribe(&t("x/y/z"), |s| *s == 7), Some(7));
+        assert!(tr.root.children.is_empty());
+        assert_eq!(tr.unsubscribe(&t("x/y/z"), |s| *s == 7), None);
+    }
+
+    /// Every topic's state, iteration aside: what must converge.
+    fn state(tr: &Tree<u32>) -> Vec<(String, u64, String, EventId, Vec<u8>, bool)> {
+        let mut all = Vec::new();
+        tr.root.collect(0, true, &mut all);
+        let mut out: Vec<_> = all
+            .iter()
+            .map(|e| {
+                (
+                    e.topic().to_string(),
+                    e.timestamp(),
+                    e.origin().to_string(),
+                    e.id(),
+                    e.payload_bytes().to_vec(),
+                    e.is_tombstone(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    mod convergence {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Fully specified events, as peers and offline clients produce them.
+        fn events() -> impl Strategy<Value = Vec<Event>> {
+            proptest::collection::vec(
+                (0..4usize, 0..6u64, 0..3usize, any::<u8>(), any::<bool>()),
+                1..40,
+            )
+            .prop_map(|specs| {
+                specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, (topic, ts, origin, byte, tomb))| {
+                        spread_protocol::EventParts {
+                            topic: ["a", "a/b", "a/b/c", "z"][topic],
+                            payload: if tomb {
+                                &[][..]
+                            } else {
+                                std::slice::from_ref(&byte)
+                            },
+                            timestamp: ts,
+                            origin: ["n1", "n2", "n3"][origin],
+                            id: EventId([n as u8; 16]),
+                            iteration: 0,
+                            kind: if tomb {
+                                EventKind::Tombstone
+                            } else {
+                                EventKind::Value
+                            },
+                        }
+                        .encode()
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn any_order_with_duplicates_converges(
+                evs in events(),
+                seed_a in any::<u64>(),
+                seed_b in any::<u64>(),
+                dups in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            ) {
+                let mut with_dups = evs.clone();
+                for d in &dups {
+                    with_dups.push(d.get(&evs).clone());
+                }
+                let order = |seed: u64| {
+                    let mut v = with_dups.clone();
+                    // Deterministic shuffle from the seed.
+                    let mut x = seed | 1;
+                    for i in (1..v.len()).rev() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        v.swap(i, (x % (i as u64 + 1)) as usize);
+                    }
+                    v
+                };
+                let mut a = tree();
+                let mut b = tree();
+                let mut delivered_a = 0;
+                for e in order(seed_a) {
+                    if let Outcome::New { .. } = a.apply(&e, |_, _| {}) {
+                        delivered_a += 1;
+                    }
+                }
+                for e in order(seed_b) {
+                    b.apply(&e, |_, _| {});
+                }
+                prop_assert_eq!(state(&a), state(&b));
+                // Each event is applied at most once per node.
+                prop_assert!(delivered_a <= evs.len());
+                // Iterations are strictly increasing and never reused.
+                prop_assert_eq!(a.iteration(), 100 + delivered_a as u64);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The listener: accepts connections, caps their number, and shuts down
+//! gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::connection::{self, outbound::Stats};
+use crate::engine::EngineHandle;
+use crate::tls::{self, TlsSource};
+use crate::{node, BrokerError};
+
+/// What every connection shares.
+pub struct Shared {
+    /// The resolved configuration.
+    pub config: Config,
+    /// TLS acceptor.
+    pub tls: TlsAcceptor,
+    /// This node's id, also the origin of anonymous publishes.
+    pub node_id: Arc<str>,
+    /// Delivery counters.
+    pub stats: Arc<Stats>,
+    iteration: Arc<AtomicU64>,
+}
+
+impl Shared {
+    /// The broker's current iteration.
+    pub fn iteration(&self) -> u64 {
+        self.iteration.load(Ordering::Acquire)
+    }
+}
+
+/// A bound, not yet serving, broker.
+pub struct Server {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    engine: EngineHandle,
+    tls_source: TlsSource,
+}
+
+impl Server {
+    /// Prepares the data dir, TLS and the engine, and binds the listener.
+    pub async fn bind(config: Config) -> Result<Server, BrokerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let node_id: Arc<str> = match &config.node_id {
+            Some(id) => id.as_str().into(),
+            None => node::load_or_create(&config.data_dir)?.into(),
+        };
+        let (tls_config, tls_source) =
+            tls::server_config(config.tls_files.as_ref(), &config.data_dir)?;
+        // The iteration continues from the clock so that numbers keep growing
+        // across restarts.
+        let engine =
+            EngineHandle::start(crate::engine::clock::now_micros()).map_err(BrokerError::Engine)?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BrokerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let shared = Arc::new(Shared {
+            tls: TlsAcceptor::from(tls_config),
+            node_id,
+            stats: Arc::default(),
+            iteration: engine.iteration_handle(),
+            config,
+        });
+        Ok(Server {
+            listener,
+            shared,
+            engine,
+            tls_source,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Where the TLS certificate came from.
+    pub fn tls_source(&self) -> &TlsSource {
+        &self.tls_source
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// Serves until `signal` completes, then closes every connection with a
+    /// `shutting_down` error and waits (up to 10 s) for them to finish.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let Server {
+            listener,
+            shared,
+            engine,
+            ..
+        } = self;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let sender = engine.sender();
+        tokio::pin!(signal);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                _ = &mut signal => break,
+            };
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = &mut signal => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    backoff = Duration::from_millis(5);
+                    a
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, then retry.
+                    tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let (shared, sender, shutdown) = (shared.clone(), sender.clone(), shutdown_rx.clone());
+            tracker.spawn(async move {
+                connection::serve(stream, peer, shared, sender, shutdown).await;
+                drop(permit);
+            });
+        }
+        tracing::info!("shutting down: closing {} connections", tracker.len());
+        drop(listener);
+        let _ = shutdown_tx.send(true);
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections did not close within 10 s");
+        }
+        drop(sender);
+        let stats = shared.stats.clone();
+        drop(shared);
+        // Connection tasks that timed out still hold engine senders; the
+        // engine thread stops with the process in that case.
+        if tracker.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
+        }
+        tracing::info!(
+            delivered = stats.delivered.load(Ordering::Relaxed),
+            conflated = stats.conflated.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
+}

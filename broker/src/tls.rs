@@ -1,0 +1,209 @@
+//! TLS material: the operator's certificate, or a local CA and a server
+//! certificate for localhost generated once in `<data-dir>/tls/`.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// File names inside `<data-dir>/tls/`.
+pub const CA_FILE: &str = "ca.pem";
+const CA_KEY_FILE: &str = "ca-key.pem";
+const CERT_FILE: &str = "server.pem";
+const KEY_FILE: &str = "server-key.pem";
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PEM file holds no usable certificate or key.
+    #[error("{path}: {reason}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the certificate or key.
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Where the server's certificate came from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// Files given by the operator.
+    Files,
+    /// Generated locally; clients trust this CA file.
+    Generated {
+        /// The CA certificate clients should trust.
+        ca_file: PathBuf,
+    },
+}
+
+/// Builds the rustls server configuration.
+pub fn server_config(
+    files: Option<&(PathBuf, PathBuf)>,
+    data_dir: &Path,
+) -> Result<(Arc<ServerConfig>, TlsSource), TlsError> {
+    let (cert_path, key_path, source) = match files {
+        Some((c, k)) => (c.clone(), k.clone(), TlsSource::Files),
+        None => {
+            let dir = data_dir.join("tls");
+            ensure_local_ca(&dir)?;
+            (
+                dir.join(CERT_FILE),
+                dir.join(KEY_FILE),
+                TlsSource::Generated {
+                    ca_file: dir.join(CA_FILE),
+                },
+            )
+        }
+    };
+    let certs = load_certs(&cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Pem {
+        path: key_path.clone(),
+        reason: format!("no private key: {e}"),
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"spread/1".to_vec()];
+    Ok((Arc::new(config), source))
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            reason: "no certificate found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Creates the local CA and a localhost server certificate unless present.
+fn ensure_local_ca(dir: &Path) -> Result<(), TlsError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Io { path, source }
+    };
+    if dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists() && dir.join(CA_FILE).exists() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io(dir))?;
+
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "Spread local CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Spread broker");
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+
+    write_file(&dir.join(CA_KEY_FILE), &ca_key.serialize_pem(), true)?;
+    write_file(&dir.join(CA_FILE), &ca_cert.pem(), false)?;
+    write_file(&dir.join(KEY_FILE), &key.serialize_pem(), true)?;
+    // The server's chain: its certificate, then the CA's.
+    write_file(
+        &dir.join(CERT_FILE),
+        &format!("{}{}", cert.pem(), ca_cert.pem()),
+        false,
+    )?;
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut f = opts.open(path).map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_reuses() {
+        let dir = std::env::temp_dir().join(format!("spread-tls-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let (_, source) = server_config(None, &dir).unwrap();
+        let ca = match source {
+            TlsSource::Generated { ca_file } => ca_file,
+            TlsSource::Files => panic!("expected generated"),
+        };
+        let first = fs::read(&ca).unwrap();
+        server_config(None, &dir).unwrap();
+        assert_eq!(fs::read(&ca).unwrap(), first, "the CA must not change");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_files_are_named_in_the_error() {
+        let files = (
+            PathBuf::from("/nonexistent/c.pem"),
+            PathBuf::from("/nonexistent/k.pem"),
+        );
+        let err = server_config(Some(&files), Path::new("/tmp")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
+    }
+}
