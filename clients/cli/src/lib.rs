@@ -1,1 +1,346 @@
+//! The `spread` command line: publish, get, delete and subscribe.
+//!
+//! This crate backs the `spread` binary; its library exists so the
+//! end-to-end tests build the very same binary.
 
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use spread_client::{Client, ClientConfig, Event, Item, Outcome};
+
+/// The `spread` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "spread",
+    version,
+    about = "Command line client for the Spread broker"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// Broker address.
+    #[arg(
+        long,
+        global = true,
+        env = "SPREAD_SERVER",
+        default_value = "127.0.0.1:7411"
+    )]
+    server: String,
+    /// CA certificate file to trust [default: ./spread-data/tls/ca.pem if present, else the system roots].
+    #[arg(long, global = true, env = "SPREAD_CA")]
+    ca: Option<PathBuf>,
+    /// Bearer token (JWT).
+    #[arg(long, global = true, env = "SPREAD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Accept any server certificate (development only).
+    #[arg(long, global = true)]
+    insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a value (from PAYLOAD or standard input) and print the report.
+    Pub {
+        /// Topic to set.
+        topic: String,
+        /// Payload; read from standard input when absent.
+        payload: Option<String>,
+        /// Only set the topic if it has no value.
+        #[arg(long)]
+        if_absent: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the latest payload of a topic to standard output.
+    Get {
+        /// Topic to read.
+        topic: String,
+        /// Print the whole event as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic.
+    Del {
+        /// Topic to delete.
+        topic: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the latest event of every topic under PREFIX, then every change.
+    Sub {
+        /// Prefix to follow ("" for everything).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Only what changed after this iteration.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure the round-trip time to the broker.
+    Ping,
+}
+
+/// Exit code of a `get` that found nothing.
+const NOT_FOUND: u8 = 1;
+/// Exit code of any other failure.
+const FAILURE: u8 = 2;
+
+/// Parses the command line, runs it and returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(FAILURE);
+        }
+    };
+    match runtime.block_on(execute(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(FAILURE)
+        }
+    }
+}
+
+fn client_config(args: &ConnArgs) -> ClientConfig {
+    let mut cfg = ClientConfig::new(args.server.clone());
+    cfg.client_name = format!("spread-cli/{}", env!("CARGO_PKG_VERSION"));
+    // One-shot commands fail fast instead of retrying; `sub` reconnects.
+    cfg.token = args.token.clone();
+    if args.insecure {
+        cfg.insecure()
+    } else if let Some(ca) = &args.ca {
+        cfg.ca_file(ca)
+    } else {
+        let local = PathBuf::from("spread-data/tls/ca.pem");
+        if local.exists() {
+            cfg.ca_file(local)
+        } else {
+            cfg
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut cfg = client_config(&cli.conn);
+    cfg.reconnect = matches!(cli.command, Command::Sub { .. });
+    let client = Client::connect(cfg)
+        .await
+        .with_context(|| format!("cannot reach the broker at {}", cli.conn.server))?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Pub {
+            topic,
+            payload,
+            if_absent,
+            json,
+        } => {
+            let payload = match payload {
+                Some(p) => p.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .context("cannot read the payload from standard input")?;
+                    buf
+                }
+            };
+            let outcome = if if_absent {
+                client.publish_if_absent(&topic, payload).await?
+            } else {
+                client.publish(&topic, payload).await?
+            };
+            print_report(&mut out, &topic, &outcome, json)?;
+        }
+        Command::Del { topic, json } => {
+            let outcome = client.delete(&topic).await?;
+            print_report(&mut out, &topic, &outcome, json)?;
+        }
+        Command::Get { topic, json } => match client.get(&topic).await? {
+            Some(event) if json => writeln!(out, "{}", event_json(&event, None))?,
+            Some(event) => out.write_all(event.payload_bytes())?,
+            None => {
+                eprintln!("not found: {topic}");
+                return Ok(ExitCode::from(NOT_FOUND));
+            }
+        },
+        Command::Sub {
+            prefix,
+            since,
+            count,
+            json,
+        } => {
+            let mut sub = client.subscribe_since(&prefix, since).await?;
+            let mut seen = 0u64;
+            if count == Some(0) {
+                return Ok(ExitCode::SUCCESS);
+            }
+            loop {
+                let item = tokio::select! {
+                    item = sub.next() => item,
+                    _ = tokio::signal::ctrl_c() => break,
+                };
+                match item {
+                    None => bail!("the subscription ended"),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(Item::Event(e))) => {
+                        if json {
+                            writeln!(out, "{}", event_json(&e, None))?;
+                        } else {
+                            writeln!(out, "{}", event_line(&e))?;
+                        }
+                        out.flush()?;
+                        seen += 1;
+                        if count.is_some_and(|c| seen >= c) {
+                            break;
+                        }
+                    }
+                    Some(Ok(Item::Synced { iteration })) => {
+                        eprintln!("-- snapshot complete at iteration {iteration}");
+                    }
+                    Some(Ok(Item::Conflated { skipped })) => {
+                        eprintln!("-- too slow: {skipped} intermediate events skipped");
+                    }
+                }
+            }
+        }
+        Command::Ping => {
+            let rtt = client.ping().await?;
+            writeln!(out, "pong from {} in {:?}", client.node_id(), rtt)?;
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(
+    out: &mut impl Write,
+    topic: &str,
+    outcome: &Outcome,
+    json: bool,
+) -> anyhow::Result<()> {
+    let status = outcome.status().as_str();
+    let event = outcome.event();
+    let notified: Vec<(&str, u32)> = match outcome {
+        Outcome::New { notified, .. } => spread_client::prefix_levels(topic)
+            .into_iter()
+            .zip(notified.iter().copied())
+            .collect(),
+        _ => Vec::new(),
+    };
+    if json {
+        let mut v = event_json(event, Some(status));
+        v["notified"] = notified
+            .iter()
+            .map(|(p, n)| ((*p).to_string(), serde_json::Value::from(*n)))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{status} {topic} iteration={} id={}",
+        event.iteration(),
+        event.id()
+    )?;
+    match outcome {
+        Outcome::New { previous, .. } => {
+            let levels: Vec<String> = notified
+                .iter()
+                .map(|(p, n)| format!("{}={n}", if p.is_empty() { "(root)" } else { p }))
+                .collect();
+            writeln!(out, "notified: {}", levels.join(" "))?;
+            if let Some(p) = previous {
+                writeln!(out, "previous: iteration={} id={}", p.iteration(), p.id())?;
+            }
+        }
+        Outcome::TooLate { current, .. } => writeln!(
+            out,
+            "current: iteration={} id={}",
+            current.iteration(),
+            current.id()
+        )?,
+        Outcome::Existing { .. } | Outcome::Present { .. } => {}
+    }
+    Ok(())
+}
+
+/// The `--json` form of an event: `topic`, `iteration`, `timestamp`,
+/// `origin`, `id`, `kind`, `status` (when given) and `payload` (UTF-8) or
+/// `payload_base64`.
+pub fn event_json(e: &Event, status: Option<&str>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "topic": e.topic(),
+        "iteration": e.iteration(),
+        "timestamp": e.timestamp(),
+        "origin": e.origin(),
+        "id": e.id().to_string(),
+        "kind": e.kind().as_str(),
+    });
+    if let Some(s) = status {
+        v["status"] = s.into();
+    }
+    match std::str::from_utf8(e.payload_bytes()) {
+        Ok(s) => v["payload"] = s.into(),
+        Err(_) => {
+            v["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(e.payload_bytes())
+                .into()
+        }
+    }
+    v
+}
+
+/// One human-readable line for an event.
+fn event_line(e: &Event) -> String {
+    if e.is_tombstone() {
+        return format!(
+            "[{}] {} deleted (by {})",
+            e.iteration(),
+            e.topic(),
+            e.origin()
+        );
+    }
+    let payload = match std::str::from_utf8(e.payload_bytes()) {
+        Ok(s) => s.escape_debug().to_string(),
+        Err(_) => format!("<{} bytes>", e.payload_bytes().len()),
+    };
+    format!(
+        "[{}] {} = {} (by {})",
+        e.iteration(),
+        e.topic(),
+        payload,
+        e.origin()
+    )
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! `spread`: the command line client.
+
+fn main() -> std::process::ExitCode {
+    spread_cli::run()
+}

@@ -1,0 +1,237 @@
+//! The client handle: requests and subscriptions over one connection.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use spread_protocol::{Event, EventId, Outcome, Publish, PublishMode, Request, Response, Topic};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+
+use crate::config::ClientConfig;
+use crate::driver::{self, Shared, SubState};
+use crate::subscription::Subscription;
+use crate::{tls, Error};
+
+/// Options of a publish beyond topic and payload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishOptions {
+    /// Apply only if the topic has no live value.
+    pub if_absent: bool,
+    /// Event time in microseconds since the epoch (default: the broker's clock).
+    pub timestamp: Option<u64>,
+    /// Event id (requires `timestamp`): a retried publish with the same id
+    /// and timestamp is reported `existing` instead of applied twice.
+    pub id: Option<EventId>,
+}
+
+/// A connection to a Spread broker. Cheap to clone; all clones share the
+/// connection. The connection closes when the last clone and the last
+/// subscription are dropped.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    _guard: Arc<Guard>,
+}
+
+/// Stops the driver when the last client handle is dropped.
+struct Guard(Arc<Shared>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown.send(true);
+    }
+}
+
+impl Client {
+    /// Connects and handshakes. Fails if the first attempt fails; later
+    /// losses reconnect in the background when `config.reconnect` is set.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), spread_client::Error> {
+    /// use spread_client::{Client, ClientConfig};
+    /// let client = Client::connect(
+    ///     ClientConfig::new("127.0.0.1:7411").ca_file("spread-data/tls/ca.pem"),
+    /// )
+    /// .await?;
+    /// let report = client.publish("fleet/eu/truck-7", "42 km/h").await?;
+    /// println!("{:?} at iteration {}", report.status(), report.event().iteration());
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let tls = TlsConnector::from(tls::client_config(&config.trust)?);
+        let shared = Arc::new(Shared::new(config, tls));
+        let first = driver::establish(&shared).await?;
+        shared.connected();
+        tokio::spawn(driver::drive(shared.clone(), first));
+        Ok(Client {
+            _guard: Arc::new(Guard(shared.clone())),
+            shared,
+        })
+    }
+
+    /// The broker's node id, from the last handshake.
+    pub fn node_id(&self) -> String {
+        self.shared.node_id.lock().clone()
+    }
+
+    /// Whether a connection is currently up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.out.lock().connected
+    }
+
+    fn topic(&self, s: &str) -> Result<Topic, Error> {
+        Ok(Topic::new(s, &self.shared.rules)?)
+    }
+
+    async fn call(&self, req: Request) -> Result<Response, Error> {
+        self.shared
+            .send(&req)?
+            .await
+            .map_err(|_| Error::Disconnected)?
+    }
+
+    async fn publish_request(&self, p: Publish) -> Result<Outcome, Error> {
+        match self.call(Request::Publish(p)).await? {
+            Response::Report { outcome, .. } => Ok(outcome),
+            _ => Err(Error::Unexpected("expected a report")),
+        }
+    }
+
+    /// Sets `topic` to `payload` (last writer wins).
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<Outcome, Error> {
+        self.publish_with(topic, payload, PublishOptions::default())
+            .await
+    }
+
+    /// Sets `topic` to `payload` only if it has no live value; otherwise the
+    /// outcome is [`Outcome::Present`] with the current event.
+    pub async fn publish_if_absent(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<Outcome, Error> {
+        let opts = PublishOptions {
+            if_absent: true,
+            ..PublishOptions::default()
+        };
+        self.publish_with(topic, payload, opts).await
+    }
+
+    /// Publishes with explicit options.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<Outcome, Error> {
+        let p = Publish {
+            req_id: self.shared.next_id(),
+            topic: self.topic(topic)?,
+            payload: payload.into(),
+            timestamp: opts.timestamp,
+            id: opts.id.filter(|_| opts.timestamp.is_some()),
+            mode: if opts.if_absent {
+                PublishMode::IfAbsent
+            } else {
+                PublishMode::Set
+            },
+        };
+        self.publish_request(p).await
+    }
+
+    /// Deletes `topic` (a tombstone event, ordered like any write).
+    pub async fn delete(&self, topic: &str) -> Result<Outcome, Error> {
+        let p = Publish {
+            req_id: self.shared.next_id(),
+            topic: self.topic(topic)?,
+            payload: Bytes::new(),
+            timestamp: None,
+            id: None,
+            mode: PublishMode::Delete,
+        };
+        self.publish_request(p).await
+    }
+
+    /// The latest event of `topic`, or `None` if it has no live value.
+    pub async fn get(&self, topic: &str) -> Result<Option<Event>, Error> {
+        let req = Request::Get {
+            req_id: self.shared.next_id(),
+            topic: self.topic(topic)?,
+        };
+        match self.call(req).await? {
+            Response::Value { event, .. } => Ok(event),
+            _ => Err(Error::Unexpected("expected a value")),
+        }
+    }
+
+    /// Subscribes to every topic under `prefix` (`""` for all): the snapshot
+    /// first, then live changes.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: spread_client::Client) -> Result<(), spread_client::Error> {
+    /// use futures_util::StreamExt;
+    /// use spread_client::Item;
+    /// let mut sub = client.subscribe("fleet/eu").await?;
+    /// while let Some(item) = sub.next().await {
+    ///     match item? {
+    ///         Item::Event(e) => println!("{} = {:?}", e.topic(), e.payload()),
+    ///         Item::Synced { iteration } => println!("snapshot complete at {iteration}"),
+    ///         Item::Conflated { skipped } => println!("fell behind, skipped {skipped}"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn subscribe(&self, prefix: &str) -> Result<Subscription, Error> {
+        self.subscribe_since(prefix, 0).await
+    }
+
+    /// Subscribes, receiving only what changed after iteration `since`
+    /// (deletes included, so a resumed copy of the state stays exact).
+    pub async fn subscribe_since(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
+        let prefix = Topic::prefix(prefix, &self.shared.rules)?;
+        let id = self.shared.next_id();
+        let (tx, rx) = mpsc::channel(self.shared.config.subscription_buffer.max(1));
+        self.shared.subs.lock().insert(
+            id,
+            SubState {
+                prefix: prefix.clone(),
+                last: since,
+                tx,
+            },
+        );
+        let req = Request::Subscribe {
+            req_id: id,
+            prefix,
+            since,
+        };
+        // Deliveries and a refusal both arrive on the subscription's stream.
+        if let Err(e) = self.shared.send(&req) {
+            self.shared.subs.lock().remove(&id);
+            return Err(e);
+        }
+        Ok(Subscription::new(id, rx, self.shared.clone()))
+    }
+
+    /// Round-trip time of a ping.
+    pub async fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        match self
+            .call(Request::Ping {
+                req_id: self.shared.next_id(),
+            })
+            .await?
+        {
+            Response::Pong { .. } => Ok(start.elapsed()),
+            _ => Err(Error::Unexpected("expected a pong")),
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.shared.config.server)
+            .finish()
+    }
+}

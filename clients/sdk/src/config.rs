@@ -1,0 +1,101 @@
+//! How to reach and trust a broker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which certificates the client trusts.
+#[derive(Debug, Clone, Default)]
+pub enum Trust {
+    /// The operating system's root certificates.
+    #[default]
+    System,
+    /// A PEM file of CA certificates (for example `<data-dir>/tls/ca.pem`).
+    CaFile(PathBuf),
+    /// Accept any certificate. For development only: it gives no protection
+    /// against an attacker on the network.
+    Insecure,
+}
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of the broker.
+    pub server: String,
+    /// Name to verify in the certificate (default: the host of `server`).
+    pub server_name: Option<String>,
+    /// Trusted certificates.
+    pub trust: Trust,
+    /// Bearer token sent in the handshake.
+    pub token: Option<String>,
+    /// Name reported to the broker, for its logs.
+    pub client_name: String,
+    /// Reconnect automatically after a lost connection.
+    pub reconnect: bool,
+    /// First reconnection delay; doubles up to `max_backoff`.
+    pub min_backoff: Duration,
+    /// Longest reconnection delay.
+    pub max_backoff: Duration,
+    /// Time allowed for TCP, TLS and protocol handshakes together.
+    pub connect_timeout: Duration,
+    /// Events buffered per subscription before the client stops reading
+    /// (and the broker starts conflating).
+    pub subscription_buffer: usize,
+}
+
+impl ClientConfig {
+    /// Settings for `server` with defaults for everything else.
+    pub fn new(server: impl Into<String>) -> Self {
+        ClientConfig {
+            server: server.into(),
+            server_name: None,
+            trust: Trust::System,
+            token: None,
+            client_name: format!("spread-client/{}", env!("CARGO_PKG_VERSION")),
+            reconnect: true,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            subscription_buffer: 8192,
+        }
+    }
+
+    /// Trusts the CA certificates in `path`.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trust = Trust::CaFile(path.into());
+        self
+    }
+
+    /// Accepts any certificate (development only).
+    pub fn insecure(mut self) -> Self {
+        self.trust = Trust::Insecure;
+        self
+    }
+
+    /// Sends `token` in the handshake.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The host part of `server` (without brackets for IPv6).
+    pub(crate) fn host(&self) -> &str {
+        let s = self.server.as_str();
+        let host = match s.rfind(':') {
+            Some(i) if !s[..i].contains(':') || s.starts_with('[') => &s[..i],
+            _ => s,
+        };
+        host.trim_start_matches('[').trim_end_matches(']')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_server() {
+        assert_eq!(ClientConfig::new("localhost:7411").host(), "localhost");
+        assert_eq!(ClientConfig::new("127.0.0.1:7411").host(), "127.0.0.1");
+        assert_eq!(ClientConfig::new("[::1]:7411").host(), "::1");
+    }
+}

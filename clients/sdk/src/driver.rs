@@ -1,0 +1,350 @@
+//! The connection driver: establishes connections, runs the reader and the
+//! writer, routes answers and deliveries, and reconnects with backoff,
+//! resuming every subscription from the last iteration it delivered.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use spread_protocol::{
+    ClientCodec, ErrorFrame, Hello, Request, Response, Topic, TopicRules, PROTOCOL_VERSION,
+};
+use std::collections::HashMap;
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::FramedRead;
+
+use crate::config::ClientConfig;
+use crate::subscription::Item;
+use crate::Error;
+
+type Reader = FramedRead<ReadHalf<TlsStream<TcpStream>>, ClientCodec>;
+type Writer = WriteHalf<TlsStream<TcpStream>>;
+
+/// A subscription as the driver tracks it.
+pub(crate) struct SubState {
+    pub prefix: Topic,
+    /// Last iteration handed to the application; resume point.
+    pub last: u64,
+    pub tx: mpsc::Sender<Result<Item, Error>>,
+}
+
+/// Bytes waiting to be written, and whether a connection is up.
+pub(crate) struct Out {
+    pub buf: BytesMut,
+    pub connected: bool,
+}
+
+/// State shared by the client handles and the driver.
+pub(crate) struct Shared {
+    pub config: ClientConfig,
+    pub rules: TopicRules,
+    tls: TlsConnector,
+    next_id: AtomicU64,
+    pub out: Mutex<Out>,
+    out_ready: Notify,
+    pub pending: Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>,
+    pub subs: Mutex<HashMap<u64, SubState>>,
+    pub node_id: Mutex<String>,
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    pub fn new(config: ClientConfig, tls: TlsConnector) -> Self {
+        Shared {
+            config,
+            rules: TopicRules::default(),
+            tls,
+            next_id: AtomicU64::new(1),
+            out: Mutex::new(Out {
+                buf: BytesMut::with_capacity(64 * 1024),
+                connected: false,
+            }),
+            out_ready: Notify::new(),
+            pending: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            node_id: Mutex::new(String::new()),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// A fresh request id (also used as subscription id).
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues `req` for the writer; its answer arrives on the returned channel.
+    pub fn send(&self, req: &Request) -> Result<oneshot::Receiver<Result<Response, Error>>, Error> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut out = self.out.lock();
+            if !out.connected {
+                return Err(Error::NotConnected);
+            }
+            if let Some(id) = req.req_id() {
+                self.pending.lock().insert(id, tx);
+            }
+            req.encode(&mut out.buf);
+        }
+        self.out_ready.notify_one();
+        Ok(rx)
+    }
+
+    /// Queues `req` without waiting for an answer (its answer is ignored).
+    pub fn send_and_forget(&self, req: &Request) {
+        let mut out = self.out.lock();
+        if out.connected {
+            req.encode(&mut out.buf);
+            drop(out);
+            self.out_ready.notify_one();
+        }
+    }
+
+    /// Marks the connection lost: unsent bytes are dropped and every pending
+    /// request fails with [`Error::Disconnected`].
+    fn disconnected(&self) {
+        let mut out = self.out.lock();
+        out.connected = false;
+        out.buf.clear();
+        let pending: Vec<_> = self.pending.lock().drain().collect();
+        drop(out);
+        for (_, tx) in pending {
+            let _ = tx.send(Err(Error::Disconnected));
+        }
+    }
+
+    /// Marks a new connection up (the first one is marked by `Client::connect`
+    /// before the driver starts) and queues a resuming subscribe for every
+    /// live subscription, ahead of any new request.
+    pub fn connected(&self) {
+        let mut out = self.out.lock();
+        out.connected = true;
+        out.buf.clear();
+        for (id, sub) in self.subs.lock().iter() {
+            Request::Subscribe {
+                req_id: *id,
+                prefix: sub.prefix.clone(),
+                since: sub.last,
+            }
+            .encode(&mut out.buf);
+        }
+        drop(out);
+        self.out_ready.notify_one();
+    }
+}
+
+/// Connects, handshakes and returns the split stream.
+pub(crate) async fn establish(shared: &Shared) -> Result<(Reader, Writer), Error> {
+    let cfg = &shared.config;
+    let fut = async {
+        let tcp = TcpStream::connect(&cfg.server)
+            .await
+            .map_err(|source| Error::Connect {
+                addr: cfg.server.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let name = cfg
+            .server_name
+            .clone()
+            .unwrap_or_else(|| cfg.host().to_string());
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| Error::Tls(format!("invalid server name {name:?}")))?;
+        let tls = shared
+            .tls
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let (rd, mut wr) = tokio::io::split(tls);
+        let mut buf = BytesMut::new();
+        Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: cfg.client_name.clone(),
+            token: cfg.token.clone(),
+        })
+        .encode(&mut buf);
+        wr.write_all(&buf).await.map_err(|source| Error::Connect {
+            addr: cfg.server.clone(),
+            source,
+        })?;
+        wr.flush().await.map_err(|source| Error::Connect {
+            addr: cfg.server.clone(),
+            source,
+        })?;
+        let mut framed = FramedRead::with_capacity(rd, ClientCodec::default(), 64 * 1024);
+        match framed.next().await {
+            Some(Ok(Response::Welcome { node_id, .. })) => {
+                *shared.node_id.lock() = node_id;
+                Ok((framed, wr))
+            }
+            Some(Ok(Response::Error(e))) => Err(Error::Server {
+                code: e.code,
+                message: e.message,
+            }),
+            Some(Ok(_)) => Err(Error::Unexpected("expected welcome")),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(Error::Connect {
+                addr: cfg.server.clone(),
+                source: std::io::ErrorKind::UnexpectedEof.into(),
+            }),
+        }
+    };
+    tokio::time::timeout(cfg.connect_timeout, fut)
+        .await
+        .map_err(|_| Error::Timeout("connecting to the broker"))?
+}
+
+/// Runs connections until the client shuts down.
+pub(crate) async fn drive(shared: Arc<Shared>, first: (Reader, Writer)) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut conn = first;
+    loop {
+        let fatal = tokio::select! {
+            f = serve(&shared, conn) => f,
+            _ = shutdown.changed() => None,
+        };
+        shared.disconnected();
+        if *shutdown.borrow() {
+            break;
+        }
+        if let Some(e) = &fatal {
+            tracing::warn!(code = %e.code, "broker closed the connection: {}", e.message);
+        }
+        if !shared.config.reconnect {
+            end_subscriptions(&shared);
+            break;
+        }
+        let mut delay = shared.config.min_backoff;
+        conn = loop {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+            match establish(&shared).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::debug!("reconnect failed: {e}; next try in {delay:?}");
+                    delay = (delay * 2).min(shared.config.max_backoff);
+                }
+            }
+        };
+        tracing::info!("reconnected to {}", shared.config.server);
+        shared.connected();
+    }
+}
+
+/// Ends every subscription stream with [`Error::Disconnected`].
+fn end_subscriptions(shared: &Shared) {
+    let subs: Vec<_> = shared.subs.lock().drain().collect();
+    for (_, sub) in subs {
+        let _ = sub.tx.try_send(Err(Error::Disconnected));
+    }
+}
+
+/// Serves one connection until it fails; returns the broker's fatal error
+/// frame if it sent one.
+async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> Option<ErrorFrame> {
+    let write = async {
+        let mut local = BytesMut::with_capacity(64 * 1024);
+        loop {
+            shared.out_ready.notified().await;
+            std::mem::swap(&mut shared.out.lock().buf, &mut local);
+            if local.is_empty() {
+                continue;
+            }
+            if writer.write_all(&local).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            local.clear();
+        }
+    };
+    let read = async {
+        while let Some(frame) = reader.next().await {
+            match frame {
+                Ok(resp) => {
+                    if let Some(fatal) = route(shared, resp).await {
+                        return Some(fatal);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("cannot decode a frame from the broker: {e}");
+                    return None;
+                }
+            }
+        }
+        None
+    };
+    tokio::select! {
+        f = read => f,
+        _ = write => None,
+    }
+}
+
+/// Delivers one broker message; returns a connection-level error frame.
+async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
+    let (sub_id, item) = match resp {
+        Response::Event { sub_id, event } => {
+            let mut subs = shared.subs.lock();
+            let Some(sub) = subs.get_mut(&sub_id) else {
+                return None;
+            };
+            // Iterations of one subscription strictly increase: anything at or
+            // below the resume point was delivered already.
+            if event.iteration() <= sub.last {
+                return None;
+            }
+            sub.last = event.iteration();
+            (sub_id, Item::Event(event))
+        }
+        Response::SnapshotComplete { sub_id, iteration } => {
+            if let Some(sub) = shared.subs.lock().get_mut(&sub_id) {
+                sub.last = sub.last.max(iteration);
+            }
+            (sub_id, Item::Synced { iteration })
+        }
+        Response::Conflated { sub_id, skipped } => (sub_id, Item::Conflated { skipped }),
+        Response::Error(e) => {
+            let Some(id) = e.req_id else {
+                return Some(e);
+            };
+            let err = Error::Server {
+                code: e.code,
+                message: e.message,
+            };
+            if let Some(tx) = shared.pending.lock().remove(&id) {
+                let _ = tx.send(Err(err));
+                return None;
+            }
+            // A refused subscription: end its stream with the error.
+            let refused = shared.subs.lock().remove(&id);
+            if let Some(sub) = refused {
+                let _ = sub.tx.send(Err(err)).await;
+            }
+            return None;
+        }
+        Response::Report { req_id, .. }
+        | Response::Value { req_id, .. }
+        | Response::Pong { req_id }
+        | Response::Unsubscribed { req_id } => {
+            if let Some(tx) = shared.pending.lock().remove(&req_id) {
+                let _ = tx.send(Ok(resp));
+            }
+            return None;
+        }
+        Response::Welcome { .. } => return None,
+    };
+    let tx = shared.subs.lock().get(&sub_id).map(|s| s.tx.clone());
+    if let Some(tx) = tx {
+        // A full buffer makes the reader wait: the application's pace
+        // propagates to the broker, which conflates instead of queueing.
+        if tx.send(Ok(item)).await.is_err() {
+            shared.subs.lock().remove(&sub_id);
+        }
+    }
+    None
+}
