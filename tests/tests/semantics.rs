@@ -1,0 +1,206 @@
+//! The original Spread's scenarios, over real TLS against a real broker.
+
+mod support;
+
+use spread_client::{Item, Outcome, PublishOptions, PublishStatus};
+use support::{next_event, snapshot, Broker};
+
+#[tokio::test]
+async fn subscribing_where_nothing_exists_yet() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let mut sub = client.subscribe("nothing/here").await.unwrap();
+    assert!(snapshot(&mut sub).await.is_empty());
+    client.publish("nothing/here/yet", "first").await.unwrap();
+    let e = next_event(&mut sub).await;
+    assert_eq!(e.topic(), "nothing/here/yet");
+    assert_eq!(e.payload_bytes(), b"first");
+}
+
+#[tokio::test]
+async fn report_counts_subscribers_per_prefix_level() {
+    let broker = Broker::start(&[]);
+    let publisher = broker.client().await;
+    let other = broker.client().await;
+    let mut subs = Vec::new();
+    for prefix in ["", "a", "a", "a/b/c", "a/bc"] {
+        let mut s = other.subscribe(prefix).await.unwrap();
+        snapshot(&mut s).await;
+        subs.push(s);
+    }
+    match publisher.publish("a/b/c", "v").await.unwrap() {
+        Outcome::New {
+            event,
+            previous,
+            notified,
+        } => {
+            assert!(previous.is_none());
+            assert!(event.iteration() > 0);
+            // "", "a", "a/b", "a/b/c"; "a/bc" is a sibling, not a prefix.
+            assert_eq!(&notified[..], &[1, 2, 0, 1]);
+        }
+        other => panic!("expected new, got {other:?}"),
+    }
+    let second = publisher.publish("a/b/c", "w").await.unwrap();
+    match second {
+        Outcome::New { previous, .. } => {
+            assert_eq!(previous.unwrap().payload_bytes(), b"v");
+        }
+        other => panic!("expected new, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let first = client.publish_if_absent("cfg/mode", "auto").await.unwrap();
+    assert_eq!(first.status(), PublishStatus::New);
+    let again = client.publish_if_absent("cfg/mode", "manual").await.unwrap();
+    assert_eq!(again.status(), PublishStatus::Present);
+    assert_eq!(again.event().payload_bytes(), b"auto");
+    assert_eq!(again.event().iteration(), first.event().iteration());
+    let now = client.get("cfg/mode").await.unwrap().unwrap();
+    assert_eq!(now.payload_bytes(), b"auto");
+    assert_eq!(now.iteration(), first.event().iteration());
+}
+
+#[tokio::test]
+async fn get_returns_payload_origin_and_iteration() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let report = client.publish("sensors/t1", &b"\x00\x01binary"[..]).await.unwrap();
+    let got = client.get("sensors/t1").await.unwrap().unwrap();
+    assert_eq!(got.payload_bytes(), b"\x00\x01binary");
+    assert_eq!(got.origin(), client.node_id());
+    assert_eq!(got.iteration(), report.event().iteration());
+    assert_eq!(got.id(), report.event().id());
+}
+
+#[tokio::test]
+async fn unknown_and_deleted_topics_are_not_found() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    assert!(client.get("no/such/topic").await.unwrap().is_none());
+    client.publish("gone/soon", "x").await.unwrap();
+    let del = client.delete("gone/soon").await.unwrap();
+    assert_eq!(del.status(), PublishStatus::New);
+    assert!(del.event().is_tombstone());
+    assert!(client.get("gone/soon").await.unwrap().is_none());
+    // A prefix of an existing topic is not a topic itself.
+    client.publish("p/q/r", "x").await.unwrap();
+    assert!(client.get("p/q").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn prefix_subscription_gets_descendants_not_string_siblings() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    for t in ["a/b", "a/b/c", "a/bc", "a/bc/d", "a"] {
+        client.publish(t, t).await.unwrap();
+    }
+    let mut sub = client.subscribe("a/b").await.unwrap();
+    let mut topics: Vec<String> = snapshot(&mut sub)
+        .await
+        .iter()
+        .map(|e| e.topic().to_string())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["a/b", "a/b/c"]);
+    for t in ["a/bc/x", "a/b/c/d", "a", "a/b"] {
+        client.publish(t, "live").await.unwrap();
+    }
+    assert_eq!(next_event(&mut sub).await.topic(), "a/b/c/d");
+    assert_eq!(next_event(&mut sub).await.topic(), "a/b");
+}
+
+#[tokio::test]
+async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    client.publish("r/one", "1").await.unwrap();
+    client.publish("r/two", "2").await.unwrap();
+    client.publish("r/gone", "3").await.unwrap();
+    let mark = client.publish("other/x", "x").await.unwrap().event().iteration();
+    client.publish("r/two", "2b").await.unwrap();
+    client.delete("r/gone").await.unwrap();
+    client.publish("r/three", "3").await.unwrap();
+
+    let mut sub = client.subscribe_since("r", mark).await.unwrap();
+    let got = snapshot(&mut sub).await;
+    let mut seen: Vec<(String, bool, Vec<u8>)> = got
+        .iter()
+        .map(|e| (e.topic().to_string(), e.is_tombstone(), e.payload_bytes().to_vec()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("r/gone".to_string(), true, vec![]),
+            ("r/three".to_string(), false, b"3".to_vec()),
+            ("r/two".to_string(), false, b"2b".to_vec()),
+        ]
+    );
+    assert!(got.windows(2).all(|w| w[0].iteration() < w[1].iteration()));
+
+    // A fresh subscription (since 0) sees live values only, no tombstones.
+    let mut fresh = client.subscribe("r").await.unwrap();
+    let all = snapshot(&mut fresh).await;
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|e| !e.is_tombstone()));
+}
+
+#[tokio::test]
+async fn explicit_timestamps_give_too_late_and_existing() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let future = spread_client::EventId([42; 16]);
+    let opts = PublishOptions {
+        timestamp: Some(4_000_000_000_000_000),
+        id: Some(future),
+        ..PublishOptions::default()
+    };
+    assert_eq!(client.publish_with("lww", "late-winner", opts).await.unwrap().status(), PublishStatus::New);
+    // The same event again (a retry): existing, nothing delivered twice.
+    let again = client.publish_with("lww", "late-winner", opts).await.unwrap();
+    assert_eq!(again.status(), PublishStatus::Existing);
+    // An older write loses and is told which event wins.
+    let old = PublishOptions {
+        timestamp: Some(1_000),
+        ..PublishOptions::default()
+    };
+    match client.publish_with("lww", "old", old).await.unwrap() {
+        Outcome::TooLate { rejected, current } => {
+            assert_eq!(rejected.payload_bytes(), b"old");
+            assert_eq!(current.id(), future);
+        }
+        other => panic!("expected too_late, got {other:?}"),
+    }
+    // A broker-stamped write supersedes what its writer could read.
+    let stamped = client.publish("lww", "now").await.unwrap();
+    assert_eq!(stamped.status(), PublishStatus::New);
+    assert!(stamped.event().timestamp() > 4_000_000_000_000_000);
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_deliveries() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let mut keep = client.subscribe("u").await.unwrap();
+    let mut drop_me = client.subscribe("u").await.unwrap();
+    snapshot(&mut keep).await;
+    snapshot(&mut drop_me).await;
+    drop_me.unsubscribe().await.unwrap();
+    client.publish("u/x", "1").await.unwrap();
+    // The kept subscription sees it: the other one is gone from the report.
+    assert_eq!(next_event(&mut keep).await.topic(), "u/x");
+    let report = client.publish("u/y", "2").await.unwrap();
+    match report {
+        Outcome::New { notified, .. } => assert_eq!(&notified[..], &[0, 1, 0]),
+        other => panic!("{other:?}"),
+    }
+    match keep.next_item().await {
+        Some(Ok(Item::Event(e))) => assert_eq!(e.topic(), "u/y"),
+        other => panic!("{other:?}"),
+    }
+}

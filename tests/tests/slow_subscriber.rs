@@ -1,0 +1,94 @@
+//! A subscriber that stops reading neither stalls publishers nor grows the
+//! broker's memory: its queue conflates to the latest value per topic.
+
+mod support;
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use spread_protocol::{Request, Response, Topic};
+use support::{snapshot, Broker};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
+    const TOPICS: usize = 50;
+    const ROUNDS: usize = 4000; // 200,000 events of 1 KiB: ~200 MiB published
+    let broker = Broker::start(&["--subscriber-buffer", "1048576"]);
+
+    // The stalled subscriber: subscribes, then never reads.
+    let mut stalled = broker.raw().await;
+    stalled
+        .send(&Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::root(),
+            since: 0,
+        })
+        .await;
+
+    // A healthy subscriber that must get every topic's final value.
+    let fast_client = broker.client().await;
+    let mut fast = fast_client.subscribe("load").await.unwrap();
+    snapshot(&mut fast).await;
+
+    let baseline = broker.rss();
+    let publisher = broker.client().await;
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let mut finals = HashMap::new();
+    let mut fast_seen: HashMap<String, u64> = HashMap::new();
+    let mut peak = baseline;
+    for round in 0..ROUNDS {
+        let writes = (0..TOPICS).map(|t| {
+            let (c, p) = (publisher.clone(), payload.clone());
+            async move { c.publish(&format!("load/{t}"), p).await }
+        });
+        for (t, r) in join_all(writes).await.into_iter().enumerate() {
+            finals.insert(format!("load/{t}"), r.expect("publish").event().iteration());
+        }
+        if round % 200 == 0 {
+            peak = peak.max(broker.rss());
+        }
+        // Keep the fast subscriber drained as we go.
+        while let Ok(Some(Ok(item))) =
+            tokio::time::timeout(std::time::Duration::ZERO, fast.next_item()).await
+        {
+            if let spread_client::Item::Event(e) = item {
+                fast_seen.insert(e.topic().to_string(), e.iteration());
+            }
+        }
+    }
+    peak = peak.max(broker.rss());
+    // Without conflation the stalled queue alone would hold ~200 MiB.
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 96 * 1024 * 1024,
+        "broker grew by {} MiB while a subscriber was stalled",
+        growth / (1024 * 1024)
+    );
+
+    // The healthy subscriber reaches every final value.
+    while fast_seen != finals {
+        let e = support::next_event(&mut fast).await;
+        fast_seen.insert(e.topic().to_string(), e.iteration());
+    }
+
+    // The stalled subscriber, once it reads again, ends on the latest value
+    // of every topic and is told that it skipped events.
+    let mut latest: HashMap<String, u64> = HashMap::new();
+    let mut skipped = 0;
+    while latest != finals || skipped == 0 {
+        match stalled.recv().await.expect("still connected") {
+            Response::Event { event, .. } => {
+                let prev = latest.insert(event.topic().to_string(), event.iteration());
+                assert!(prev.is_none_or(|p| p < event.iteration()), "never goes back");
+            }
+            Response::Conflated { sub_id, skipped: n } => {
+                assert_eq!(sub_id, 1);
+                skipped += n;
+            }
+            Response::SnapshotComplete { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(skipped > 0);
+}
