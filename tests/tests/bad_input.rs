@@ -33,11 +33,31 @@ async fn each_kind_of_bad_input_gets_its_error_and_the_broker_keeps_serving() {
 
     let cases: Vec<(&str, Vec<u8>, ErrorCode)> = vec![
         // Garbage: a length prefix of "garb" = 1.7 GB, refused from the header.
-        ("garbage", b"garbage bytes that are not a frame".to_vec(), ErrorCode::FrameTooLarge),
-        ("length above the limit", 65537u32.to_be_bytes().to_vec(), ErrorCode::FrameTooLarge),
-        ("invalid msgpack", frame(&[0xc1, 0xc1, 0xc1]), ErrorCode::MalformedFrame),
-        ("truncated array", frame(&[0x93, 0x13]), ErrorCode::MalformedFrame),
-        ("unknown message", frame(&[0x92, 0x7e, 0x01]), ErrorCode::UnknownMessage),
+        (
+            "garbage",
+            b"garbage bytes that are not a frame".to_vec(),
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "length above the limit",
+            65537u32.to_be_bytes().to_vec(),
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            "invalid msgpack",
+            frame(&[0xc1, 0xc1, 0xc1]),
+            ErrorCode::MalformedFrame,
+        ),
+        (
+            "truncated array",
+            frame(&[0x93, 0x13]),
+            ErrorCode::MalformedFrame,
+        ),
+        (
+            "unknown message",
+            frame(&[0x92, 0x7e, 0x01]),
+            ErrorCode::UnknownMessage,
+        ),
         (
             "invalid topic",
             frame(&[0x93, 0x13, 0x01, 0xa4, b'a', b'/', b'/', b'b']),

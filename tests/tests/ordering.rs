@@ -47,7 +47,11 @@ async fn racing_publishers_converge_for_every_subscriber() {
 
     let reader = broker.client().await;
     let final_event = reader.get("race/hot").await.unwrap().unwrap();
-    assert_eq!(final_event.iteration(), last, "the last applied write is the latest value");
+    assert_eq!(
+        final_event.iteration(),
+        last,
+        "the last applied write is the latest value"
+    );
 
     for (_, mut sub) in watchers {
         let mut prev: Option<spread_client::Event> = None;

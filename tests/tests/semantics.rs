@@ -56,7 +56,10 @@ async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
     let client = broker.client().await;
     let first = client.publish_if_absent("cfg/mode", "auto").await.unwrap();
     assert_eq!(first.status(), PublishStatus::New);
-    let again = client.publish_if_absent("cfg/mode", "manual").await.unwrap();
+    let again = client
+        .publish_if_absent("cfg/mode", "manual")
+        .await
+        .unwrap();
     assert_eq!(again.status(), PublishStatus::Present);
     assert_eq!(again.event().payload_bytes(), b"auto");
     assert_eq!(again.event().iteration(), first.event().iteration());
@@ -69,7 +72,10 @@ async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
 async fn get_returns_payload_origin_and_iteration() {
     let broker = Broker::start(&[]);
     let client = broker.client().await;
-    let report = client.publish("sensors/t1", &b"\x00\x01binary"[..]).await.unwrap();
+    let report = client
+        .publish("sensors/t1", &b"\x00\x01binary"[..])
+        .await
+        .unwrap();
     let got = client.get("sensors/t1").await.unwrap().unwrap();
     assert_eq!(got.payload_bytes(), b"\x00\x01binary");
     assert_eq!(got.origin(), client.node_id());
@@ -121,7 +127,12 @@ async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
     client.publish("r/one", "1").await.unwrap();
     client.publish("r/two", "2").await.unwrap();
     client.publish("r/gone", "3").await.unwrap();
-    let mark = client.publish("other/x", "x").await.unwrap().event().iteration();
+    let mark = client
+        .publish("other/x", "x")
+        .await
+        .unwrap()
+        .event()
+        .iteration();
     client.publish("r/two", "2b").await.unwrap();
     client.delete("r/gone").await.unwrap();
     client.publish("r/three", "3").await.unwrap();
@@ -130,7 +141,13 @@ async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
     let got = snapshot(&mut sub).await;
     let mut seen: Vec<(String, bool, Vec<u8>)> = got
         .iter()
-        .map(|e| (e.topic().to_string(), e.is_tombstone(), e.payload_bytes().to_vec()))
+        .map(|e| {
+            (
+                e.topic().to_string(),
+                e.is_tombstone(),
+                e.payload_bytes().to_vec(),
+            )
+        })
         .collect();
     seen.sort();
     assert_eq!(
@@ -160,9 +177,19 @@ async fn explicit_timestamps_give_too_late_and_existing() {
         id: Some(future),
         ..PublishOptions::default()
     };
-    assert_eq!(client.publish_with("lww", "late-winner", opts).await.unwrap().status(), PublishStatus::New);
+    assert_eq!(
+        client
+            .publish_with("lww", "late-winner", opts)
+            .await
+            .unwrap()
+            .status(),
+        PublishStatus::New
+    );
     // The same event again (a retry): existing, nothing delivered twice.
-    let again = client.publish_with("lww", "late-winner", opts).await.unwrap();
+    let again = client
+        .publish_with("lww", "late-winner", opts)
+        .await
+        .unwrap();
     assert_eq!(again.status(), PublishStatus::Existing);
     // An older write loses and is told which event wins.
     let old = PublishOptions {

@@ -80,7 +80,10 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
         match stalled.recv().await.expect("still connected") {
             Response::Event { event, .. } => {
                 let prev = latest.insert(event.topic().to_string(), event.iteration());
-                assert!(prev.is_none_or(|p| p < event.iteration()), "never goes back");
+                assert!(
+                    prev.is_none_or(|p| p < event.iteration()),
+                    "never goes back"
+                );
             }
             Response::Conflated { sub_id, skipped: n } => {
                 assert_eq!(sub_id, 1);

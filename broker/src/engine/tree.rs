@@ -82,7 +82,7 @@ impl<S> Node<S> {
     fn unsubscribe(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) -> Option<S> {
         match segs.split_first() {
             None => {
-                let pos = self.subs.iter().position(|s| pred(s))?;
+                let pos = self.subs.iter().position(&mut *pred)?;
                 Some(self.subs.swap_remove(pos))
             }
             Some((first, rest)) => {

@@ -80,6 +80,12 @@ impl Client {
         self.shared.out.lock().connected
     }
 
+    /// A watch of the connection state (`true` while connected), to await
+    /// disconnections and reconnections.
+    pub fn connection_state(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.state.subscribe()
+    }
+
     fn topic(&self, s: &str) -> Result<Topic, Error> {
         Ok(Topic::new(s, &self.shared.rules)?)
     }

@@ -52,6 +52,8 @@ pub(crate) struct Shared {
     pub subs: Mutex<HashMap<u64, SubState>>,
     pub node_id: Mutex<String>,
     pub shutdown: watch::Sender<bool>,
+    /// Whether a connection is up; observers await changes.
+    pub state: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             subs: Mutex::new(HashMap::new()),
             node_id: Mutex::new(String::new()),
             shutdown: watch::channel(false).0,
+            state: watch::channel(false).0,
         }
     }
 
@@ -116,6 +119,7 @@ impl Shared {
         for (_, tx) in pending {
             let _ = tx.send(Err(Error::Disconnected));
         }
+        self.state.send_replace(false);
     }
 
     /// Marks a new connection up (the first one is marked by `Client::connect`
@@ -135,6 +139,7 @@ impl Shared {
         }
         drop(out);
         self.out_ready.notify_one();
+        self.state.send_replace(true);
     }
 }
 
@@ -267,7 +272,7 @@ async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> O
         while let Some(frame) = reader.next().await {
             match frame {
                 Ok(resp) => {
-                    if let Some(fatal) = route(shared, resp).await {
+                    if let Err(fatal) = route(shared, resp).await {
                         return Some(fatal);
                     }
                 }
@@ -285,18 +290,18 @@ async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> O
     }
 }
 
-/// Delivers one broker message; returns a connection-level error frame.
-async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
+/// Delivers one broker message; a connection-level error frame is `Err`.
+async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
     let (sub_id, item) = match resp {
         Response::Event { sub_id, event } => {
             let mut subs = shared.subs.lock();
             let Some(sub) = subs.get_mut(&sub_id) else {
-                return None;
+                return Ok(());
             };
             // Iterations of one subscription strictly increase: anything at or
             // below the resume point was delivered already.
             if event.iteration() <= sub.last {
-                return None;
+                return Ok(());
             }
             sub.last = event.iteration();
             (sub_id, Item::Event(event))
@@ -310,7 +315,7 @@ async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
         Response::Conflated { sub_id, skipped } => (sub_id, Item::Conflated { skipped }),
         Response::Error(e) => {
             let Some(id) = e.req_id else {
-                return Some(e);
+                return Err(e);
             };
             let err = Error::Server {
                 code: e.code,
@@ -318,14 +323,14 @@ async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
             };
             if let Some(tx) = shared.pending.lock().remove(&id) {
                 let _ = tx.send(Err(err));
-                return None;
+                return Ok(());
             }
             // A refused subscription: end its stream with the error.
             let refused = shared.subs.lock().remove(&id);
             if let Some(sub) = refused {
                 let _ = sub.tx.send(Err(err)).await;
             }
-            return None;
+            return Ok(());
         }
         Response::Report { req_id, .. }
         | Response::Value { req_id, .. }
@@ -334,9 +339,9 @@ async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
             if let Some(tx) = shared.pending.lock().remove(&req_id) {
                 let _ = tx.send(Ok(resp));
             }
-            return None;
+            return Ok(());
         }
-        Response::Welcome { .. } => return None,
+        Response::Welcome { .. } => return Ok(()),
     };
     let tx = shared.subs.lock().get(&sub_id).map(|s| s.tx.clone());
     if let Some(tx) = tx {
@@ -346,5 +351,5 @@ async fn route(shared: &Shared, resp: Response) -> Option<ErrorFrame> {
             shared.subs.lock().remove(&sub_id);
         }
     }
-    None
+    Ok(())
 }

@@ -44,7 +44,10 @@ impl Broker {
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .args(extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -138,9 +141,15 @@ impl Broker {
         self.child.try_wait().expect("try_wait").is_none()
     }
 
+    /// Kills the process (SIGKILL) and hands back its data dir.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        // SAFETY-free: kill(2) through the command line tool.
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

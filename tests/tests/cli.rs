@@ -1,0 +1,111 @@
+//! The `spread` command line against a real broker.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use support::{cli, Broker};
+
+fn json(out: &[u8]) -> serde_json::Value {
+    let text = std::str::from_utf8(out).unwrap();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{e}: {text:?}"))
+}
+
+#[test]
+fn pub_get_del_round_trip() {
+    let broker = Broker::start(&[]);
+    let out = cli(&broker, &["pub", "--json", "site/a/temp", "21.5"], None);
+    assert!(out.status.success(), "{out:?}");
+    let report = json(&out.stdout);
+    assert_eq!(report["status"], "new");
+    assert_eq!(report["topic"], "site/a/temp");
+    assert_eq!(report["payload"], "21.5");
+    assert!(report["iteration"].as_u64().unwrap() > 0);
+    assert_eq!(report["notified"]["site"], 0);
+    for field in ["timestamp", "origin", "id"] {
+        assert!(!report[field].is_null(), "{field}");
+    }
+
+    // Payload bytes alone on stdout, from stdin when no argument.
+    let out = cli(&broker, &["pub", "site/a/bin"], Some(&[0, 159, 146, 150]));
+    assert!(out.status.success());
+    let out = cli(&broker, &["get", "site/a/bin"], None);
+    assert_eq!(out.stdout, [0, 159, 146, 150]);
+    let out = cli(&broker, &["get", "--json", "site/a/bin"], None);
+    assert_eq!(json(&out.stdout)["payload_base64"], "AJ+Slg==");
+
+    let out = cli(&broker, &["pub", "--if-absent", "site/a/temp", "99"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("present"));
+
+    let out = cli(&broker, &["del", "site/a/temp"], None);
+    assert!(out.status.success());
+    let out = cli(&broker, &["get", "site/a/temp"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "not found: site/a/temp"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn sub_prints_snapshot_then_live_and_stops_at_count() {
+    let broker = Broker::start(&[]);
+    cli(&broker, &["pub", "fleet/eu/t1", "one"], None);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-spread"))
+        .args(["--server", &broker.addr.to_string(), "--ca"])
+        .arg(broker.ca())
+        .args(["sub", "fleet", "--json", "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = json(lines.next().unwrap().unwrap().as_bytes());
+    assert_eq!(first["topic"], "fleet/eu/t1");
+    // The snapshot line arrived, so the subscription is live: publish.
+    cli(&broker, &["pub", "fleet/us/t2", "two"], None);
+    let second = json(lines.next().unwrap().unwrap().as_bytes());
+    assert_eq!(second["topic"], "fleet/us/t2");
+    assert_eq!(second["payload"], "two");
+    assert!(second["iteration"].as_u64() > first["iteration"].as_u64());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn errors_are_one_line_and_non_zero() {
+    let broker = Broker::start(&[]);
+    let out = cli(&broker, &["pub", "bad//topic", "x"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("invalid topic"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-spread"))
+        .args(["--server", "127.0.0.1:1", "--insecure", "get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot reach the broker at 127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+
+    // A certificate the client does not trust is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-spread"))
+        .args([
+            "--server",
+            &broker.addr.to_string(),
+            "--ca",
+            "/etc/ssl/certs/ca-certificates.crt",
+            "get",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -1,0 +1,60 @@
+//! Broker process lifecycle: graceful shutdown, persistent identity and TLS.
+
+mod support;
+
+use spread_protocol::{ErrorCode, Request, Response, Topic};
+use support::Broker;
+
+#[tokio::test]
+async fn sigterm_closes_connections_with_shutting_down_and_exits_cleanly() {
+    let mut broker = Broker::start(&[]);
+    let mut raw = broker.raw().await;
+    raw.send(&Request::Subscribe {
+        req_id: 1,
+        prefix: Topic::root(),
+        since: 0,
+    })
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(Response::SnapshotComplete { .. })
+    ));
+    broker.terminate();
+    raw.expect_fatal(ErrorCode::ShuttingDown).await;
+    let status = broker.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!broker.is_running());
+}
+
+#[tokio::test]
+async fn node_id_and_certificate_survive_a_restart() {
+    let first = Broker::start(&[]);
+    let id = first.client().await.node_id();
+    let ca = std::fs::read(first.ca()).unwrap();
+    let dir = first.kill();
+    let second = Broker::start_in(dir, &[]);
+    assert_eq!(std::fs::read(second.ca()).unwrap(), ca);
+    assert_eq!(second.client().await.node_id(), id);
+}
+
+#[tokio::test]
+async fn operator_certificates_are_used_when_given() {
+    // Generate a CA with one broker, then start another from those files.
+    let donor = Broker::start(&[]);
+    let tls = donor.dir.path().join("tls");
+    let (cert, key) = (tls.join("server.pem"), tls.join("server-key.pem"));
+    let broker = Broker::start(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(
+        !broker.dir.path().join("tls").exists(),
+        "no local CA generated"
+    );
+    let mut cfg = broker.config();
+    cfg = cfg.ca_file(donor.ca());
+    let client = spread_client::Client::connect(cfg).await.unwrap();
+    client.publish("t", "x").await.unwrap();
+}

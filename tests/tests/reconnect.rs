@@ -1,0 +1,191 @@
+//! The SDK reconnects after a cut connection and resumes every subscription
+//! from the last iteration it delivered: no gap, no duplicate.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use spread_client::{Client, Error, Item};
+use support::{snapshot, Broker, PATIENCE};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A TCP proxy whose connections the test can cut, and which can refuse
+/// new connections for a while.
+struct Proxy {
+    addr: SocketAddr,
+    generation: watch::Sender<u64>,
+    open: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (generation, _) = watch::channel(0u64);
+        let open = Arc::new(AtomicBool::new(true));
+        let (gen_tx, open2) = (generation.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: the client sees a failed handshake
+                }
+                let mut cut = gen_tx.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            generation,
+            open,
+        }
+    }
+
+    /// Drops every proxied connection.
+    fn cut(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+async fn next(sub: &mut spread_client::Subscription) -> Option<Result<Item, Error>> {
+    tokio::time::timeout(PATIENCE, sub.next_item())
+        .await
+        .expect("item in time")
+}
+
+async fn until_connected(client: &Client, connected: bool) {
+    let mut state = client.connection_state();
+    tokio::time::timeout(PATIENCE, state.wait_for(|c| *c == connected))
+        .await
+        .expect("state reached in time")
+        .expect("client alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_resumes_without_gap_or_duplicate() {
+    let broker = Broker::start(&[]);
+    let proxy = Proxy::start(broker.addr).await;
+    let mut cfg = broker.config();
+    cfg.server = proxy.addr.to_string();
+    cfg.server_name = Some("localhost".into());
+    let client = Client::connect(cfg).await.unwrap();
+    let publisher = broker.client().await;
+
+    let mut sub = client.subscribe("resume").await.unwrap();
+    assert!(snapshot(&mut sub).await.is_empty());
+    let mut seen: Vec<(String, u64, bool)> = Vec::new();
+
+    for i in 0..100 {
+        publisher
+            .publish(&format!("resume/{i}"), "a")
+            .await
+            .unwrap();
+    }
+    while seen.len() < 100 {
+        if let Some(Ok(Item::Event(e))) = next(&mut sub).await {
+            seen.push((e.topic().to_string(), e.iteration(), e.is_tombstone()));
+        }
+    }
+
+    // Cut the connection and keep the client out while the state changes.
+    proxy.open.store(false, Ordering::SeqCst);
+    proxy.cut();
+    until_connected(&client, false).await;
+    assert!(matches!(
+        client.get("resume/1").await,
+        Err(Error::NotConnected)
+    ));
+    let mut changed = Vec::new();
+    for i in 100..150 {
+        let r = publisher
+            .publish(&format!("resume/{i}"), "b")
+            .await
+            .unwrap();
+        changed.push((format!("resume/{i}"), r.event().iteration(), false));
+    }
+    publisher
+        .publish("resume/5", "overwritten once")
+        .await
+        .unwrap();
+    let r = publisher
+        .publish("resume/5", "overwritten twice")
+        .await
+        .unwrap();
+    changed.push(("resume/5".into(), r.event().iteration(), false));
+    let r = publisher.delete("resume/6").await.unwrap();
+    changed.push(("resume/6".into(), r.event().iteration(), true));
+    proxy.open.store(true, Ordering::SeqCst);
+
+    // After the resume: exactly the latest state of what changed, in order.
+    let mut resumed = Vec::new();
+    while resumed.len() < changed.len() {
+        match next(&mut sub).await {
+            Some(Ok(Item::Event(e))) => {
+                resumed.push((e.topic().to_string(), e.iteration(), e.is_tombstone()))
+            }
+            Some(Ok(_)) => {}
+            other => panic!("subscription failed: {other:?}"),
+        }
+    }
+    changed.sort_by_key(|c| c.1);
+    assert_eq!(resumed, changed, "no gap, no duplicate, in iteration order");
+    assert!(client.is_connected());
+
+    // Live again.
+    let r = publisher.publish("resume/live", "c").await.unwrap();
+    loop {
+        match next(&mut sub).await {
+            Some(Ok(Item::Event(e))) => {
+                assert_eq!(
+                    e.iteration(),
+                    r.event().iteration(),
+                    "nothing else in between"
+                );
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("subscription failed: {other:?}"),
+        }
+    }
+    // Requests work on the new connection.
+    assert!(client.get("resume/1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn requests_in_flight_when_the_connection_drops_fail_cleanly() {
+    let broker = Broker::start(&[]);
+    let proxy = Proxy::start(broker.addr).await;
+    let mut cfg = broker.config();
+    cfg.server = proxy.addr.to_string();
+    cfg.server_name = Some("localhost".into());
+    cfg.reconnect = false;
+    let client = Client::connect(cfg).await.unwrap();
+    let mut sub = client.subscribe("x").await.unwrap();
+    snapshot(&mut sub).await;
+    proxy.cut();
+    // The stream ends with an error instead of hanging.
+    let end = tokio::time::timeout(PATIENCE, sub.next_item())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(end, Some(Err(Error::Disconnected)) | None),
+        "{end:?}"
+    );
+    assert!(matches!(
+        client.publish("x/y", "z").await,
+        Err(Error::NotConnected) | Err(Error::Disconnected)
+    ));
+}
