@@ -106,6 +106,42 @@ pub enum Request {
     },
 }
 
+/// Appends a publish frame from borrowed parts, without building a
+/// [`Request`]. `topic` must be valid (the broker refuses it otherwise).
+pub fn encode_publish(
+    dst: &mut BytesMut,
+    req_id: u64,
+    topic: &str,
+    payload: &[u8],
+    timestamp: Option<u64>,
+    id: Option<&EventId>,
+    mode: PublishMode,
+) {
+    let start = begin_frame(dst);
+    let code = match mode {
+        PublishMode::Set => kind::PUBLISH,
+        PublishMode::IfAbsent => kind::PUBLISH_IF_ABSENT,
+        PublishMode::Delete => kind::DELETE,
+    };
+    let with_payload = mode != PublishMode::Delete;
+    wire::put_array(dst, if with_payload { 6 } else { 5 });
+    wire::put_uint(dst, code);
+    wire::put_uint(dst, req_id);
+    wire::put_str(dst, topic);
+    if with_payload {
+        wire::put_bin(dst, payload);
+    }
+    match timestamp {
+        Some(ts) => wire::put_uint(dst, ts),
+        None => wire::put_nil(dst),
+    }
+    match id {
+        Some(id) => wire::put_bin(dst, &id.0),
+        None => wire::put_nil(dst),
+    }
+    end_frame(dst, start);
+}
+
 impl Request {
     /// The request id, if the message has one.
     pub fn req_id(&self) -> Option<u64> {
@@ -121,6 +157,17 @@ impl Request {
 
     /// Appends this request as a complete frame to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
+        if let Request::Publish(p) = self {
+            return encode_publish(
+                dst,
+                p.req_id,
+                p.topic.as_str(),
+                &p.payload,
+                p.timestamp,
+                p.id.as_ref(),
+                p.mode,
+            );
+        }
         let start = begin_frame(dst);
         match self {
             Request::Hello(h) => {
@@ -138,29 +185,7 @@ impl Request {
                 wire::put_uint(dst, kind::PING);
                 wire::put_uint(dst, *req_id);
             }
-            Request::Publish(p) => {
-                let code = match p.mode {
-                    PublishMode::Set => kind::PUBLISH,
-                    PublishMode::IfAbsent => kind::PUBLISH_IF_ABSENT,
-                    PublishMode::Delete => kind::DELETE,
-                };
-                let with_payload = p.mode != PublishMode::Delete;
-                wire::put_array(dst, if with_payload { 6 } else { 5 });
-                wire::put_uint(dst, code);
-                wire::put_uint(dst, p.req_id);
-                wire::put_str(dst, p.topic.as_str());
-                if with_payload {
-                    wire::put_bin(dst, &p.payload);
-                }
-                match p.timestamp {
-                    Some(ts) => wire::put_uint(dst, ts),
-                    None => wire::put_nil(dst),
-                }
-                match &p.id {
-                    Some(id) => wire::put_bin(dst, &id.0),
-                    None => wire::put_nil(dst),
-                }
-            }
+            Request::Publish(_) => {}
             Request::Get { req_id, topic } => {
                 wire::put_array(dst, 3);
                 wire::put_uint(dst, kind::GET);
@@ -290,5 +315,35 @@ impl Request {
         };
         r.finish()?;
         Ok(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte examples in docs/protocol.md, kept true by this test.
+    #[test]
+    fn documented_examples() {
+        let mut buf = BytesMut::new();
+        Request::Hello(Hello {
+            version: 1,
+            client_name: "cli".into(),
+            token: None,
+        })
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 8, 0x94, 0x01, 0x01, 0xa3, b'c', b'l', b'i', 0xc0]
+        );
+        buf.clear();
+        encode_publish(&mut buf, 1, "a/b", b"hi", None, None, PublishMode::Set);
+        assert_eq!(
+            &buf[..],
+            &[
+                0, 0, 0, 13, 0x96, 0x10, 0x01, 0xa3, b'a', b'/', b'b', 0xc4, 0x02, b'h', b'i',
+                0xc0, 0xc0
+            ]
+        );
     }
 }

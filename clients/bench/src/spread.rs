@@ -1,0 +1,210 @@
+//! Spread over the raw protocol: pipelined publishes, counted reports.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use spread_protocol::request::encode_publish;
+use spread_protocol::{
+    ClientCodec, Hello, PublishMode, Request, Response, Topic, TopicRules, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Decoder;
+
+use crate::wire::{Publisher, Subscriber, System};
+
+type Tls = TlsStream<TcpStream>;
+
+/// A Spread broker reached over TLS.
+pub struct Spread {
+    /// Broker address.
+    pub addr: std::net::SocketAddr,
+    /// TLS client.
+    pub tls: TlsConnector,
+}
+
+struct Conn {
+    rd: ReadHalf<Tls>,
+    wr: WriteHalf<Tls>,
+    buf: BytesMut,
+    codec: ClientCodec,
+}
+
+impl Conn {
+    async fn recv(&mut self) -> anyhow::Result<Response> {
+        loop {
+            if let Some(r) = self.codec.decode(&mut self.buf)? {
+                return Ok(r);
+            }
+            if self.rd.read_buf(&mut self.buf).await? == 0 {
+                bail!("spread closed the connection");
+            }
+        }
+    }
+}
+
+impl Spread {
+    async fn connect(&self) -> anyhow::Result<Conn> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let tls = self
+            .tls
+            .connect("localhost".try_into().context("name")?, tcp)
+            .await?;
+        let (rd, wr) = tokio::io::split(tls);
+        let mut conn = Conn {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(256 * 1024),
+            codec: ClientCodec::default(),
+        };
+        let mut out = BytesMut::new();
+        Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            client_name: "spread-bench".into(),
+            token: None,
+        })
+        .encode(&mut out);
+        conn.wr.write_all(&out).await?;
+        match conn.recv().await? {
+            Response::Welcome { .. } => Ok(conn),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+    }
+}
+
+/// Publishing side: a task counts reports as they come back.
+pub struct SpreadPub {
+    wr: WriteHalf<Tls>,
+    out: BytesMut,
+    sent: u64,
+    acked: Arc<AtomicU64>,
+    acked_signal: Arc<Notify>,
+    next_id: u64,
+}
+
+/// Subscribing side.
+pub struct SpreadSub {
+    conn: Conn,
+}
+
+impl System for Spread {
+    type Pub = SpreadPub;
+    type Sub = SpreadSub;
+
+    fn name(&self) -> &'static str {
+        "Spread"
+    }
+
+    async fn publisher(&self) -> anyhow::Result<SpreadPub> {
+        let Conn {
+            mut rd,
+            wr,
+            mut buf,
+            mut codec,
+        } = self.connect().await?;
+        let acked = Arc::new(AtomicU64::new(0));
+        let acked_signal = Arc::new(Notify::new());
+        let (a, s) = (acked.clone(), acked_signal.clone());
+        tokio::spawn(async move {
+            loop {
+                let mut n = 0;
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(Response::Report { .. })) => n += 1,
+                        Ok(Some(other)) => eprintln!("spread publisher got {other:?}"),
+                        Ok(None) => break,
+                        Err(e) => return eprintln!("spread publisher: {e}"),
+                    }
+                }
+                if n > 0 {
+                    a.fetch_add(n, Ordering::Release);
+                    s.notify_one();
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        });
+        Ok(SpreadPub {
+            wr,
+            out: BytesMut::with_capacity(256 * 1024),
+            sent: 0,
+            acked,
+            acked_signal,
+            next_id: 1,
+        })
+    }
+
+    async fn subscriber(&self, topic: &str) -> anyhow::Result<SpreadSub> {
+        let mut conn = self.connect().await?;
+        let mut out = BytesMut::new();
+        Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::prefix(topic, &TopicRules::default())?,
+            since: 0,
+        }
+        .encode(&mut out);
+        conn.wr.write_all(&out).await?;
+        loop {
+            match conn.recv().await? {
+                Response::SnapshotComplete { .. } => return Ok(SpreadSub { conn }),
+                Response::Event { .. } => {}
+                other => bail!("expected a snapshot, got {other:?}"),
+            }
+        }
+    }
+}
+
+impl Publisher for SpreadPub {
+    fn queue(&mut self, topic: &str, payload: &[u8]) {
+        encode_publish(
+            &mut self.out,
+            self.next_id,
+            topic,
+            payload,
+            None,
+            None,
+            PublishMode::Set,
+        );
+        self.next_id += 1;
+        self.sent += 1;
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.wr.write_all(&self.out).await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        while self.acked.load(Ordering::Acquire) < self.sent {
+            self.acked_signal.notified().await;
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for SpreadSub {
+    async fn next_batch(&mut self, f: &mut (dyn FnMut(&[u8]) + Send)) -> anyhow::Result<usize> {
+        let conn = &mut self.conn;
+        if conn.rd.read_buf(&mut conn.buf).await? == 0 {
+            bail!("spread closed the connection");
+        }
+        let mut n = 0;
+        while let Some(r) = conn.codec.decode(&mut conn.buf)? {
+            if let Response::Event { event, .. } = r {
+                f(event.payload_bytes());
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
