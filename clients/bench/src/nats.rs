@@ -156,10 +156,7 @@ impl Subscriber for NatsSub {
             bail!("nats closed the connection");
         }
         let mut n = 0;
-        loop {
-            let Some(end) = line_end(&self.buf) else {
-                break;
-            };
+        while let Some(end) = line_end(&self.buf) {
             let line = &self.buf[..end];
             if line.starts_with(b"MSG ") {
                 let len: usize = line
