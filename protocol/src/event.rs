@@ -238,6 +238,12 @@ impl Event {
         }
     }
 
+    /// The origin's bytes, sharing the event's buffer.
+    pub fn origin_bytes(&self) -> Bytes {
+        self.raw
+            .slice(self.origin.start as usize..self.origin.end as usize)
+    }
+
     /// Microseconds since the Unix epoch.
     pub fn timestamp(&self) -> u64 {
         self.timestamp

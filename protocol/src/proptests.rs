@@ -105,12 +105,17 @@ fn response() -> impl Strategy<Value = Response> {
             proptest::collection::vec(any::<u32>(), 0..12)
         )
             .prop_map(|(event, previous, n)| Outcome::New {
-                event,
-                previous,
+                event: Summary::from(&event),
+                previous: previous.as_ref().map(Summary::from),
                 notified: n.into_iter().collect(),
             }),
-        event().prop_map(|event| Outcome::Existing { event }),
-        (event(), event()).prop_map(|(rejected, current)| Outcome::TooLate { rejected, current }),
+        event().prop_map(|event| Outcome::Existing {
+            event: Summary::from(&event)
+        }),
+        (event(), event()).prop_map(|(rejected, current)| Outcome::TooLate {
+            rejected: Summary::from(&rejected),
+            current
+        }),
         event().prop_map(|current| Outcome::Present { current }),
     ];
     prop_oneof![

@@ -4,7 +4,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::error::{ErrorCode, ProtocolError};
-use crate::event::Event;
+use crate::event::{Event, EventId, EventKind};
 use crate::frame::{begin_frame, end_frame};
 use crate::topic::TopicRules;
 use crate::wire::{self, Reader};
@@ -59,31 +59,127 @@ impl PublishStatus {
     }
 }
 
+/// An event's identity without its topic and payload: what a report says
+/// about the events it names, so that a publish is not answered with a copy
+/// of its own payload.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Summary {
+    id: EventId,
+    timestamp: u64,
+    iteration: u64,
+    origin: Bytes,
+    kind: EventKind,
+}
+
+impl Summary {
+    /// Event id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    /// The broker's iteration of the event (0 when not applied).
+    pub fn iteration(&self) -> u64 {
+        self.iteration
+    }
+
+    /// Who wrote the event.
+    pub fn origin(&self) -> &str {
+        // Checked as UTF-8 when built from an event or decoded.
+        std::str::from_utf8(&self.origin).unwrap_or_default()
+    }
+
+    /// Value or tombstone.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    fn encode(&self, dst: &mut BytesMut) {
+        wire::put_array(dst, 5);
+        wire::put_bin(dst, &self.id.0);
+        wire::put_uint(dst, self.timestamp);
+        wire::put_uint(dst, self.iteration);
+        wire::put_str(dst, self.origin());
+        wire::put_uint(dst, self.kind as u64);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Summary, ProtocolError> {
+        r.array_of(5, "summary: array of 5")?;
+        let raw = r.bin("summary: id")?;
+        let id: [u8; 16] = raw[..]
+            .try_into()
+            .map_err(|_| r.malformed("summary: id must be 16 bytes"))?;
+        let timestamp = r.uint("summary: timestamp")?;
+        let iteration = r.uint("summary: iteration")?;
+        let origin = r.str_bytes("summary: origin")?;
+        let kind = match r.uint("summary: kind")? {
+            0 => EventKind::Value,
+            1 => EventKind::Tombstone,
+            _ => return Err(r.malformed("summary: kind must be 0 or 1")),
+        };
+        Ok(Summary {
+            id: EventId(id),
+            timestamp,
+            iteration,
+            origin,
+            kind,
+        })
+    }
+}
+
+impl From<&Event> for Summary {
+    fn from(e: &Event) -> Summary {
+        Summary {
+            id: e.id(),
+            timestamp: e.timestamp(),
+            iteration: e.iteration(),
+            origin: e.origin_bytes(),
+            kind: e.kind(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Summary")
+            .field("id", &self.id)
+            .field("timestamp", &self.timestamp)
+            .field("iteration", &self.iteration)
+            .field("origin", &self.origin())
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Applied.
+    /// Applied: the event is now the topic's latest.
     New {
         /// The applied event, with its iteration.
-        event: Event,
+        event: Summary,
         /// The event it replaced, if any.
-        previous: Option<Event>,
+        previous: Option<Summary>,
         /// Subscribers notified at each level, root first.
         notified: Counts,
     },
-    /// Already applied earlier.
+    /// This exact event was applied before; nothing changed.
     Existing {
         /// The stored event.
-        event: Event,
+        event: Summary,
     },
-    /// Ordered before the topic's current event.
+    /// A later event is already there; nothing changed.
     TooLate {
         /// The event that was not applied (iteration 0).
-        rejected: Event,
+        rejected: Summary,
         /// The current event, which wins.
         current: Event,
     },
-    /// Publish-if-absent on a topic with a live value.
+    /// Publish-if-absent on a topic with a live value; nothing changed.
     Present {
         /// The current event, unchanged.
         current: Event,
@@ -101,12 +197,22 @@ impl Outcome {
         }
     }
 
-    /// The event the report is about (see the wire table in docs/protocol.md).
-    pub fn event(&self) -> &Event {
+    /// The event the report is about: the one applied, found or rejected,
+    /// or for `present` the current one.
+    pub fn summary(&self) -> Summary {
         match self {
-            Outcome::New { event, .. } | Outcome::Existing { event } => event,
-            Outcome::TooLate { rejected, .. } => rejected,
-            Outcome::Present { current } => current,
+            Outcome::New { event, .. } | Outcome::Existing { event } => event.clone(),
+            Outcome::TooLate { rejected, .. } => rejected.clone(),
+            Outcome::Present { current } => Summary::from(current),
+        }
+    }
+
+    /// The topic's current event when the publish changed nothing
+    /// (`too_late`, `present`).
+    pub fn current(&self) -> Option<&Event> {
+        match self {
+            Outcome::TooLate { current, .. } | Outcome::Present { current } => Some(current),
+            Outcome::New { .. } | Outcome::Existing { .. } => None,
         }
     }
 }
@@ -226,19 +332,22 @@ impl Response {
                 wire::put_uint(dst, *req_id);
             }
             Response::Report { req_id, outcome } => {
-                wire::put_array(dst, 6);
+                wire::put_array(dst, 7);
                 wire::put_uint(dst, kind::REPORT);
                 wire::put_uint(dst, *req_id);
                 wire::put_uint(dst, outcome.status() as u64);
-                dst.put_slice(outcome.event().encoded());
-                let (other, notified): (Option<&Event>, &[u32]) = match outcome {
+                outcome.summary().encode(dst);
+                let (previous, notified): (Option<&Summary>, &[u32]) = match outcome {
                     Outcome::New {
                         previous, notified, ..
                     } => (previous.as_ref(), notified),
-                    Outcome::TooLate { current, .. } => (Some(current), &[]),
-                    Outcome::Existing { .. } | Outcome::Present { .. } => (None, &[]),
+                    _ => (None, &[]),
                 };
-                put_opt_event(dst, other);
+                match previous {
+                    Some(p) => p.encode(dst),
+                    None => wire::put_nil(dst),
+                }
+                put_opt_event(dst, outcome.current());
                 wire::put_array(dst, notified.len());
                 for n in notified {
                     wire::put_uint(dst, u64::from(*n));
@@ -311,11 +420,16 @@ impl Response {
                 }
             }
             kind::REPORT => {
-                expect(&r, 6)?;
+                expect(&r, 7)?;
                 let req_id = r.uint("report: request id")?;
                 let status = r.uint("report: status")?;
-                let event = Event::read(&mut r, rules)?;
-                let other = if r.nil() {
+                let event = Summary::read(&mut r)?;
+                let previous = if r.nil() {
+                    None
+                } else {
+                    Some(Summary::read(&mut r)?)
+                };
+                let current = if r.nil() {
                     None
                 } else {
                     Some(Event::read(&mut r, rules)?)
@@ -325,19 +439,19 @@ impl Response {
                 for _ in 0..n {
                     notified.push(r.u32("report: notified count")?);
                 }
-                let outcome = match (status, other) {
-                    (0, previous) => Outcome::New {
+                let outcome = match (status, previous, current) {
+                    (0, previous, None) => Outcome::New {
                         event,
                         previous,
                         notified,
                     },
-                    (1, None) => Outcome::Existing { event },
-                    (2, Some(current)) => Outcome::TooLate {
+                    (1, None, None) => Outcome::Existing { event },
+                    (2, None, Some(current)) => Outcome::TooLate {
                         rejected: event,
                         current,
                     },
-                    (3, None) => Outcome::Present { current: event },
-                    _ => return Err(r.malformed("report: unknown status or missing event")),
+                    (3, None, Some(current)) => Outcome::Present { current },
+                    _ => return Err(r.malformed("report: fields do not match the status")),
                 };
                 Response::Report { req_id, outcome }
             }

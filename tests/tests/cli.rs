@@ -37,6 +37,17 @@ fn pub_get_del_round_trip() {
 
     let out = cli(&broker, &["pub", "--if-absent", "site/a/temp", "99"], None);
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("present"));
+    let out = cli(
+        &broker,
+        &["pub", "--json", "--if-absent", "site/a/temp", "99"],
+        None,
+    );
+    let present = json(&out.stdout);
+    assert_eq!(present["status"], "present");
+    assert_eq!(present["payload"], "21.5", "the current value, unchanged");
+    let out = cli(&broker, &["pub", "--json", "site/a/temp", "22"], None);
+    let replaced = json(&out.stdout);
+    assert_eq!(replaced["previous"]["iteration"], report["iteration"]);
 
     let out = cli(&broker, &["del", "site/a/temp"], None);
     assert!(out.status.success());

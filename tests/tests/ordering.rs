@@ -34,7 +34,7 @@ async fn racing_publishers_converge_for_every_subscriber() {
                 .into_iter()
                 .map(|r| r.expect("publish"))
                 .inspect(|r| assert_eq!(r.status(), PublishStatus::New))
-                .map(|r| r.event().iteration())
+                .map(|r| r.summary().iteration())
                 .max()
         })
     });

@@ -114,7 +114,7 @@ async fn subscription_resumes_without_gap_or_duplicate() {
             .publish(&format!("resume/{i}"), "b")
             .await
             .unwrap();
-        changed.push((format!("resume/{i}"), r.event().iteration(), false));
+        changed.push((format!("resume/{i}"), r.summary().iteration(), false));
     }
     publisher
         .publish("resume/5", "overwritten once")
@@ -124,9 +124,9 @@ async fn subscription_resumes_without_gap_or_duplicate() {
         .publish("resume/5", "overwritten twice")
         .await
         .unwrap();
-    changed.push(("resume/5".into(), r.event().iteration(), false));
+    changed.push(("resume/5".into(), r.summary().iteration(), false));
     let r = publisher.delete("resume/6").await.unwrap();
-    changed.push(("resume/6".into(), r.event().iteration(), true));
+    changed.push(("resume/6".into(), r.summary().iteration(), true));
     proxy.open.store(true, Ordering::SeqCst);
 
     // After the resume: exactly the latest state of what changed, in order.
@@ -151,7 +151,7 @@ async fn subscription_resumes_without_gap_or_duplicate() {
             Some(Ok(Item::Event(e))) => {
                 assert_eq!(
                     e.iteration(),
-                    r.event().iteration(),
+                    r.summary().iteration(),
                     "nothing else in between"
                 );
                 break;

@@ -41,10 +41,13 @@ async fn report_counts_subscribers_per_prefix_level() {
         }
         other => panic!("expected new, got {other:?}"),
     }
+    let first = publisher.get("a/b/c").await.unwrap().unwrap();
     let second = publisher.publish("a/b/c", "w").await.unwrap();
     match second {
         Outcome::New { previous, .. } => {
-            assert_eq!(previous.unwrap().payload_bytes(), b"v");
+            let previous = previous.unwrap();
+            assert_eq!(previous.id(), first.id());
+            assert_eq!(previous.iteration(), first.iteration());
         }
         other => panic!("expected new, got {other:?}"),
     }
@@ -61,11 +64,11 @@ async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(again.status(), PublishStatus::Present);
-    assert_eq!(again.event().payload_bytes(), b"auto");
-    assert_eq!(again.event().iteration(), first.event().iteration());
+    assert_eq!(again.current().unwrap().payload_bytes(), b"auto");
+    assert_eq!(again.summary().iteration(), first.summary().iteration());
     let now = client.get("cfg/mode").await.unwrap().unwrap();
     assert_eq!(now.payload_bytes(), b"auto");
-    assert_eq!(now.iteration(), first.event().iteration());
+    assert_eq!(now.iteration(), first.summary().iteration());
 }
 
 #[tokio::test]
@@ -79,8 +82,8 @@ async fn get_returns_payload_origin_and_iteration() {
     let got = client.get("sensors/t1").await.unwrap().unwrap();
     assert_eq!(got.payload_bytes(), b"\x00\x01binary");
     assert_eq!(got.origin(), client.node_id());
-    assert_eq!(got.iteration(), report.event().iteration());
-    assert_eq!(got.id(), report.event().id());
+    assert_eq!(got.iteration(), report.summary().iteration());
+    assert_eq!(got.id(), report.summary().id());
 }
 
 #[tokio::test]
@@ -91,7 +94,7 @@ async fn unknown_and_deleted_topics_are_not_found() {
     client.publish("gone/soon", "x").await.unwrap();
     let del = client.delete("gone/soon").await.unwrap();
     assert_eq!(del.status(), PublishStatus::New);
-    assert!(del.event().is_tombstone());
+    assert_eq!(del.summary().kind(), spread_client::EventKind::Tombstone);
     assert!(client.get("gone/soon").await.unwrap().is_none());
     // A prefix of an existing topic is not a topic itself.
     client.publish("p/q/r", "x").await.unwrap();
@@ -131,7 +134,7 @@ async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
         .publish("other/x", "x")
         .await
         .unwrap()
-        .event()
+        .summary()
         .iteration();
     client.publish("r/two", "2b").await.unwrap();
     client.delete("r/gone").await.unwrap();
@@ -198,15 +201,17 @@ async fn explicit_timestamps_give_too_late_and_existing() {
     };
     match client.publish_with("lww", "old", old).await.unwrap() {
         Outcome::TooLate { rejected, current } => {
-            assert_eq!(rejected.payload_bytes(), b"old");
+            assert_eq!(rejected.timestamp(), 1_000);
+            assert_eq!(rejected.iteration(), 0);
             assert_eq!(current.id(), future);
+            assert_eq!(current.payload_bytes(), b"late-winner");
         }
         other => panic!("expected too_late, got {other:?}"),
     }
     // A broker-stamped write supersedes what its writer could read.
     let stamped = client.publish("lww", "now").await.unwrap();
     assert_eq!(stamped.status(), PublishStatus::New);
-    assert!(stamped.event().timestamp() > 4_000_000_000_000_000);
+    assert!(stamped.summary().timestamp() > 4_000_000_000_000_000);
 }
 
 #[tokio::test]

@@ -43,7 +43,10 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
             async move { c.publish(&format!("load/{t}"), p).await }
         });
         for (t, r) in join_all(writes).await.into_iter().enumerate() {
-            finals.insert(format!("load/{t}"), r.expect("publish").event().iteration());
+            finals.insert(
+                format!("load/{t}"),
+                r.expect("publish").summary().iteration(),
+            );
         }
         if round % 200 == 0 {
             peak = peak.max(broker.rss());

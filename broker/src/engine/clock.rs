@@ -13,11 +13,13 @@ pub fn now_micros() -> u64 {
 }
 
 /// A monotonic microsecond clock: each stamp is greater than the previous
-/// one even when the system clock steps back.
+/// one even when the system clock steps back. The system time is read once
+/// per engine round ([`Clock::refresh`]), not once per event.
 #[derive(Debug)]
 pub struct Clock {
     last: u64,
-    now: fn() -> u64,
+    now: u64,
+    source: fn() -> u64,
 }
 
 impl Clock {
@@ -26,9 +28,18 @@ impl Clock {
         Clock::with_source(now_micros)
     }
 
-    /// A clock reading `now` (tests use a fixed source).
-    pub fn with_source(now: fn() -> u64) -> Self {
-        Clock { last: 0, now }
+    /// A clock reading `source` (tests use a fixed source).
+    pub fn with_source(source: fn() -> u64) -> Self {
+        Clock {
+            last: 0,
+            now: source(),
+            source,
+        }
+    }
+
+    /// Reads the time source; stamps until the next refresh follow it.
+    pub fn refresh(&mut self) {
+        self.now = (self.source)();
     }
 
     /// The next timestamp, strictly after the previous one and after `after`
@@ -36,7 +47,7 @@ impl Clock {
     /// supersedes what its writer could have read). A topic stamped far in
     /// the future by a client does not drag the clock of other topics along.
     pub fn stamp(&mut self, after: Option<u64>) -> u64 {
-        let own = (self.now)().max(self.last.saturating_add(1));
+        let own = self.now.max(self.last.saturating_add(1));
         self.last = own;
         match after {
             Some(t) => own.max(t.saturating_add(1)),

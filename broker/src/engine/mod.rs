@@ -123,6 +123,7 @@ struct Engine {
 impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
+            self.tree.refresh_clock();
             self.execute(cmd);
             for _ in 1..MAX_ROUND {
                 match rx.try_recv() {

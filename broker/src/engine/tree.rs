@@ -12,7 +12,9 @@
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
-use spread_protocol::{Counts, Event, EventId, EventKind, EventParts, Outcome, PublishMode, Topic};
+use spread_protocol::{
+    Counts, Event, EventId, EventKind, EventParts, Outcome, PublishMode, Summary, Topic,
+};
 
 use super::clock::{Clock, IdGen};
 
@@ -140,6 +142,11 @@ impl<S> Tree<S> {
         }
     }
 
+    /// Reads the system time for the stamps of the coming round.
+    pub fn refresh_clock(&mut self) {
+        self.clock.refresh();
+    }
+
     /// The iteration of the last applied event.
     pub fn iteration(&self) -> u64 {
         self.iteration
@@ -186,10 +193,14 @@ impl<S> Tree<S> {
         };
         if let Some(c) = current {
             match parts.order_key().cmp(&c.order_key()) {
-                std::cmp::Ordering::Equal => return Outcome::Existing { event: c.clone() },
+                std::cmp::Ordering::Equal => {
+                    return Outcome::Existing {
+                        event: Summary::from(c),
+                    }
+                }
                 std::cmp::Ordering::Less => {
                     return Outcome::TooLate {
-                        rejected: parts.encode(),
+                        rejected: Summary::from(&parts.encode()),
                         current: c.clone(),
                     }
                 }
@@ -208,8 +219,8 @@ impl<S> Tree<S> {
         }
         let notified = Self::fan_out(root, d.topic, &event, &mut deliver);
         Outcome::New {
-            event,
-            previous,
+            event: Summary::from(&event),
+            previous: previous.as_ref().map(Summary::from),
             notified,
         }
     }
@@ -388,6 +399,7 @@ mod tests {
         match tr.publish(early, |_, _| {}) {
             Outcome::TooLate { rejected, current } => {
                 assert_eq!(rejected.iteration(), 0);
+                assert_eq!(rejected.timestamp(), 4_000);
                 assert_eq!(current.payload_bytes(), b"new");
             }
             other => panic!("{other:?}"),

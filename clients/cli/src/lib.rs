@@ -165,7 +165,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if_absent,
             json,
         } => {
-            let payload = match payload {
+            let payload = bytes::Bytes::from(match payload {
                 Some(p) => p.into_bytes(),
                 None => {
                     let mut buf = Vec::new();
@@ -174,17 +174,17 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         .context("cannot read the payload from standard input")?;
                     buf
                 }
-            };
+            });
             let outcome = if if_absent {
-                client.publish_if_absent(&topic, payload).await?
+                client.publish_if_absent(&topic, payload.clone()).await?
             } else {
-                client.publish(&topic, payload).await?
+                client.publish(&topic, payload.clone()).await?
             };
-            print_report(&mut out, &topic, &outcome, json)?;
+            print_report(&mut out, &topic, &payload, &outcome, json)?;
         }
         Command::Del { topic, json } => {
             let outcome = client.delete(&topic).await?;
-            print_report(&mut out, &topic, &outcome, json)?;
+            print_report(&mut out, &topic, &[], &outcome, json)?;
         }
         Command::Get { topic, json } => match client.get(&topic).await? {
             Some(event) if json => writeln!(out, "{}", event_json(&event, None))?,
@@ -246,11 +246,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
 fn print_report(
     out: &mut impl Write,
     topic: &str,
+    payload: &[u8],
     outcome: &Outcome,
     json: bool,
 ) -> anyhow::Result<()> {
     let status = outcome.status().as_str();
-    let event = outcome.event();
+    let summary = outcome.summary();
     let notified: Vec<(&str, u32)> = match outcome {
         Outcome::New { notified, .. } => spread_client::prefix_levels(topic)
             .into_iter()
@@ -259,20 +260,46 @@ fn print_report(
         _ => Vec::new(),
     };
     if json {
-        let mut v = event_json(event, Some(status));
-        v["notified"] = notified
-            .iter()
-            .map(|(p, n)| ((*p).to_string(), serde_json::Value::from(*n)))
-            .collect::<serde_json::Map<_, _>>()
-            .into();
+        let mut v = serde_json::json!({
+            "topic": topic,
+            "iteration": summary.iteration(),
+            "timestamp": summary.timestamp(),
+            "origin": summary.origin(),
+            "id": summary.id().to_string(),
+            "kind": summary.kind().as_str(),
+            "status": status,
+        });
+        set_payload(
+            &mut v,
+            outcome.current().map_or(payload, |c| c.payload_bytes()),
+        );
+        if let Outcome::New { previous, .. } = outcome {
+            v["notified"] = notified
+                .iter()
+                .map(|(p, n)| ((*p).to_string(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+            if let Some(p) = previous {
+                v["previous"] = serde_json::json!({
+                    "iteration": p.iteration(),
+                    "timestamp": p.timestamp(),
+                    "origin": p.origin(),
+                    "id": p.id().to_string(),
+                    "kind": p.kind().as_str(),
+                });
+            }
+        }
+        if let Some(c) = outcome.current() {
+            v["current"] = event_json(c, None);
+        }
         writeln!(out, "{v}")?;
         return Ok(());
     }
     writeln!(
         out,
         "{status} {topic} iteration={} id={}",
-        event.iteration(),
-        event.id()
+        summary.iteration(),
+        summary.id()
     )?;
     match outcome {
         Outcome::New { previous, .. } => {
@@ -294,6 +321,18 @@ fn print_report(
         Outcome::Existing { .. } | Outcome::Present { .. } => {}
     }
     Ok(())
+}
+
+/// Sets `payload` (UTF-8) or `payload_base64` on a JSON object.
+fn set_payload(v: &mut serde_json::Value, payload: &[u8]) {
+    match std::str::from_utf8(payload) {
+        Ok(s) => v["payload"] = s.into(),
+        Err(_) => {
+            v["payload_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(payload)
+                .into()
+        }
+    }
 }
 
 /// The `--json` form of an event: `topic`, `iteration`, `timestamp`,

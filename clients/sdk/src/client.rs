@@ -55,7 +55,7 @@ impl Client {
     /// )
     /// .await?;
     /// let report = client.publish("fleet/eu/truck-7", "42 km/h").await?;
-    /// println!("{:?} at iteration {}", report.status(), report.event().iteration());
+    /// println!("{:?} at iteration {}", report.status(), report.summary().iteration());
     /// # Ok(()) }
     /// ```
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
