@@ -42,7 +42,7 @@ pub use error::{ErrorCode, ProtocolError};
 pub use event::{Event, EventId, EventKind, EventParts, OrderKey};
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use request::{Hello, Publish, PublishMode, Request};
-pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary};
+pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary, SummaryRef};
 pub use topic::{Topic, TopicError, TopicRules};
 
 /// The protocol version this crate speaks.

@@ -98,15 +98,6 @@ impl Summary {
         self.kind
     }
 
-    fn encode(&self, dst: &mut BytesMut) {
-        wire::put_array(dst, 5);
-        wire::put_bin(dst, &self.id.0);
-        wire::put_uint(dst, self.timestamp);
-        wire::put_uint(dst, self.iteration);
-        wire::put_str(dst, self.origin());
-        wire::put_uint(dst, self.kind as u64);
-    }
-
     fn read(r: &mut Reader<'_>) -> Result<Summary, ProtocolError> {
         r.array_of(5, "summary: array of 5")?;
         let raw = r.bin("summary: id")?;
@@ -153,6 +144,86 @@ impl std::fmt::Debug for Summary {
             .field("kind", &self.kind)
             .finish()
     }
+}
+
+/// The fields of a summary, borrowed from an event or a [`Summary`], for
+/// encoding without copying or reference counting.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryRef<'a> {
+    /// Event id.
+    pub id: EventId,
+    /// Microseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The broker's iteration (0 when not applied).
+    pub iteration: u64,
+    /// Who wrote the event.
+    pub origin: &'a str,
+    /// Value or tombstone.
+    pub kind: EventKind,
+}
+
+impl SummaryRef<'_> {
+    fn encode(&self, dst: &mut BytesMut) {
+        wire::put_array(dst, 5);
+        wire::put_bin(dst, &self.id.0);
+        wire::put_uint(dst, self.timestamp);
+        wire::put_uint(dst, self.iteration);
+        wire::put_str(dst, self.origin);
+        wire::put_uint(dst, self.kind as u64);
+    }
+}
+
+impl<'a> From<&'a Event> for SummaryRef<'a> {
+    fn from(e: &'a Event) -> Self {
+        SummaryRef {
+            id: e.id(),
+            timestamp: e.timestamp(),
+            iteration: e.iteration(),
+            origin: e.origin(),
+            kind: e.kind(),
+        }
+    }
+}
+
+impl<'a> From<&'a Summary> for SummaryRef<'a> {
+    fn from(s: &'a Summary) -> Self {
+        SummaryRef {
+            id: s.id,
+            timestamp: s.timestamp,
+            iteration: s.iteration,
+            origin: s.origin(),
+            kind: s.kind,
+        }
+    }
+}
+
+/// Appends a report frame from borrowed parts (see the report table in
+/// docs/protocol.md for which parts each status carries).
+pub fn encode_report(
+    dst: &mut BytesMut,
+    req_id: u64,
+    status: PublishStatus,
+    event: SummaryRef<'_>,
+    previous: Option<SummaryRef<'_>>,
+    current: Option<&Event>,
+    notified: &[u32],
+) {
+    let start = begin_frame(dst);
+    wire::put_array(dst, 7);
+    wire::put_uint(dst, kind::REPORT);
+    wire::put_uint(dst, req_id);
+    wire::put_uint(dst, status as u64);
+    event.encode(dst);
+    match previous {
+        Some(p) => p.encode(dst),
+        None => wire::put_nil(dst),
+    }
+    put_opt_event(dst, current);
+    wire::put_array(dst, notified.len());
+    for n in notified {
+        wire::put_uint(dst, u64::from(*n));
+    }
+    end_frame(dst, start);
 }
 
 /// What a publish did.
@@ -310,8 +381,27 @@ pub fn encode_event(dst: &mut BytesMut, sub_id: u64, event: &Event) {
 impl Response {
     /// Appends this message as a complete frame to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
-        if let Response::Event { sub_id, event } = self {
-            return encode_event(dst, *sub_id, event);
+        match self {
+            Response::Event { sub_id, event } => return encode_event(dst, *sub_id, event),
+            Response::Report { req_id, outcome } => {
+                let summary = outcome.summary();
+                let (previous, notified): (Option<&Summary>, &[u32]) = match outcome {
+                    Outcome::New {
+                        previous, notified, ..
+                    } => (previous.as_ref(), notified),
+                    _ => (None, &[]),
+                };
+                return encode_report(
+                    dst,
+                    *req_id,
+                    outcome.status(),
+                    SummaryRef::from(&summary),
+                    previous.map(SummaryRef::from),
+                    outcome.current(),
+                    notified,
+                );
+            }
+            _ => {}
         }
         let start = begin_frame(dst);
         match self {
@@ -331,28 +421,7 @@ impl Response {
                 wire::put_uint(dst, kind::PONG);
                 wire::put_uint(dst, *req_id);
             }
-            Response::Report { req_id, outcome } => {
-                wire::put_array(dst, 7);
-                wire::put_uint(dst, kind::REPORT);
-                wire::put_uint(dst, *req_id);
-                wire::put_uint(dst, outcome.status() as u64);
-                outcome.summary().encode(dst);
-                let (previous, notified): (Option<&Summary>, &[u32]) = match outcome {
-                    Outcome::New {
-                        previous, notified, ..
-                    } => (previous.as_ref(), notified),
-                    _ => (None, &[]),
-                };
-                match previous {
-                    Some(p) => p.encode(dst),
-                    None => wire::put_nil(dst),
-                }
-                put_opt_event(dst, outcome.current());
-                wire::put_array(dst, notified.len());
-                for n in notified {
-                    wire::put_uint(dst, u64::from(*n));
-                }
-            }
+            Response::Report { .. } => {}
             Response::Value { req_id, event } => {
                 wire::put_array(dst, 3);
                 wire::put_uint(dst, kind::VALUE);

@@ -17,16 +17,22 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
 use parking_lot::Mutex;
-use spread_protocol::{ErrorFrame, Event, Response};
+use spread_protocol::{ErrorFrame, Event};
 use tokio::sync::{Notify, Semaphore};
 
 /// One item for a connection's writer.
 #[derive(Debug)]
 pub enum Outbound {
-    /// An answer to a request.
-    Response(Response),
+    /// Encoded answer frames (reports, values, pongs, errors).
+    Answers {
+        /// The frames, back to back.
+        frames: Bytes,
+        /// How many requests they answer.
+        count: u32,
+    },
     /// A live event for a subscription (may be conflated).
     Event {
         /// Subscription id.
@@ -55,13 +61,41 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// Whether this item answers a request (and returns its credit).
-    pub fn is_answer(&self) -> bool {
+    /// How many requests this item answers (credits it returns).
+    pub fn answers(&self) -> u32 {
         match self {
-            Outbound::Response(r) => !matches!(r, Response::Event { .. }),
-            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } => true,
-            Outbound::Event { .. } | Outbound::Close(_) => false,
+            Outbound::Answers { count, .. } => *count,
+            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } => 1,
+            Outbound::Event { .. } | Outbound::Close(_) => 0,
         }
+    }
+}
+
+/// Items staged for one connection, with what the queue needs to take them
+/// in one move.
+#[derive(Debug, Default)]
+pub struct Batch {
+    items: Vec<Outbound>,
+    event_bytes: usize,
+    /// Holds something other than answers and events.
+    special: bool,
+}
+
+impl Batch {
+    /// Appends an item.
+    pub fn push(&mut self, item: Outbound) {
+        match &item {
+            Outbound::Event { event, .. } => self.event_bytes += event.encoded().len(),
+            Outbound::Answers { .. } => {}
+            _ => self.special = true,
+        }
+        self.items.push(item);
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.event_bytes = 0;
+        self.special = false;
     }
 }
 
@@ -96,6 +130,45 @@ struct Queue {
     conflated: HashSet<Conflated>,
     skipped: HashMap<u64, u64>,
     closed: bool,
+}
+
+impl Queue {
+    /// Queues one item, conflating events past the budget.
+    fn push_slow(&mut self, item: Outbound, budget: usize, stats: &Stats) {
+        if self.closed {
+            return;
+        }
+        match item {
+            Outbound::Event { sub_id, event } => {
+                let len = event.encoded().len();
+                if !self.conflated.is_empty() || self.event_bytes + len > budget {
+                    if self
+                        .conflated
+                        .replace(Conflated { sub_id, event })
+                        .is_some()
+                    {
+                        *self.skipped.entry(sub_id).or_default() += 1;
+                        stats.conflated.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    self.event_bytes += len;
+                    self.items.push(Outbound::Event { sub_id, event });
+                }
+            }
+            Outbound::Unsubscribed { req_id, sub_id } => {
+                if !self.conflated.is_empty() {
+                    self.conflated.retain(|c| c.sub_id != sub_id);
+                    self.skipped.remove(&sub_id);
+                }
+                self.items.push(Outbound::Unsubscribed { req_id, sub_id });
+            }
+            Outbound::Close(e) => {
+                self.items.push(Outbound::Close(e));
+                self.closed = true;
+            }
+            other => self.items.push(other),
+        }
+    }
 }
 
 /// What the writer takes in one go.
@@ -160,50 +233,39 @@ impl Conn {
         }
     }
 
-    /// Appends a batch (draining `items`) and wakes the writer once.
-    pub fn push_batch(&self, items: &mut Vec<Outbound>) {
+    /// Appends a batch (leaving it empty) and wakes the writer once.
+    pub fn push_batch(&self, batch: &mut Batch) {
         let mut q = self.queue.lock();
         if q.closed {
-            items.clear();
+            batch.clear();
             return;
         }
-        for item in items.drain(..) {
-            match item {
-                Outbound::Event { sub_id, event } => {
-                    let len = event.encoded().len();
-                    if !q.conflated.is_empty() || q.event_bytes + len > self.event_budget {
-                        if q.conflated.replace(Conflated { sub_id, event }).is_some() {
-                            *q.skipped.entry(sub_id).or_default() += 1;
-                            self.stats.conflated.fetch_add(1, Ordering::Relaxed);
-                        }
-                    } else {
-                        q.event_bytes += len;
-                        q.items.push(Outbound::Event { sub_id, event });
-                    }
-                }
-                Outbound::Unsubscribed { req_id, sub_id } => {
-                    if !q.conflated.is_empty() {
-                        q.conflated.retain(|c| c.sub_id != sub_id);
-                        q.skipped.remove(&sub_id);
-                    }
-                    q.items.push(Outbound::Unsubscribed { req_id, sub_id });
-                }
-                Outbound::Close(e) => {
-                    q.items.push(Outbound::Close(e));
-                    q.closed = true;
-                    break;
-                }
-                other => q.items.push(other),
+        if !batch.special
+            && q.conflated.is_empty()
+            && q.event_bytes + batch.event_bytes <= self.event_budget
+        {
+            // The common case: take the whole batch in one move.
+            q.event_bytes += batch.event_bytes;
+            if q.items.is_empty() {
+                std::mem::swap(&mut q.items, &mut batch.items);
+            } else {
+                q.items.append(&mut batch.items);
+            }
+        } else {
+            for item in batch.items.drain(..) {
+                q.push_slow(item, self.event_budget, &self.stats);
             }
         }
-        items.clear();
+        batch.clear();
         drop(q);
         self.ready.notify_one();
     }
 
     /// Queues one item.
     pub fn push(&self, item: Outbound) {
-        self.push_batch(&mut vec![item]);
+        let mut batch = Batch::default();
+        batch.push(item);
+        self.push_batch(&mut batch);
     }
 
     /// Marks the connection closed and wakes the writer to finish.
@@ -270,7 +332,7 @@ mod tests {
     #[test]
     fn conflates_past_the_budget_and_keeps_latest_per_topic() {
         let c = conn(300);
-        let mut batch = Vec::new();
+        let mut batch = Batch::default();
         for i in 1..=10u64 {
             let topic = if i % 2 == 0 { "a" } else { "b" };
             batch.push(Outbound::Event {
@@ -331,7 +393,10 @@ mod tests {
             code: spread_protocol::ErrorCode::MalformedFrame,
             message: "bad".into(),
         })));
-        c.push(Outbound::Response(Response::Pong { req_id: 1 }));
+        c.push(Outbound::Answers {
+            frames: Bytes::from_static(b"x"),
+            count: 1,
+        });
         let mut items = Vec::new();
         let taken = c.take(&mut items);
         assert!(taken.closed);

@@ -37,9 +37,9 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
         let mut delivered = 0u64;
         let mut close = false;
         for item in items.drain(..) {
-            answers += u32::from(item.is_answer());
+            answers += item.answers();
             match item {
-                Outbound::Response(r) => r.encode(&mut buf),
+                Outbound::Answers { frames, .. } => buf.extend_from_slice(&frames),
                 Outbound::Event { sub_id, event } => {
                     encode_event(&mut buf, sub_id, &event);
                     delivered += 1;

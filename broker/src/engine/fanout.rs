@@ -1,41 +1,100 @@
-//! Collects one engine round's items per connection, then hands each
+//! Collects one engine round's output per connection, then hands each
 //! connection its items in one push.
+//!
+//! Answers (reports, values, pongs, errors) are encoded straight into one
+//! buffer per connection, so a publish's report costs a few bytes written,
+//! not an item moved through queues; event deliveries stay items because a
+//! slow subscriber's queue conflates them.
 
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use hashbrown::HashMap;
+use spread_protocol::Event;
 
-use crate::connection::outbound::{Conn, Outbound};
+use crate::connection::outbound::{Batch, Conn, Outbound};
+
+struct Slot {
+    conn: Arc<Conn>,
+    batch: Batch,
+    /// Encoded answers not yet wrapped into an item.
+    answers: BytesMut,
+    answer_count: u32,
+}
+
+impl Slot {
+    /// Wraps pending answers into an item, keeping them ordered before
+    /// whatever is pushed next.
+    fn seal_answers(&mut self) {
+        if self.answer_count > 0 {
+            self.batch.push(Outbound::Answers {
+                frames: self.answers.split().freeze(),
+                count: self.answer_count,
+            });
+            self.answer_count = 0;
+        }
+    }
+}
 
 /// Per-round staging of outbound items, keyed by connection.
 #[derive(Default)]
 pub struct Fanout {
-    slots: Vec<(Arc<Conn>, Vec<Outbound>)>,
+    slots: Vec<Slot>,
     index: HashMap<u64, usize>,
-    /// Emptied vectors kept for the next round, so steady state allocates nothing.
-    spare: Vec<Vec<Outbound>>,
+    /// Emptied batches kept for the next round, so steady state allocates
+    /// only the answer buffers.
+    spare: Vec<Batch>,
 }
 
 impl Fanout {
-    /// Stages `item` for `conn`.
-    pub fn push(&mut self, conn: &Arc<Conn>, item: Outbound) {
+    fn slot(&mut self, conn: &Arc<Conn>) -> &mut Slot {
         let Fanout {
             slots,
             index,
             spare,
         } = self;
-        let slot = *index.entry(conn.id).or_insert_with(|| {
-            slots.push((conn.clone(), spare.pop().unwrap_or_default()));
+        let i = *index.entry(conn.id).or_insert_with(|| {
+            slots.push(Slot {
+                conn: conn.clone(),
+                batch: spare.pop().unwrap_or_default(),
+                answers: BytesMut::new(),
+                answer_count: 0,
+            });
             slots.len() - 1
         });
-        slots[slot].1.push(item);
+        &mut slots[i]
+    }
+
+    /// Stages `item` for `conn`.
+    pub fn push(&mut self, conn: &Arc<Conn>, item: Outbound) {
+        let slot = self.slot(conn);
+        slot.seal_answers();
+        slot.batch.push(item);
+    }
+
+    /// Stages a live event for subscription `sub_id` of `conn`.
+    pub fn deliver(&mut self, conn: &Arc<Conn>, sub_id: u64, event: &Event) {
+        let slot = self.slot(conn);
+        slot.seal_answers();
+        slot.batch.push(Outbound::Event {
+            sub_id,
+            event: event.clone(),
+        });
+    }
+
+    /// Stages an answer frame, encoded by `encode`.
+    pub fn answer(&mut self, conn: &Arc<Conn>, encode: impl FnOnce(&mut BytesMut)) {
+        let slot = self.slot(conn);
+        encode(&mut slot.answers);
+        slot.answer_count += 1;
     }
 
     /// Hands every connection its staged items.
     pub fn flush(&mut self) {
-        for (conn, mut items) in self.slots.drain(..) {
-            conn.push_batch(&mut items);
-            self.spare.push(items);
+        for mut slot in self.slots.drain(..) {
+            slot.seal_answers();
+            slot.conn.push_batch(&mut slot.batch);
+            self.spare.push(slot.batch);
         }
         self.index.clear();
     }

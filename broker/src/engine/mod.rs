@@ -211,22 +211,8 @@ impl Engine {
             origin: &conn.origin,
             mode: p.mode,
         };
-        let outcome = tree.publish(draft, |s, event| {
-            fanout.push(
-                &s.conn,
-                Outbound::Event {
-                    sub_id: s.sub_id,
-                    event: event.clone(),
-                },
-            );
-        });
-        self.answer(
-            conn,
-            Response::Report {
-                req_id: p.req_id,
-                outcome,
-            },
-        );
+        let applied = tree.publish(draft, |s, event| fanout.deliver(&s.conn, s.sub_id, event));
+        fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
     }
 
     fn subscribe(&mut self, conn: &Arc<Conn>, req_id: u64, prefix: Topic, since: u64) {
@@ -259,7 +245,7 @@ impl Engine {
     }
 
     fn answer(&mut self, conn: &Arc<Conn>, resp: Response) {
-        self.fanout.push(conn, Outbound::Response(resp));
+        self.fanout.answer(conn, |dst| resp.encode(dst));
     }
 
     fn error(&mut self, conn: &Arc<Conn>, req_id: u64, code: ErrorCode, message: String) {

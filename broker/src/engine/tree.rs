@@ -12,9 +12,7 @@
 
 use hashbrown::HashMap;
 use smallvec::SmallVec;
-use spread_protocol::{
-    Counts, Event, EventId, EventKind, EventParts, Outcome, PublishMode, Summary, Topic,
-};
+use spread_protocol::{Counts, Event, EventId, EventKind, EventParts, PublishMode, Topic};
 
 use super::clock::{Clock, IdGen};
 
@@ -121,6 +119,69 @@ pub struct Draft<'a> {
     pub mode: PublishMode,
 }
 
+/// What applying a publish did, holding the events themselves (the report
+/// is encoded from them without copying).
+#[derive(Debug)]
+pub enum Applied {
+    /// The event is now the topic's latest.
+    New {
+        /// The applied event.
+        event: Event,
+        /// The event it replaced.
+        previous: Option<Event>,
+        /// Subscriptions notified per level, root first.
+        notified: Counts,
+    },
+    /// This exact event was applied before.
+    Existing {
+        /// The stored event.
+        event: Event,
+    },
+    /// A later event is already there.
+    TooLate {
+        /// The event not applied (iteration 0).
+        rejected: Event,
+        /// The current event.
+        current: Event,
+    },
+    /// Publish-if-absent found a live value.
+    Present {
+        /// The current event.
+        current: Event,
+    },
+}
+
+impl Applied {
+    /// Appends the report frame answering request `req_id`.
+    pub fn encode_report(&self, dst: &mut bytes::BytesMut, req_id: u64) {
+        use spread_protocol::response::encode_report;
+        use spread_protocol::{PublishStatus, SummaryRef};
+        let (status, event, previous, current, notified): (_, &Event, _, _, &[u32]) = match self {
+            Applied::New {
+                event,
+                previous,
+                notified,
+            } => (PublishStatus::New, event, previous.as_ref(), None, notified),
+            Applied::Existing { event } => (PublishStatus::Existing, event, None, None, &[]),
+            Applied::TooLate { rejected, current } => {
+                (PublishStatus::TooLate, rejected, None, Some(current), &[])
+            }
+            Applied::Present { current } => {
+                (PublishStatus::Present, current, None, Some(current), &[])
+            }
+        };
+        encode_report(
+            dst,
+            req_id,
+            status,
+            SummaryRef::from(event),
+            previous.map(SummaryRef::from),
+            current,
+            notified,
+        );
+    }
+}
+
 /// Latest values and subscriptions, with the node's iteration counter.
 pub struct Tree<S> {
     root: Node<S>,
@@ -159,7 +220,7 @@ impl<S> Tree<S> {
 
     /// Applies a publish, calling `deliver` for every subscription whose
     /// prefix covers the topic when the event is new.
-    pub fn publish(&mut self, d: Draft<'_>, mut deliver: impl FnMut(&S, &Event)) -> Outcome {
+    pub fn publish(&mut self, d: Draft<'_>, mut deliver: impl FnMut(&S, &Event)) -> Applied {
         let Tree {
             root,
             iteration,
@@ -171,7 +232,7 @@ impl<S> Tree<S> {
         let current = leaf.value.as_ref();
         if d.mode == PublishMode::IfAbsent {
             if let Some(c) = current.filter(|c| !c.is_tombstone()) {
-                return Outcome::Present { current: c.clone() };
+                return Applied::Present { current: c.clone() };
             }
         }
         let (kind, payload) = if d.mode == PublishMode::Delete {
@@ -193,14 +254,10 @@ impl<S> Tree<S> {
         };
         if let Some(c) = current {
             match parts.order_key().cmp(&c.order_key()) {
-                std::cmp::Ordering::Equal => {
-                    return Outcome::Existing {
-                        event: Summary::from(c),
-                    }
-                }
+                std::cmp::Ordering::Equal => return Applied::Existing { event: c.clone() },
                 std::cmp::Ordering::Less => {
-                    return Outcome::TooLate {
-                        rejected: Summary::from(&parts.encode()),
+                    return Applied::TooLate {
+                        rejected: parts.encode(),
                         current: c.clone(),
                     }
                 }
@@ -218,15 +275,15 @@ impl<S> Tree<S> {
             *topics += 1;
         }
         let notified = Self::fan_out(root, d.topic, &event, &mut deliver);
-        Outcome::New {
-            event: Summary::from(&event),
-            previous: previous.as_ref().map(Summary::from),
+        Applied::New {
+            event,
+            previous,
             notified,
         }
     }
 
     /// Applies a complete event (from a peer or a replay) by the same rule.
-    pub fn apply(&mut self, event: &Event, deliver: impl FnMut(&S, &Event)) -> Outcome {
+    pub fn apply(&mut self, event: &Event, deliver: impl FnMut(&S, &Event)) -> Applied {
         let draft = Draft {
             topic: event.topic(),
             payload: event.payload_bytes(),
@@ -335,7 +392,7 @@ mod tests {
         let mut got = Vec::new();
         let out = tr.publish(set("a/b", b"x"), |s, e| got.push((*s, e.iteration())));
         match out {
-            Outcome::New {
+            Applied::New {
                 event,
                 previous,
                 notified,
@@ -367,19 +424,19 @@ mod tests {
         let mut tr = tree();
         let mut d = set("k", b"1");
         d.mode = PublishMode::IfAbsent;
-        assert!(matches!(tr.publish(d, |_, _| {}), Outcome::New { .. }));
+        assert!(matches!(tr.publish(d, |_, _| {}), Applied::New { .. }));
         let mut d2 = set("k", b"2");
         d2.mode = PublishMode::IfAbsent;
         match tr.publish(d2, |_, _| {}) {
-            Outcome::Present { current } => assert_eq!(current.payload_bytes(), b"1"),
+            Applied::Present { current } => assert_eq!(current.payload_bytes(), b"1"),
             other => panic!("{other:?}"),
         }
         let mut del = set("k", b"");
         del.mode = PublishMode::Delete;
-        assert!(matches!(tr.publish(del, |_, _| {}), Outcome::New { .. }));
+        assert!(matches!(tr.publish(del, |_, _| {}), Applied::New { .. }));
         assert!(tr.get("k").is_none());
         // A deleted topic has no live value: if-absent applies again.
-        assert!(matches!(tr.publish(d2, |_, _| {}), Outcome::New { .. }));
+        assert!(matches!(tr.publish(d2, |_, _| {}), Applied::New { .. }));
         assert_eq!(tr.get("k").unwrap().payload_bytes(), b"2");
     }
 
@@ -389,15 +446,15 @@ mod tests {
         let mut late = set("k", b"new");
         late.timestamp = Some(5_000);
         late.id = Some(EventId([1; 16]));
-        assert!(matches!(tr.publish(late, |_, _| {}), Outcome::New { .. }));
+        assert!(matches!(tr.publish(late, |_, _| {}), Applied::New { .. }));
         assert!(matches!(
             tr.publish(late, |_, _| {}),
-            Outcome::Existing { .. }
+            Applied::Existing { .. }
         ));
         let mut early = set("k", b"old");
         early.timestamp = Some(4_000);
         match tr.publish(early, |_, _| {}) {
-            Outcome::TooLate { rejected, current } => {
+            Applied::TooLate { rejected, current } => {
                 assert_eq!(rejected.iteration(), 0);
                 assert_eq!(rejected.timestamp(), 4_000);
                 assert_eq!(current.payload_bytes(), b"new");
@@ -406,7 +463,7 @@ mod tests {
         }
         // A stamped write follows the topic's (future) timestamp and wins.
         match tr.publish(set("k", b"now"), |_, _| {}) {
-            Outcome::New { event, .. } => assert_eq!(event.timestamp(), 5_001),
+            Applied::New { event, .. } => assert_eq!(event.timestamp(), 5_001),
             other => panic!("{other:?}"),
         }
     }
@@ -529,7 +586,7 @@ mod tests {
                 let mut b = tree();
                 let mut delivered_a = 0;
                 for e in order(seed_a) {
-                    if let Outcome::New { .. } = a.apply(&e, |_, _| {}) {
+                    if let Applied::New { .. } = a.apply(&e, |_, _| {}) {
                         delivered_a += 1;
                     }
                 }
