@@ -54,6 +54,9 @@ struct Args {
     /// Duration of the latency run, in seconds.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Repetitions of each workload (alternating systems); the median counts.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -93,62 +96,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     println!(
-        "# spread-bench: {} B payloads, TLS on both, {} cores",
+        "# spread-bench: {} B payloads, TLS on both, {} cores, median of {} runs",
         args.size,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.runs.max(1)
     );
     let mut rows = Vec::new();
 
-    let (s, n) = (
-        throughput(&spread, "t1", 1, args.messages, args.size).await?,
-        throughput(&nats, "t1", 1, args.messages, args.size).await?,
-    );
-    rows.push(row("1 → 1 msgs/s", s.rate(), n.rate()));
-    rows.push(row("1 → 1 MB/s received", s.mb_per_s(), n.mb_per_s()));
-
-    let (s, n) = (
-        throughput(
-            &spread,
-            "t16",
-            args.subscribers,
-            args.fanout_messages,
-            args.size,
-        )
-        .await?,
-        throughput(
-            &nats,
-            "t16",
-            args.subscribers,
-            args.fanout_messages,
-            args.size,
-        )
-        .await?,
-    );
+    let runs = args.runs.max(1);
+    let mut t1 = (Vec::new(), Vec::new());
+    let mut t16 = (Vec::new(), Vec::new());
+    let mut lat = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        let tag = |w: &str| format!("{w}-{run}");
+        t1.0.push(throughput(&spread, &tag("t1"), 1, args.messages, args.size).await?);
+        t1.1.push(throughput(&nats, &tag("t1"), 1, args.messages, args.size).await?);
+        let (subs, m) = (args.subscribers, args.fanout_messages);
+        t16.0
+            .push(throughput(&spread, &tag("t16"), subs, m, args.size).await?);
+        t16.1
+            .push(throughput(&nats, &tag("t16"), subs, m, args.size).await?);
+        let (r, secs) = (args.latency_rate, args.latency_seconds);
+        lat.0
+            .push(latency(&spread, &tag("lat"), r, secs, args.size).await?);
+        lat.1
+            .push(latency(&nats, &tag("lat"), r, secs, args.size).await?);
+    }
+    let med = |v: &[Throughput], f: fn(&Throughput) -> f64| median(v.iter().map(f).collect());
+    let medl = |v: &[Latency], f: fn(&Latency) -> f64| median(v.iter().map(f).collect());
+    rows.push(row(
+        "1 → 1 msgs/s",
+        med(&t1.0, Throughput::rate),
+        med(&t1.1, Throughput::rate),
+    ));
+    rows.push(row(
+        "1 → 1 MB/s received",
+        med(&t1.0, Throughput::mb_per_s),
+        med(&t1.1, Throughput::mb_per_s),
+    ));
     let label = format!("1 → {} msgs/s delivered", args.subscribers);
-    rows.push(row(&label, s.rate(), n.rate()));
-
-    let (s, n) = (
-        latency(
-            &spread,
-            "lat",
-            args.latency_rate,
-            args.latency_seconds,
-            args.size,
-        )
-        .await?,
-        latency(
-            &nats,
-            "lat",
-            args.latency_rate,
-            args.latency_seconds,
-            args.size,
-        )
-        .await?,
-    );
+    rows.push(row(
+        &label,
+        med(&t16.0, Throughput::rate),
+        med(&t16.1, Throughput::rate),
+    ));
     let r = args.latency_rate;
-    rows.push(row(&format!("latency p50 µs @ {r}/s"), s.p50, n.p50));
-    rows.push(row(&format!("latency p99 µs @ {r}/s"), s.p99, n.p99));
-    rows.push(row(&format!("latency p99.9 µs @ {r}/s"), s.p999, n.p999));
+    rows.push(row(
+        &format!("latency p50 µs @ {r}/s"),
+        medl(&lat.0, |l| l.p50),
+        medl(&lat.1, |l| l.p50),
+    ));
+    rows.push(row(
+        &format!("latency p99 µs @ {r}/s"),
+        medl(&lat.0, |l| l.p99),
+        medl(&lat.1, |l| l.p99),
+    ));
+    rows.push(row(
+        &format!("latency p99.9 µs @ {r}/s"),
+        medl(&lat.0, |l| l.p999),
+        medl(&lat.1, |l| l.p999),
+    ));
 
     println!();
     println!("| workload | Spread | NATS | Spread ÷ NATS |");
@@ -174,6 +181,11 @@ fn row(label: &str, spread: f64, nats: f64) -> String {
         human(nats),
         spread / nats
     )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn human(v: f64) -> String {
@@ -205,7 +217,9 @@ fn connector(ca: &std::path::Path) -> anyhow::Result<TlsConnector> {
 }
 
 /// One publisher, `subs` subscribers, `n` messages: rate from the first
-/// publish to the last message received by the last subscriber.
+/// publish to the last message received. A subscriber that the server let
+/// fall behind (NATS drops messages for slow consumers, Spread conflates
+/// them) stops after a second without messages; the loss is reported.
 async fn throughput<S: System>(
     sys: &S,
     run: &str,
@@ -215,15 +229,25 @@ async fn throughput<S: System>(
 ) -> anyhow::Result<Throughput> {
     let topic = format!("bench/{run}");
     let mut tasks = Vec::new();
+    let idle = Duration::from_secs(1);
     for _ in 0..subs {
         let mut sub = sys.subscriber(&topic).await?;
         tasks.push(tokio::spawn(async move {
             let mut got = 0u64;
             let mut bytes = 0u64;
+            let mut last = Instant::now();
             while got < n {
-                got += sub.next_batch(&mut |p| bytes += p.len() as u64).await? as u64;
+                let mut count = |p: &[u8]| bytes += p.len() as u64;
+                let batch = sub.next_batch(&mut count);
+                match tokio::time::timeout(idle, batch).await {
+                    Ok(r) => {
+                        got += r? as u64;
+                        last = Instant::now();
+                    }
+                    Err(_) => break,
+                }
             }
-            anyhow::Ok((Instant::now(), bytes))
+            anyhow::Ok((last, got, bytes))
         }));
     }
     let mut publisher = sys.publisher().await?;
@@ -236,23 +260,30 @@ async fn throughput<S: System>(
         }
     }
     publisher.finish().await?;
+    let published = start.elapsed();
     let mut end = start;
-    let mut bytes = 0;
+    let (mut received, mut bytes) = (0, 0);
     for t in tasks {
-        let (e, b) = t.await??;
+        let (e, got, b) = t.await??;
         end = end.max(e);
+        received += got;
         bytes += b;
     }
     let t = Throughput {
-        messages: n * subs as u64,
+        messages: received,
         bytes,
         elapsed: end - start,
     };
+    let expected = n * subs as u64;
     eprintln!(
-        "{} 1→{subs}: {:.0} msgs/s, {:.1} MB/s",
+        "{} 1→{subs}: {:.0} msgs/s, {:.1} MB/s received; published at {:.0} msgs/s; {} of {} received{}",
         sys.name(),
         t.rate(),
-        t.mb_per_s()
+        t.mb_per_s(),
+        n as f64 / published.as_secs_f64(),
+        received,
+        expected,
+        if received < expected { " (the server shed load)" } else { "" }
     );
     Ok(t)
 }

@@ -106,18 +106,19 @@ impl System for Spread {
             mut rd,
             wr,
             mut buf,
-            mut codec,
+            ..
         } = self.connect().await?;
         let acked = Arc::new(AtomicU64::new(0));
         let acked_signal = Arc::new(Notify::new());
         let (a, s) = (acked.clone(), acked_signal.clone());
+        // Every frame on a publisher's connection is a report: count frames
+        // without decoding them, as the NATS publisher reads nothing at all.
         tokio::spawn(async move {
             loop {
                 let mut n = 0;
                 loop {
-                    match codec.decode(&mut buf) {
-                        Ok(Some(Response::Report { .. })) => n += 1,
-                        Ok(Some(other)) => eprintln!("spread publisher got {other:?}"),
+                    match spread_protocol::frame::decode_frame(&mut buf, usize::MAX) {
+                        Ok(Some(_)) => n += 1,
                         Ok(None) => break,
                         Err(e) => return eprintln!("spread publisher: {e}"),
                     }
@@ -200,9 +201,15 @@ impl Subscriber for SpreadSub {
         }
         let mut n = 0;
         while let Some(r) = conn.codec.decode(&mut conn.buf)? {
-            if let Response::Event { event, .. } = r {
-                f(event.payload_bytes());
-                n += 1;
+            match r {
+                Response::Event { event, .. } => {
+                    f(event.payload_bytes());
+                    n += 1;
+                }
+                Response::Conflated { skipped, .. } => {
+                    eprintln!("spread: a subscriber fell behind; {skipped} events conflated")
+                }
+                _ => {}
             }
         }
         Ok(n)
