@@ -108,19 +108,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut t16 = (Vec::new(), Vec::new());
     let mut lat = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let tag = |w: &str| format!("{w}-{run}");
-        t1.0.push(throughput(&spread, &tag("t1"), 1, args.messages, args.size).await?);
-        t1.1.push(throughput(&nats, &tag("t1"), 1, args.messages, args.size).await?);
-        let (subs, m) = (args.subscribers, args.fanout_messages);
-        t16.0
-            .push(throughput(&spread, &tag("t16"), subs, m, args.size).await?);
-        t16.1
-            .push(throughput(&nats, &tag("t16"), subs, m, args.size).await?);
+        let (n1, n16, nl) = (
+            format!("t1-{run}"),
+            format!("t16-{run}"),
+            format!("lat-{run}"),
+        );
+        let (subs, m, size) = (args.subscribers, args.fanout_messages, args.size);
+        let run = throughput(&spread, &n1, 1, args.messages, size);
+        t1.0.push(measured(&broker, run).await?);
+        let run = throughput(&nats, &n1, 1, args.messages, size);
+        t1.1.push(measured(&nats_server, run).await?);
+        let run = throughput(&spread, &n16, subs, m, size);
+        t16.0.push(measured(&broker, run).await?);
+        let run = throughput(&nats, &n16, subs, m, size);
+        t16.1.push(measured(&nats_server, run).await?);
         let (r, secs) = (args.latency_rate, args.latency_seconds);
-        lat.0
-            .push(latency(&spread, &tag("lat"), r, secs, args.size).await?);
-        lat.1
-            .push(latency(&nats, &tag("lat"), r, secs, args.size).await?);
+        lat.0.push(latency(&spread, &nl, r, secs, args.size).await?);
+        lat.1.push(latency(&nats, &nl, r, secs, args.size).await?);
     }
     let med = |v: &[Throughput], f: fn(&Throughput) -> f64| median(v.iter().map(f).collect());
     let medl = |v: &[Latency], f: fn(&Latency) -> f64| median(v.iter().map(f).collect());
@@ -134,11 +138,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         med(&t1.0, Throughput::mb_per_s),
         med(&t1.1, Throughput::mb_per_s),
     ));
+    rows.push(row(
+        "1 → 1 server CPU µs per message",
+        med(&t1.0, Throughput::cpu_per_message),
+        med(&t1.1, Throughput::cpu_per_message),
+    ));
     let label = format!("1 → {} msgs/s delivered", args.subscribers);
     rows.push(row(
         &label,
         med(&t16.0, Throughput::rate),
         med(&t16.1, Throughput::rate),
+    ));
+    rows.push(row(
+        &format!("1 → {} server CPU µs per delivery", args.subscribers),
+        med(&t16.0, Throughput::cpu_per_message),
+        med(&t16.1, Throughput::cpu_per_message),
     ));
     let r = args.latency_rate;
     rows.push(row(
@@ -165,7 +179,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     println!();
     println!(
-        "Ratios above 1 favour Spread for rates; for latencies, below 1 does. Broker RSS at the end: {} MiB.",
+        "Ratios above 1 favour Spread for rates; for latencies and CPU per message, below 1 does. Broker RSS at the end: {} MiB.",
         broker.rss().unwrap_or(0) / (1024 * 1024)
     );
     drop(nats_server);
@@ -183,6 +197,17 @@ fn row(label: &str, spread: f64, nats: f64) -> String {
     )
 }
 
+/// Runs a throughput workload and records the server's CPU time during it.
+async fn measured(
+    server: &servers::Server,
+    run: impl std::future::Future<Output = anyhow::Result<Throughput>>,
+) -> anyhow::Result<Throughput> {
+    let before = server.cpu();
+    let mut t = run.await?;
+    t.server_cpu = server.cpu().saturating_sub(before);
+    Ok(t)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -190,9 +215,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn human(v: f64) -> String {
     if v >= 10_000.0 {
-        format!("{:.0}", v)
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
     } else {
-        format!("{:.1}", v)
+        format!("{v:.2}")
     }
 }
 
@@ -273,6 +300,7 @@ async fn throughput<S: System>(
         messages: received,
         bytes,
         elapsed: end - start,
+        server_cpu: Duration::ZERO,
     };
     let expected = n * subs as u64;
     eprintln!(

@@ -11,12 +11,19 @@ pub struct Throughput {
     pub bytes: u64,
     /// From the first to the last message received.
     pub elapsed: Duration,
+    /// CPU time the server used during the run.
+    pub server_cpu: Duration,
 }
 
 impl Throughput {
     /// Messages per second.
     pub fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Server CPU microseconds per message received.
+    pub fn cpu_per_message(&self) -> f64 {
+        self.server_cpu.as_secs_f64() * 1e6 / self.messages.max(1) as f64
     }
 
     /// Payload megabytes per second.
