@@ -236,3 +236,15 @@ async fn unsubscribe_stops_deliveries() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_subscription_outlives_its_client_handle() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let mut sub = client.subscribe("keep").await.unwrap();
+    drop(client);
+    snapshot(&mut sub).await;
+    let publisher = broker.client().await;
+    publisher.publish("keep/x", "1").await.unwrap();
+    assert_eq!(next_event(&mut sub).await.topic(), "keep/x");
+}

@@ -34,8 +34,9 @@ pub struct Client {
     _guard: Arc<Guard>,
 }
 
-/// Stops the driver when the last client handle is dropped.
-struct Guard(Arc<Shared>);
+/// Stops the driver when the last client handle and the last subscription
+/// are dropped.
+pub(crate) struct Guard(Arc<Shared>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -216,7 +217,12 @@ impl Client {
             self.shared.subs.lock().remove(&id);
             return Err(e);
         }
-        Ok(Subscription::new(id, rx, self.shared.clone()))
+        Ok(Subscription::new(
+            id,
+            rx,
+            self.shared.clone(),
+            self._guard.clone(),
+        ))
     }
 
     /// Round-trip time of a ping.

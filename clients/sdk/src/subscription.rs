@@ -9,6 +9,7 @@ use futures_util::Stream;
 use spread_protocol::{Event, Request, Response};
 use tokio::sync::mpsc;
 
+use crate::client::Guard;
 use crate::driver::Shared;
 use crate::Error;
 
@@ -37,6 +38,8 @@ pub struct Subscription {
     rx: mpsc::Receiver<Result<Item, Error>>,
     shared: Arc<Shared>,
     active: bool,
+    /// Keeps the connection open while the subscription lives.
+    _guard: Arc<Guard>,
 }
 
 impl Subscription {
