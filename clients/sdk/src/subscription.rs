@@ -47,12 +47,14 @@ impl Subscription {
         id: u64,
         rx: mpsc::Receiver<Result<Item, Error>>,
         shared: Arc<Shared>,
+        guard: Arc<Guard>,
     ) -> Self {
         Subscription {
             id,
             rx,
             shared,
             active: true,
+            _guard: guard,
         }
     }
 
