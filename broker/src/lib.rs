@@ -13,6 +13,7 @@
 pub mod config;
 pub mod connection;
 pub mod engine;
+pub mod log;
 pub mod node;
 pub mod server;
 pub mod tls;

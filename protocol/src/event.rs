@@ -204,6 +204,19 @@ impl Event {
         })
     }
 
+    /// Decodes an event stored on its own (as in a log record), checking
+    /// topic syntax only.
+    pub fn decode(raw: Bytes) -> Result<Event, ProtocolError> {
+        let rules = TopicRules {
+            max_len: usize::MAX,
+            max_depth: usize::MAX,
+        };
+        let mut r = Reader::new(&raw);
+        let event = Event::read(&mut r, &rules)?;
+        r.finish()?;
+        Ok(event)
+    }
+
     /// The topic this event changed.
     pub fn topic(&self) -> &str {
         // SAFETY: the range was written by `put_str` from a `&str` or

@@ -1,0 +1,394 @@
+//! The durable event log: every applied event, in iteration order, in
+//! append-only segment files under `<data-dir>/log/`.
+//!
+//! The engine appends each applied event's encoded bytes to an in-memory
+//! buffer during a round and writes the whole buffer with one `write(2)` at
+//! the end of the round, before any answer or delivery of that round leaves
+//! the broker. What happens next depends on the [`Durability`] policy:
+//! `always` hands the round's output to the [`sync`] thread, which releases
+//! it only after `fdatasync` (all rounds queued meanwhile share one sync:
+//! group commit); `interval` releases at once and syncs every few
+//! milliseconds; `never` leaves syncing to the OS.
+//!
+//! On start the log is scanned: records are checked (length, CRC32C,
+//! increasing iterations), a torn or corrupt tail of the last segment is
+//! truncated, and every surviving event is handed back to rebuild the
+//! latest-value table.
+
+pub mod record;
+pub mod segment;
+pub mod sync;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use spread_protocol::{Event, ProtocolError};
+
+/// Why the log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A segment is damaged somewhere other than the tail of the last one.
+    #[error("{path}: corrupt at byte {offset}: {reason}")]
+    Corrupt {
+        /// The segment.
+        path: PathBuf,
+        /// Where.
+        offset: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A record's checksum matched but its event does not decode.
+    #[error("{path}: undecodable event: {source}")]
+    Decode {
+        /// The segment.
+        path: PathBuf,
+        /// The cause.
+        source: ProtocolError,
+    },
+}
+
+impl LogError {
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> LogError + '_ {
+        move |source| LogError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// When an appended event is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Answer a publish only after its record is synced (group commit).
+    Always,
+    /// Sync at most this often; answer after the `write(2)`.
+    Interval(Duration),
+    /// Never sync explicitly; the OS writes back when it likes.
+    Never,
+}
+
+/// Default sync period of the `interval` policy.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(50);
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "interval" => Ok(Durability::Interval(DEFAULT_SYNC_INTERVAL)),
+            "never" => Ok(Durability::Never),
+            other => {
+                let ms = other
+                    .strip_prefix("interval:")
+                    .and_then(|v| v.strip_suffix("ms"))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        format!("unknown durability {other:?}: always, interval, interval:<N>ms or never")
+                    })?;
+                Ok(Durability::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+/// How the log is laid out and synced.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// Directory of the segments.
+    pub dir: PathBuf,
+    /// A segment is closed once it holds this many bytes.
+    pub segment_bytes: u64,
+    /// Largest record accepted when reading (guards against corrupt lengths).
+    pub max_record: usize,
+    /// Sync policy.
+    pub durability: Durability,
+}
+
+/// What recovery found.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Segments read.
+    pub segments: usize,
+    /// Records replayed.
+    pub records: u64,
+    /// Highest iteration on disk.
+    pub last_iteration: Option<u64>,
+    /// A truncated tail: the segment, the bytes dropped and why.
+    pub truncated: Option<(PathBuf, u64, &'static str)>,
+    /// Time spent.
+    pub elapsed: Duration,
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    /// (iteration, offset) every [`segment::INDEX_EVERY`] bytes.
+    index: Vec<(u64, u64)>,
+}
+
+/// The log, owned by the engine thread.
+pub struct Log {
+    opts: LogOptions,
+    segments: Vec<Segment>,
+    /// The segment being appended to, once there is one.
+    active: Option<Arc<File>>,
+    active_len: u64,
+    next_index: u64,
+    /// Records of the current round, not yet written.
+    buf: Vec<u8>,
+    /// (iteration, offset in `buf`) of each buffered record.
+    buf_records: Vec<(u64, u32)>,
+    /// The active file, for the interval sync thread.
+    shared_active: Arc<Mutex<Option<Arc<File>>>>,
+}
+
+impl Log {
+    /// Opens the log in `opts.dir`, replaying every valid record into
+    /// `restore` in iteration order and truncating a damaged tail.
+    pub fn open(
+        opts: LogOptions,
+        mut restore: impl FnMut(Event),
+    ) -> Result<(Log, Recovery), LogError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(&opts.dir).map_err(LogError::io(&opts.dir))?;
+        let files = segment::list(&opts.dir)?;
+        let mut report = Recovery::default();
+        let mut segments = Vec::new();
+        let mut active_len = 0;
+        let count = files.len();
+        for (i, (first, path)) in files.into_iter().enumerate() {
+            let scanned = segment::scan(&path, opts.max_record, |_, bytes| {
+                let event = Event::decode(Bytes::copy_from_slice(bytes)).map_err(|source| {
+                    LogError::Decode {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                restore(event);
+                Ok(())
+            })?;
+            let is_last = i + 1 == count;
+            if let Some((bytes, reason)) = scanned.damaged {
+                if !is_last {
+                    return Err(LogError::Corrupt {
+                        path,
+                        offset: scanned.valid_len,
+                        reason,
+                    });
+                }
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(LogError::io(&path))?;
+                f.set_len(scanned.valid_len).map_err(LogError::io(&path))?;
+                f.sync_all().map_err(LogError::io(&path))?;
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes,
+                    reason,
+                    "truncated a damaged log tail"
+                );
+                report.truncated = Some((path.clone(), bytes, reason));
+            }
+            report.segments += 1;
+            report.records += scanned.records;
+            report.last_iteration = scanned.last.or(report.last_iteration);
+            active_len = scanned.valid_len;
+            segments.push(Segment {
+                first,
+                path,
+                index: scanned.index,
+            });
+        }
+        // Keep appending to the last segment while it has room.
+        let mut active = None;
+        if let Some(last) = segments.last() {
+            if active_len < opts.segment_bytes {
+                let f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .read(true)
+                    .open(&last.path)
+                    .map_err(LogError::io(&last.path))?;
+                active = Some(Arc::new(f));
+            }
+        }
+        report.elapsed = started.elapsed();
+        let log = Log {
+            next_index: active_len,
+            shared_active: Arc::new(Mutex::new(active.clone())),
+            active,
+            active_len,
+            segments,
+            buf: Vec::with_capacity(256 * 1024),
+            buf_records: Vec::new(),
+            opts,
+        };
+        Ok((log, report))
+    }
+
+    /// The sync policy.
+    pub fn durability(&self) -> Durability {
+        self.opts.durability
+    }
+
+    /// Buffers `event` (already numbered) for the end of the round.
+    pub fn append(&mut self, event: &Event) {
+        self.buf_records
+            .push((event.iteration(), self.buf.len() as u32));
+        record::append(&mut self.buf, event.iteration(), event.encoded());
+    }
+
+    /// Writes the round's records with one `write(2)`, rolling to a new
+    /// segment first if the active one is full. Returns the file written to,
+    /// or `None` when the round logged nothing. On error nothing of the
+    /// round is left in the file and the records stay buffered for a retry.
+    pub fn write(&mut self) -> Result<Option<Arc<File>>, LogError> {
+        let Some(&(first, _)) = self.buf_records.first() else {
+            return Ok(None);
+        };
+        let full = self.active_len + self.buf.len() as u64 > self.opts.segment_bytes
+            && self.active_len > segment::HEADER_LEN as u64;
+        if self.active.is_none() || full {
+            self.roll(first)?;
+        }
+        let Some(file) = self.active.clone() else {
+            return Ok(None);
+        };
+        let path = self.active_path();
+        if let Err(source) = (&*file).write_all(&self.buf) {
+            // Leave no partial record behind; the next round retries.
+            let _ = file.set_len(self.active_len);
+            return Err(LogError::Io { path, source });
+        }
+        let base = self.active_len;
+        if let Some(seg) = self.segments.last_mut() {
+            for (iteration, off) in &self.buf_records {
+                let at = base + u64::from(*off);
+                if at >= self.next_index {
+                    seg.index.push((*iteration, at));
+                    self.next_index = at + segment::INDEX_EVERY;
+                }
+            }
+        }
+        self.active_len += self.buf.len() as u64;
+        self.buf.clear();
+        self.buf_records.clear();
+        Ok(Some(file))
+    }
+
+    fn active_path(&self) -> PathBuf {
+        self.segments
+            .last()
+            .map(|s| s.path.clone())
+            .unwrap_or_else(|| self.opts.dir.clone())
+    }
+
+    /// Closes the active segment (synced) and starts one at `first`.
+    fn roll(&mut self, first: u64) -> Result<(), LogError> {
+        if let Some(old) = self.active.take() {
+            if self.opts.durability != Durability::Never {
+                old.sync_data().map_err(LogError::io(&self.active_path()))?;
+            }
+        }
+        let path = self.opts.dir.join(segment::file_name(first));
+        let file = Arc::new(segment::create(&path)?);
+        sync_dir(&self.opts.dir)?;
+        self.segments.push(Segment {
+            first,
+            path,
+            index: Vec::new(),
+        });
+        self.active_len = segment::HEADER_LEN as u64;
+        self.next_index = self.active_len;
+        *self.shared_active.lock() = Some(file.clone());
+        self.active = Some(file);
+        Ok(())
+    }
+
+    /// The active file as the interval sync thread sees it.
+    pub fn shared_active(&self) -> Arc<Mutex<Option<Arc<File>>>> {
+        self.shared_active.clone()
+    }
+
+    /// Calls `each` with every written event whose iteration is greater
+    /// than `after`, in order, until it returns `false`. Starts reading at
+    /// the sparse-index entry before `after`, not at the beginning.
+    pub fn read_after(
+        &self,
+        after: u64,
+        mut each: impl FnMut(Event) -> bool,
+    ) -> Result<(), LogError> {
+        let start = self
+            .segments
+            .partition_point(|s| s.first <= after)
+            .saturating_sub(1);
+        for seg in &self.segments[start..] {
+            let from = match seg.index.partition_point(|(it, _)| *it <= after) {
+                0 => segment::HEADER_LEN as u64,
+                i => seg.index[i - 1].1,
+            };
+            let data = read_file_from(&seg.path, from)?;
+            let mut pos = 0;
+            // The loop ends at the unwritten end of the active segment, or
+            // at a record being appended right now.
+            while let record::Read::Record {
+                iteration,
+                event,
+                next,
+            } = record::read(&data, pos, self.opts.max_record)
+            {
+                pos = next;
+                if iteration <= after {
+                    continue;
+                }
+                let event = Event::decode(Bytes::copy_from_slice(event)).map_err(|source| {
+                    LogError::Decode {
+                        path: seg.path.clone(),
+                        source,
+                    }
+                })?;
+                if !each(event) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The bytes of `path` from `offset` to its end.
+fn read_file_from(path: &Path, offset: u64) -> Result<Vec<u8>, LogError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(LogError::io(path))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(LogError::io(path))?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).map_err(LogError::io(path))?;
+    Ok(data)
+}
+
+/// Makes a directory entry (a new or renamed file) durable.
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(LogError::io(dir))
+}
+
+#[cfg(test)]
+mod tests;
