@@ -8,6 +8,8 @@ use serde::Deserialize;
 use spread_protocol::topic::{DEFAULT_MAX_TOPIC_DEPTH, DEFAULT_MAX_TOPIC_LEN};
 use spread_protocol::{TopicRules, DEFAULT_MAX_FRAME};
 
+use crate::log::{Durability, LogOptions};
+
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
 /// Default data directory.
@@ -82,6 +84,12 @@ pub struct Args {
     /// Most simultaneous connections [default: 10000].
     #[arg(long, env = "SPREAD_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// When a publish is on disk: always, interval[:<N>ms] or never [default: always].
+    #[arg(long, env = "SPREAD_DURABILITY")]
+    pub durability: Option<String>,
+    /// Size at which a log segment is closed, in bytes [default: 67108864].
+    #[arg(long, env = "SPREAD_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -99,6 +107,8 @@ struct FileConfig {
     subscriber_buffer: Option<usize>,
     max_inflight: Option<usize>,
     max_connections: Option<usize>,
+    durability: Option<String>,
+    segment_bytes: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -122,6 +132,10 @@ pub struct Config {
     pub max_inflight: usize,
     /// Simultaneous connections allowed.
     pub max_connections: usize,
+    /// When a publish is on disk.
+    pub durability: Durability,
+    /// Size at which a log segment is closed.
+    pub segment_bytes: u64,
 }
 
 impl Config {
@@ -180,9 +194,31 @@ impl Config {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(10_000),
+            durability: match args.durability.or(file.durability) {
+                Some(d) => d.parse().map_err(|reason| ConfigError::Invalid {
+                    name: "durability",
+                    reason,
+                })?,
+                None => Durability::Always,
+            },
+            segment_bytes: args
+                .segment_bytes
+                .or(file.segment_bytes)
+                .unwrap_or(64 * 1024 * 1024),
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Where and how the event log is kept.
+    pub fn log_options(&self) -> LogOptions {
+        LogOptions {
+            dir: self.data_dir.join("log"),
+            segment_bytes: self.segment_bytes,
+            // A record holds one event, which came in one frame.
+            max_record: self.max_frame + 64,
+            durability: self.durability,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -201,6 +237,12 @@ impl Config {
         positive("max_topic_depth", self.topic_rules.max_depth)?;
         positive("max_inflight", self.max_inflight)?;
         positive("max_connections", self.max_connections)?;
+        if self.segment_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                name: "segment_bytes",
+                reason: "must be at least 4096".into(),
+            });
+        }
         if self.max_frame > u32::MAX as usize {
             return Err(ConfigError::Invalid {
                 name: "max_frame",
@@ -262,6 +304,27 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn durability_setting() {
+        let c = Config::resolve(Args::default()).unwrap();
+        assert_eq!(c.durability, Durability::Always);
+        let c = Config::resolve(Args {
+            durability: Some("interval:20ms".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.durability,
+            Durability::Interval(std::time::Duration::from_millis(20))
+        );
+        let err = Config::resolve(Args {
+            durability: Some("sometimes".into()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("durability"), "{err}");
     }
 
     #[test]

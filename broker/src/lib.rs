@@ -49,7 +49,7 @@ pub enum BrokerError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The engine thread could not start.
-    #[error("cannot start the engine: {0}")]
-    Engine(std::io::Error),
+    /// The engine could not start (log recovery included).
+    #[error(transparent)]
+    Engine(#[from] engine::EngineError),
 }

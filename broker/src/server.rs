@@ -59,10 +59,15 @@ impl Server {
         };
         let (tls_config, tls_source) =
             tls::server_config(config.tls_files.as_ref(), &config.data_dir)?;
-        // The iteration continues from the clock so that numbers keep growing
-        // across restarts.
-        let engine =
-            EngineHandle::start(crate::engine::clock::now_micros()).map_err(BrokerError::Engine)?;
+        let (engine, recovery) = EngineHandle::start(config.log_options())?;
+        tracing::info!(
+            segments = recovery.segments,
+            events = recovery.records,
+            last_iteration = recovery.last_iteration,
+            elapsed_ms = recovery.elapsed.as_millis() as u64,
+            durability = ?config.durability,
+            "event log recovered"
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -41,22 +41,15 @@ impl Slot {
 pub struct Fanout {
     slots: Vec<Slot>,
     index: HashMap<u64, usize>,
-    /// Emptied batches kept for the next round, so steady state allocates
-    /// only the answer buffers.
-    spare: Vec<Batch>,
 }
 
 impl Fanout {
     fn slot(&mut self, conn: &Arc<Conn>) -> &mut Slot {
-        let Fanout {
-            slots,
-            index,
-            spare,
-        } = self;
+        let Fanout { slots, index } = self;
         let i = *index.entry(conn.id).or_insert_with(|| {
             slots.push(Slot {
                 conn: conn.clone(),
-                batch: spare.pop().unwrap_or_default(),
+                batch: Batch::default(),
                 answers: BytesMut::new(),
                 answer_count: 0,
             });
@@ -89,13 +82,25 @@ impl Fanout {
         slot.answer_count += 1;
     }
 
-    /// Hands every connection its staged items.
-    pub fn flush(&mut self) {
-        for mut slot in self.slots.drain(..) {
-            slot.seal_answers();
-            slot.conn.push_batch(&mut slot.batch);
-            self.spare.push(slot.batch);
-        }
+    /// Takes the round's staged output, to release once it is durable.
+    pub fn take(&mut self) -> Staged {
         self.index.clear();
+        let mut slots: Vec<Slot> = self.slots.drain(..).collect();
+        for slot in &mut slots {
+            slot.seal_answers();
+        }
+        Staged(slots)
+    }
+}
+
+/// One round's output, staged per connection.
+pub struct Staged(Vec<Slot>);
+
+impl Staged {
+    /// Hands every connection its items.
+    pub fn release(self) {
+        for mut slot in self.0 {
+            slot.conn.push_batch(&mut slot.batch);
+        }
     }
 }

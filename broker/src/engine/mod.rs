@@ -8,6 +8,11 @@
 //! paid per message. Because one thread applies everything, every subscriber
 //! sees the events of a topic in the same order, and a subscription's
 //! snapshot and its live stream meet with no gap and no duplicate.
+//!
+//! Every applied event is appended to the durable [`log`](crate::log); a
+//! round's answers and deliveries leave the broker only after the round's
+//! records are written (and, with `always`, synced), so nothing is
+//! acknowledged or seen by a subscriber that a crash could take back.
 
 pub mod clock;
 mod fanout;
@@ -22,9 +27,30 @@ use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, Topic};
 use tokio::sync::mpsc;
 
 use crate::connection::outbound::{Conn, Outbound};
+use crate::log::sync::{GroupCommit, IntervalSync, Round};
+use crate::log::{Durability, Log, LogError, LogOptions, Recovery};
 use clock::{Clock, IdGen};
 use fanout::Fanout;
-use tree::{Draft, Tree};
+use tree::{Applied, Draft, Tree};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The log could not be opened or recovered.
+    #[error("event log: {0}")]
+    Log(#[from] LogError),
+    /// A thread or the id generator could not start.
+    #[error("cannot start the engine: {0}")]
+    Start(#[from] std::io::Error),
+}
+
+/// How the engine releases a round's output.
+enum Release {
+    /// After the group-commit thread synced the round's records.
+    AfterSync(GroupCommit),
+    /// At once; with `interval`, a thread (stopped on drop) syncs periodically.
+    Now { _periodic: Option<IntervalSync> },
+}
 
 /// Commands the engine executes.
 #[derive(Debug)]
@@ -63,25 +89,43 @@ pub struct EngineHandle {
 }
 
 impl EngineHandle {
-    /// Starts the engine thread; the first event takes `last_iteration + 1`.
-    pub fn start(last_iteration: u64) -> std::io::Result<Self> {
+    /// Recovers the log into the topic tree and starts the engine thread.
+    /// Iterations continue above both the log's last one and the clock in
+    /// microseconds, so they keep growing even if the log was removed.
+    pub fn start(log_options: LogOptions) -> Result<(Self, Recovery), EngineError> {
         let ids = IdGen::random().map_err(std::io::Error::other)?;
+        let mut tree = Tree::new(Clock::system(), ids, 0);
+        let (log, recovery) = Log::open(log_options, |event| tree.restore(event))?;
+        tree.advance_iteration_to(clock::now_micros());
+        let release = match log.durability() {
+            Durability::Always => Release::AfterSync(GroupCommit::start()?),
+            Durability::Interval(period) => Release::Now {
+                _periodic: Some(IntervalSync::start(log.shared_active(), period)?),
+            },
+            Durability::Never => Release::Now { _periodic: None },
+        };
         let (tx, rx) = mpsc::channel(1024);
-        let iteration = Arc::new(AtomicU64::new(last_iteration));
+        let iteration = Arc::new(AtomicU64::new(tree.iteration()));
         let engine = Engine {
-            tree: Tree::new(Clock::system(), ids, last_iteration),
+            tree,
             subs: HashMap::new(),
             fanout: Fanout::default(),
             iteration: iteration.clone(),
+            log,
+            release,
+            held: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
             .spawn(move || engine.run(rx))?;
-        Ok(EngineHandle {
-            tx,
-            iteration,
-            thread: Some(thread),
-        })
+        Ok((
+            EngineHandle {
+                tx,
+                iteration,
+                thread: Some(thread),
+            },
+            recovery,
+        ))
     }
 
     /// A sender for connections.
@@ -118,6 +162,11 @@ struct Engine {
     subs: HashMap<u64, HashMap<u64, Topic>>,
     fanout: Fanout,
     iteration: Arc<AtomicU64>,
+    log: Log,
+    release: Release,
+    /// Rounds whose records could not be written yet, oldest first: their
+    /// output waits until the write succeeds.
+    held: Vec<fanout::Staged>,
 }
 
 impl Engine {
@@ -133,9 +182,34 @@ impl Engine {
             }
             self.iteration
                 .store(self.tree.iteration(), Ordering::Release);
-            self.fanout.flush();
+            self.end_round();
         }
         tracing::debug!("engine stopped");
+    }
+
+    /// Writes the round's records, then releases its output (and that of
+    /// any round held by an earlier failed write) per the durability policy.
+    fn end_round(&mut self) {
+        let staged = self.fanout.take();
+        let file = match self.log.write() {
+            Ok(file) => file,
+            Err(e) => {
+                // Nothing of this round may leave the broker before its
+                // records are on disk: hold it and retry with the next round.
+                tracing::error!("cannot write the event log: {e}");
+                self.held.push(staged);
+                return;
+            }
+        };
+        let mut rounds = std::mem::take(&mut self.held);
+        rounds.push(staged);
+        match &self.release {
+            Release::Now { .. } => rounds.into_iter().for_each(fanout::Staged::release),
+            Release::AfterSync(group) => group.submit(Round {
+                file,
+                release: Box::new(move || rounds.into_iter().for_each(fanout::Staged::release)),
+            }),
+        }
     }
 
     fn execute(&mut self, cmd: Command) {
@@ -202,7 +276,9 @@ impl Engine {
     }
 
     fn publish(&mut self, conn: &Arc<Conn>, p: Publish) {
-        let Engine { tree, fanout, .. } = self;
+        let Engine {
+            tree, fanout, log, ..
+        } = self;
         let draft = Draft {
             topic: p.topic.as_str(),
             payload: &p.payload,
@@ -212,6 +288,9 @@ impl Engine {
             mode: p.mode,
         };
         let applied = tree.publish(draft, |s, event| fanout.deliver(&s.conn, s.sub_id, event));
+        if let Applied::New { event, .. } = &applied {
+            log.append(event);
+        }
         fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
     }
 

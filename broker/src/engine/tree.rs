@@ -203,6 +203,11 @@ impl<S> Tree<S> {
         }
     }
 
+    /// Makes the next iteration at least `floor + 1`.
+    pub fn advance_iteration_to(&mut self, floor: u64) {
+        self.iteration = self.iteration.max(floor);
+    }
+
     /// Reads the system time for the stamps of the coming round.
     pub fn refresh_clock(&mut self) {
         self.clock.refresh();
@@ -279,6 +284,33 @@ impl<S> Tree<S> {
             event,
             previous,
             notified,
+        }
+    }
+
+    /// Puts back an event read from the log at start, keeping its iteration.
+    /// Later events win by the same rule as publishes, so replaying a log
+    /// (or a checkpoint plus the log after it) rebuilds the same table.
+    pub fn restore(&mut self, event: Event) {
+        let iteration = event.iteration();
+        self.iteration = self.iteration.max(iteration);
+        let topic = event.topic().to_owned();
+        let node = self.root.descend_mut(&topic);
+        match &node.value {
+            Some(current) if current.cmp_order(&event) != std::cmp::Ordering::Less => {}
+            Some(_) => node.value = Some(event),
+            None => {
+                node.value = Some(event);
+                self.topics += 1;
+            }
+        }
+        let mut node = &mut self.root;
+        node.max_iteration = node.max_iteration.max(iteration);
+        for seg in segments(&topic) {
+            let Some(child) = node.children.get_mut(seg) else {
+                break;
+            };
+            node = child;
+            node.max_iteration = node.max_iteration.max(iteration);
         }
     }
 
@@ -487,6 +519,33 @@ mod tests {
             "a resuming client learns of deletes"
         );
         assert_eq!(tr.subscribe(&t("a"), tr.iteration(), 3).len(), 0);
+    }
+
+    #[test]
+    fn restore_keeps_iterations_and_the_winner() {
+        let mut tr = tree();
+        let ev = |it: u64, ts: u64, payload: &[u8]| {
+            EventParts {
+                topic: "r/s",
+                payload,
+                timestamp: ts,
+                origin: "n1",
+                id: EventId([it as u8; 16]),
+                iteration: it,
+                kind: EventKind::Value,
+            }
+            .encode()
+        };
+        tr.restore(ev(500, 10, b"a"));
+        tr.restore(ev(501, 20, b"b"));
+        tr.restore(ev(502, 15, b"older"));
+        let got = tr.get("r/s").unwrap();
+        assert_eq!((got.iteration(), got.payload_bytes()), (501, &b"b"[..]));
+        assert_eq!(tr.iteration(), 502);
+        assert_eq!(tr.topics(), 1);
+        // Snapshots since an iteration see restored events.
+        assert_eq!(tr.subscribe(&t("r"), 500, 1).len(), 1);
+        assert_eq!(tr.subscribe(&t("r"), 501, 2).len(), 0);
     }
 
     #[test]

@@ -148,6 +148,15 @@ impl Broker {
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
     }
 
+    /// Stops the process gracefully (SIGTERM), checks it exited cleanly, and
+    /// hands back its data dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.terminate();
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "broker exited with {status:?}");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"))
+    }
+
     /// Sends SIGTERM.
     pub fn terminate(&self) {
         let status = Command::new("kill")
