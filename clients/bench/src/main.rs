@@ -54,6 +54,9 @@ struct Args {
     /// Duration of the latency run, in seconds.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Durability policy of the Spread broker's event log.
+    #[arg(long, default_value = "always")]
+    durability: String,
     /// Repetitions of each workload (alternating systems); the median counts.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -78,7 +81,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .broker_bin
         .clone()
         .unwrap_or_else(servers::default_broker_bin);
-    let broker = servers::start_spread(&broker_bin, &data)?;
+    let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
     let nats_server = servers::start_nats(
         &args.nats_bin,
@@ -96,10 +99,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     println!(
-        "# spread-bench: {} B payloads, TLS on both, {} cores, median of {} runs",
+        "# spread-bench: {} B payloads, TLS on both, {} cores, median of {} runs, Spread log durability {}",
         args.size,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        args.runs.max(1)
+        args.runs.max(1),
+        args.durability
     );
     let mut rows = Vec::new();
 

@@ -55,13 +55,14 @@ impl Server {
 }
 
 /// Starts `spread-broker` from `bin` with its data in `data_dir`.
-pub fn start_spread(bin: &Path, data_dir: &Path) -> anyhow::Result<Server> {
+pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Result<Server> {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         // The same pending budget per subscriber as nats-server's default
         // (64 MiB) before it acts on a slow consumer.
         .args(["--subscriber-buffer", "67108864"])
+        .args(["--durability", durability])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
