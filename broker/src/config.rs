@@ -90,6 +90,9 @@ pub struct Args {
     /// Size at which a log segment is closed, in bytes [default: 67108864].
     #[arg(long, env = "SPREAD_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Recent events kept in memory for history subscriptions [default: 65536].
+    #[arg(long, env = "SPREAD_RECENT_EVENTS")]
+    pub recent_events: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -109,6 +112,7 @@ struct FileConfig {
     max_connections: Option<usize>,
     durability: Option<String>,
     segment_bytes: Option<u64>,
+    recent_events: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -136,6 +140,8 @@ pub struct Config {
     pub durability: Durability,
     /// Size at which a log segment is closed.
     pub segment_bytes: u64,
+    /// Recent events kept in memory for history subscriptions.
+    pub recent_events: usize,
 }
 
 impl Config {
@@ -205,6 +211,7 @@ impl Config {
                 .segment_bytes
                 .or(file.segment_bytes)
                 .unwrap_or(64 * 1024 * 1024),
+            recent_events: args.recent_events.or(file.recent_events).unwrap_or(65_536),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::{self, outbound::Stats};
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, RecentLimits};
 use crate::tls::{self, TlsSource};
 use crate::{node, BrokerError};
 
@@ -59,7 +59,11 @@ impl Server {
         };
         let (tls_config, tls_source) =
             tls::server_config(config.tls_files.as_ref(), &config.data_dir)?;
-        let (engine, recovery) = EngineHandle::start(config.log_options())?;
+        let recent = RecentLimits {
+            events: config.recent_events,
+            bytes: 64 * 1024 * 1024,
+        };
+        let (engine, recovery) = EngineHandle::start(config.log_options(), recent)?;
         tracing::info!(
             segments = recovery.segments,
             events = recovery.records,

@@ -41,7 +41,7 @@ pub use codec::{ClientCodec, ServerCodec};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Event, EventId, EventKind, EventParts, OrderKey};
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
-pub use request::{Hello, Publish, PublishMode, Request};
+pub use request::{Hello, Publish, PublishMode, Request, SubscribeMode};
 pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary, SummaryRef};
 pub use topic::{Topic, TopicError, TopicRules};
 

@@ -85,13 +85,18 @@ fn request() -> impl Strategy<Value = Request> {
                 })
             }),
         (any::<u64>(), topic()).prop_map(|(req_id, topic)| Request::Get { req_id, topic }),
-        (any::<u64>(), prefix(), any::<u64>()).prop_map(|(req_id, prefix, since)| {
-            Request::Subscribe {
+        (any::<u64>(), prefix(), any::<u64>(), any::<bool>()).prop_map(
+            |(req_id, prefix, since, history)| Request::Subscribe {
                 req_id,
                 prefix,
                 since,
+                mode: if history {
+                    SubscribeMode::History
+                } else {
+                    SubscribeMode::Latest
+                },
             }
-        }),
+        ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(req_id, sub_id)| Request::Unsubscribe { req_id, sub_id }),
     ]
@@ -136,6 +141,8 @@ fn response() -> impl Strategy<Value = Response> {
         any::<u64>().prop_map(|req_id| Response::Unsubscribed { req_id }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(sub_id, skipped)| Response::Conflated { sub_id, skipped }),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(sub_id, oldest)| Response::HistoryTruncated { sub_id, oldest }),
         (
             proptest::option::of(any::<u64>()),
             proptest::sample::select(ErrorCode::ALL),
@@ -235,6 +242,16 @@ fn invalid_topic_is_reported_as_such() {
     let body = Bytes::from_static(&[0x93, 0x13, 0x01, 0xa4, b'a', b'/', b'/', b'b']);
     let err = Request::decode(&body, &TopicRules::default()).unwrap_err();
     assert_eq!(err.code(), ErrorCode::InvalidTopic);
+}
+
+#[test]
+fn subscribe_without_a_mode_means_latest() {
+    // [0x14, 1, "a", 0]
+    let body = Bytes::from_static(&[0x94, 0x14, 0x01, 0xa1, b'a', 0x00]);
+    match Request::decode(&body, &TopicRules::default()).unwrap() {
+        Request::Subscribe { mode, .. } => assert_eq!(mode, SubscribeMode::Latest),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -68,6 +68,16 @@ pub enum PublishMode {
     Delete,
 }
 
+/// What a subscription delivers before its live events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SubscribeMode {
+    /// The latest event of every topic changed after `since` (wire 0).
+    #[default]
+    Latest = 0,
+    /// Every event after `since`, in iteration order, from the log (wire 1).
+    History = 1,
+}
+
 /// A client request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -96,6 +106,8 @@ pub enum Request {
         prefix: Topic,
         /// Deliver only what changed after this iteration (0: everything).
         since: u64,
+        /// What the subscription delivers before going live.
+        mode: SubscribeMode,
     },
     /// End a subscription.
     Unsubscribe {
@@ -196,12 +208,14 @@ impl Request {
                 req_id,
                 prefix,
                 since,
+                mode,
             } => {
-                wire::put_array(dst, 4);
+                wire::put_array(dst, 5);
                 wire::put_uint(dst, kind::SUBSCRIBE);
                 wire::put_uint(dst, *req_id);
                 wire::put_str(dst, prefix.as_str());
                 wire::put_uint(dst, *since);
+                wire::put_uint(dst, *mode as u64);
             }
             Request::Unsubscribe { req_id, sub_id } => {
                 wire::put_array(dst, 3);
@@ -294,14 +308,27 @@ impl Request {
                 Request::Get { req_id, topic }
             }
             kind::SUBSCRIBE => {
-                expect(&r, 4)?;
+                // The mode is optional: 4 elements mean `latest`.
+                if len != 4 {
+                    expect(&r, 5)?;
+                }
                 let req_id = r.uint("subscribe: request id")?;
                 let prefix = Topic::from_bytes(r.str_bytes("subscribe: prefix")?, rules, true)?;
                 let since = r.uint("subscribe: since")?;
+                let mode = if len == 4 {
+                    SubscribeMode::Latest
+                } else {
+                    match r.uint("subscribe: mode")? {
+                        0 => SubscribeMode::Latest,
+                        1 => SubscribeMode::History,
+                        _ => return Err(r.malformed("subscribe: mode must be 0 or 1")),
+                    }
+                };
                 Request::Subscribe {
                     req_id,
                     prefix,
                     since,
+                    mode,
                 }
             }
             kind::UNSUBSCRIBE => {

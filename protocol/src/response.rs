@@ -27,6 +27,8 @@ pub mod kind {
     pub const UNSUBSCRIBED: u64 = 0x94;
     /// Notice that a slow subscription skipped intermediate events.
     pub const CONFLATED: u64 = 0x95;
+    /// Notice that a history subscription asked for more than is retained.
+    pub const HISTORY_TRUNCATED: u64 = 0x96;
     /// An error.
     pub const ERROR: u64 = 0xff;
 }
@@ -357,6 +359,14 @@ pub enum Response {
         /// How many events were replaced by later ones.
         skipped: u64,
     },
+    /// The history asked for starts before the oldest retained event: the
+    /// latest-value snapshot follows instead, then live events.
+    HistoryTruncated {
+        /// Subscription id.
+        sub_id: u64,
+        /// The oldest iteration still retained in the log.
+        oldest: u64,
+    },
     /// An error.
     Error(ErrorFrame),
 }
@@ -445,6 +455,12 @@ impl Response {
                 wire::put_uint(dst, kind::CONFLATED);
                 wire::put_uint(dst, *sub_id);
                 wire::put_uint(dst, *skipped);
+            }
+            Response::HistoryTruncated { sub_id, oldest } => {
+                wire::put_array(dst, 3);
+                wire::put_uint(dst, kind::HISTORY_TRUNCATED);
+                wire::put_uint(dst, *sub_id);
+                wire::put_uint(dst, *oldest);
             }
             Response::Error(e) => {
                 wire::put_array(dst, 4);
@@ -558,6 +574,13 @@ impl Response {
                 Response::Conflated {
                     sub_id: r.uint("conflated: subscription id")?,
                     skipped: r.uint("conflated: skipped")?,
+                }
+            }
+            kind::HISTORY_TRUNCATED => {
+                expect(&r, 3)?;
+                Response::HistoryTruncated {
+                    sub_id: r.uint("history truncated: subscription id")?,
+                    oldest: r.uint("history truncated: oldest")?,
                 }
             }
             kind::ERROR => {

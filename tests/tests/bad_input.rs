@@ -140,6 +140,7 @@ async fn plain_tcp_and_abrupt_disconnects_do_not_hurt() {
         req_id: 1,
         prefix: spread_protocol::Topic::root(),
         since: 0,
+        mode: spread_protocol::SubscribeMode::Latest,
     })
     .await;
     drop(raw);

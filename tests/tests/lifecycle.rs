@@ -13,6 +13,7 @@ async fn sigterm_closes_connections_with_shutting_down_and_exits_cleanly() {
         req_id: 1,
         prefix: Topic::root(),
         since: 0,
+        mode: spread_protocol::SubscribeMode::Latest,
     })
     .await;
     assert!(matches!(

@@ -189,3 +189,48 @@ async fn requests_in_flight_when_the_connection_drops_fail_cleanly() {
         Err(Error::NotConnected) | Err(Error::Disconnected)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_subscription_resumes_with_every_event() {
+    let broker = Broker::start(&[]);
+    let proxy = Proxy::start(broker.addr).await;
+    let mut cfg = broker.config();
+    cfg.server = proxy.addr.to_string();
+    cfg.server_name = Some("localhost".into());
+    let client = Client::connect(cfg).await.unwrap();
+    let publisher = broker.client().await;
+
+    let mut sub = client.subscribe_history("audit", 0).await.unwrap();
+    let first = publisher.publish("audit/x", "1").await.unwrap();
+    loop {
+        if let Some(Ok(Item::Event(e))) = next(&mut sub).await {
+            assert_eq!(e.iteration(), first.summary().iteration());
+            break;
+        }
+    }
+    proxy.open.store(false, Ordering::SeqCst);
+    proxy.cut();
+    until_connected(&client, false).await;
+    // Several versions of one topic while disconnected: all must arrive.
+    let mut expected = Vec::new();
+    for v in ["2", "3", "4"] {
+        expected.push(
+            publisher
+                .publish("audit/x", v)
+                .await
+                .unwrap()
+                .summary()
+                .iteration(),
+        );
+    }
+    proxy.open.store(true, Ordering::SeqCst);
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        match next(&mut sub).await {
+            Some(Ok(Item::Event(e))) => got.push(e.iteration()),
+            Some(Ok(_)) => {}
+            other => panic!("subscription failed: {other:?}"),
+        }
+    }
+    assert_eq!(got, expected);
+}

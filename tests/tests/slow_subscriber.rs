@@ -23,6 +23,7 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
             req_id: 1,
             prefix: Topic::root(),
             since: 0,
+            mode: spread_protocol::SubscribeMode::Latest,
         })
         .await;
 

@@ -14,13 +14,13 @@
 //! requests while too many answers are outstanding (see `credits`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
-use parking_lot::Mutex;
-use spread_protocol::{ErrorFrame, Event};
+use parking_lot::{Condvar, Mutex};
+use spread_protocol::{ErrorCode, ErrorFrame, Event};
 use tokio::sync::{Notify, Semaphore};
 
 /// One item for a connection's writer.
@@ -33,12 +33,29 @@ pub enum Outbound {
         /// How many requests they answer.
         count: u32,
     },
-    /// A live event for a subscription (may be conflated).
+    /// A live event for a subscription.
     Event {
         /// Subscription id.
         sub_id: u64,
         /// The event.
         event: Event,
+        /// Of a history subscription, which must get every event: never
+        /// conflated; past the hard limit the connection is closed instead.
+        exact: bool,
+    },
+    /// Events a history subscription reads back from the log.
+    History {
+        /// Subscription id.
+        sub_id: u64,
+        /// Events in iteration order.
+        events: Vec<Event>,
+    },
+    /// A history subscription caught up and is live from `iteration`.
+    Synced {
+        /// Subscription id.
+        sub_id: u64,
+        /// The broker iteration it caught up to.
+        iteration: u64,
     },
     /// The answer to a subscribe: the snapshot, then the snapshot marker.
     Snapshot {
@@ -65,8 +82,10 @@ impl Outbound {
     pub fn answers(&self) -> u32 {
         match self {
             Outbound::Answers { count, .. } => *count,
-            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } => 1,
-            Outbound::Event { .. } | Outbound::Close(_) => 0,
+            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } | Outbound::Synced { .. } => {
+                1
+            }
+            Outbound::Event { .. } | Outbound::History { .. } | Outbound::Close(_) => 0,
         }
     }
 }
@@ -127,10 +146,16 @@ impl Hash for Conflated {
 struct Queue {
     items: Vec<Outbound>,
     event_bytes: usize,
+    /// Bytes of history read back from the log, not yet taken.
+    history_bytes: usize,
     conflated: HashSet<Conflated>,
     skipped: HashMap<u64, u64>,
     closed: bool,
 }
+
+/// How many times the conflation budget a history subscription may queue
+/// before its connection is closed (it resumes from the log when it returns).
+const EXACT_LIMIT_FACTOR: usize = 4;
 
 impl Queue {
     /// Queues one item, conflating events past the budget.
@@ -139,7 +164,32 @@ impl Queue {
             return;
         }
         match item {
-            Outbound::Event { sub_id, event } => {
+            Outbound::Event {
+                sub_id,
+                event,
+                exact: true,
+            } => {
+                self.event_bytes += event.encoded().len();
+                if self.event_bytes > budget.saturating_mul(EXACT_LIMIT_FACTOR) {
+                    stats.closed_slow.fetch_add(1, Ordering::Relaxed);
+                    self.items.push(Outbound::Close(Some(ErrorFrame {
+                        req_id: None,
+                        code: ErrorCode::LimitExceeded,
+                        message: format!(
+                            "history subscription {sub_id} fell too far behind; \
+                             resubscribe from the last iteration received"
+                        ),
+                    })));
+                    self.closed = true;
+                } else {
+                    self.items.push(Outbound::Event {
+                        sub_id,
+                        event,
+                        exact: true,
+                    });
+                }
+            }
+            Outbound::Event { sub_id, event, .. } => {
                 let len = event.encoded().len();
                 if !self.conflated.is_empty() || self.event_bytes + len > budget {
                     if self
@@ -152,7 +202,11 @@ impl Queue {
                     }
                 } else {
                     self.event_bytes += len;
-                    self.items.push(Outbound::Event { sub_id, event });
+                    self.items.push(Outbound::Event {
+                        sub_id,
+                        event,
+                        exact: false,
+                    });
                 }
             }
             Outbound::Unsubscribed { req_id, sub_id } => {
@@ -185,6 +239,8 @@ pub struct Taken {
 /// Counters shared by all connections.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Connections closed because a history subscription fell too far behind.
+    pub closed_slow: AtomicU64,
     /// Events replaced in a slow subscriber's queue.
     pub conflated: AtomicU64,
     /// Events written to subscribers.
@@ -199,6 +255,9 @@ pub struct Conn {
     pub origin: Arc<str>,
     queue: Mutex<Queue>,
     ready: Notify,
+    /// Signalled whenever the writer takes the queue (history readers wait
+    /// on it for room).
+    drained: Condvar,
     /// Request credits: the reader takes one per request, the writer returns
     /// one per answer written.
     pub credits: Semaphore,
@@ -227,6 +286,7 @@ impl Conn {
             origin,
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
+            drained: Condvar::new(),
             credits: Semaphore::new(max_inflight),
             event_budget,
             stats,
@@ -268,10 +328,41 @@ impl Conn {
         self.push_batch(&mut batch);
     }
 
+    /// Queues events read back from the log for a history subscription,
+    /// unless `cancelled` (checked under the queue lock, so nothing is
+    /// queued after the subscription ended). Returns `false` when the
+    /// connection is closed or the subscription cancelled.
+    pub fn push_history(&self, sub_id: u64, events: Vec<Event>, cancelled: &AtomicBool) -> bool {
+        let mut q = self.queue.lock();
+        if q.closed || cancelled.load(Ordering::Acquire) {
+            return false;
+        }
+        q.history_bytes += events.iter().map(|e| e.encoded().len()).sum::<usize>();
+        q.items.push(Outbound::History { sub_id, events });
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Blocks until at most `limit` bytes of history are queued (or the
+    /// connection closes). For history reader threads, not async tasks.
+    pub fn wait_for_history_room(&self, limit: usize) {
+        let mut q = self.queue.lock();
+        while q.history_bytes > limit && !q.closed {
+            self.drained.wait(&mut q);
+        }
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
     /// Marks the connection closed and wakes the writer to finish.
     pub fn close(&self) {
         self.queue.lock().closed = true;
         self.ready.notify_one();
+        self.drained.notify_all();
     }
 
     /// Waits until something is queued (or the connection closes).
@@ -284,6 +375,7 @@ impl Conn {
         let mut q = self.queue.lock();
         std::mem::swap(&mut q.items, out);
         q.event_bytes = 0;
+        q.history_bytes = 0;
         let mut taken = Taken {
             closed: q.closed,
             ..Taken::default()
@@ -293,6 +385,7 @@ impl Conn {
             taken.skipped = q.skipped.drain().collect();
         }
         drop(q);
+        self.drained.notify_all();
         if !taken.conflated.is_empty() {
             taken
                 .conflated
@@ -338,6 +431,7 @@ mod tests {
             batch.push(Outbound::Event {
                 sub_id: 7,
                 event: ev(topic, i),
+                exact: false,
             });
         }
         c.push_batch(&mut batch);
@@ -358,6 +452,7 @@ mod tests {
         c.push(Outbound::Event {
             sub_id: 7,
             event: ev("a", 11),
+            exact: false,
         });
         let mut items = Vec::new();
         assert!(c.take(&mut items).conflated.is_empty());
@@ -370,10 +465,12 @@ mod tests {
         c.push(Outbound::Event {
             sub_id: 1,
             event: ev("a", 1),
+            exact: false,
         });
         c.push(Outbound::Event {
             sub_id: 2,
             event: ev("a", 2),
+            exact: false,
         });
         c.push(Outbound::Unsubscribed {
             req_id: 9,
@@ -383,6 +480,39 @@ mod tests {
         let taken = c.take(&mut items);
         assert_eq!(taken.conflated.len(), 1);
         assert_eq!(taken.conflated[0].sub_id, 2);
+    }
+
+    #[test]
+    fn exact_events_are_never_conflated_but_close_past_the_hard_limit() {
+        let c = conn(300);
+        let len = ev("a", 1).encoded().len();
+        let n = 4 * 300 / len + 2;
+        for i in 1..=n as u64 {
+            c.push(Outbound::Event {
+                sub_id: 3,
+                event: ev("a", i),
+                exact: true,
+            });
+        }
+        let mut items = Vec::new();
+        let taken = c.take(&mut items);
+        assert!(taken.conflated.is_empty());
+        // More than 4 × 300 bytes: the connection closes with a clear error
+        // instead of dropping or conflating.
+        assert!(taken.closed);
+        match items.last() {
+            Some(Outbound::Close(Some(e))) => assert_eq!(e.code, ErrorCode::LimitExceeded),
+            other => panic!("{other:?}"),
+        }
+        let events = items
+            .iter()
+            .filter(|i| matches!(i, Outbound::Event { .. }))
+            .count();
+        assert_eq!(
+            events,
+            4 * 300 / len,
+            "everything within the limit is kept, in order"
+        );
     }
 
     #[test]

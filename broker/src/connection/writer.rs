@@ -40,9 +40,19 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
             answers += item.answers();
             match item {
                 Outbound::Answers { frames, .. } => buf.extend_from_slice(&frames),
-                Outbound::Event { sub_id, event } => {
+                Outbound::Event { sub_id, event, .. } => {
                     encode_event(&mut buf, sub_id, &event);
                     delivered += 1;
+                }
+                Outbound::History { sub_id, events } => {
+                    for e in &events {
+                        encode_event(&mut buf, sub_id, e);
+                        spill(&mut wr, &mut buf).await?;
+                    }
+                    delivered += events.len() as u64;
+                }
+                Outbound::Synced { sub_id, iteration } => {
+                    Response::SnapshotComplete { sub_id, iteration }.encode(&mut buf)
                 }
                 Outbound::Snapshot {
                     sub_id,

@@ -66,12 +66,13 @@ impl Fanout {
     }
 
     /// Stages a live event for subscription `sub_id` of `conn`.
-    pub fn deliver(&mut self, conn: &Arc<Conn>, sub_id: u64, event: &Event) {
+    pub fn deliver(&mut self, conn: &Arc<Conn>, sub_id: u64, event: &Event, exact: bool) {
         let slot = self.slot(conn);
         slot.seal_answers();
         slot.batch.push(Outbound::Event {
             sub_id,
             event: event.clone(),
+            exact,
         });
     }
 

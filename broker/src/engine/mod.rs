@@ -16,6 +16,7 @@
 
 pub mod clock;
 mod fanout;
+mod history;
 pub mod tree;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use hashbrown::HashMap;
-use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, Topic};
+use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, SubscribeMode, Topic};
 use tokio::sync::mpsc;
 
 use crate::connection::outbound::{Conn, Outbound};
@@ -62,6 +63,17 @@ pub enum Command {
         /// Its requests.
         requests: Vec<Request>,
     },
+    /// A history catch-up job read the log up to `after` and asks to go live.
+    Attach {
+        /// The connection.
+        conn: Arc<Conn>,
+        /// The subscription.
+        sub_id: u64,
+        /// Everything up to this iteration was delivered.
+        after: u64,
+        /// `None`: attached (or gone); `Some`: read on with this reader.
+        reply: std::sync::mpsc::Sender<Option<crate::log::LogReader>>,
+    },
     /// The connection's reader stopped: answer what came before, drop its
     /// subscriptions, then close it (with `error` last, if any).
     Closed {
@@ -76,6 +88,18 @@ pub enum Command {
 struct Subscriber {
     conn: Arc<Conn>,
     sub_id: u64,
+    /// A history subscription: every event, never conflated.
+    exact: bool,
+}
+
+/// Limits of the in-memory ring of recent events that serves history
+/// subscriptions without reading the log.
+#[derive(Debug, Clone, Copy)]
+pub struct RecentLimits {
+    /// Most events kept.
+    pub events: usize,
+    /// Most bytes kept.
+    pub bytes: usize,
 }
 
 /// Most commands applied before answers are flushed to connections.
@@ -92,7 +116,10 @@ impl EngineHandle {
     /// Recovers the log into the topic tree and starts the engine thread.
     /// Iterations continue above both the log's last one and the clock in
     /// microseconds, so they keep growing even if the log was removed.
-    pub fn start(log_options: LogOptions) -> Result<(Self, Recovery), EngineError> {
+    pub fn start(
+        log_options: LogOptions,
+        recent: RecentLimits,
+    ) -> Result<(Self, Recovery), EngineError> {
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
         let (log, recovery) = Log::open(log_options, |event| tree.restore(event))?;
@@ -105,7 +132,8 @@ impl EngineHandle {
             Durability::Never => Release::Now { _periodic: None },
         };
         let (tx, rx) = mpsc::channel(1024);
-        let iteration = Arc::new(AtomicU64::new(tree.iteration()));
+        let start = tree.iteration();
+        let iteration = Arc::new(AtomicU64::new(start));
         let engine = Engine {
             tree,
             subs: HashMap::new(),
@@ -114,6 +142,11 @@ impl EngineHandle {
             log,
             release,
             held: Vec::new(),
+            recent: history::Recent::new(start, recent.events, recent.bytes),
+            catchups: HashMap::new(),
+            durable: Arc::new(AtomicU64::new(start)),
+            runtime: tokio::runtime::Handle::current(),
+            me: tx.downgrade(),
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -167,6 +200,17 @@ struct Engine {
     /// Rounds whose records could not be written yet, oldest first: their
     /// output waits until the write succeeds.
     held: Vec<fanout::Staged>,
+    /// Recent events, for history subscriptions.
+    recent: history::Recent,
+    /// Cancellation flags of running catch-up jobs, by (connection, sub).
+    catchups: HashMap<(u64, u64), Arc<std::sync::atomic::AtomicBool>>,
+    /// Highest iteration whose record is durable under the policy.
+    durable: Arc<AtomicU64>,
+    /// Where catch-up jobs run.
+    runtime: tokio::runtime::Handle,
+    /// The engine's own queue, for catch-up jobs (weak: it must not keep
+    /// the engine alive).
+    me: mpsc::WeakSender<Command>,
 }
 
 impl Engine {
@@ -203,11 +247,18 @@ impl Engine {
         };
         let mut rounds = std::mem::take(&mut self.held);
         rounds.push(staged);
+        let (durable, last) = (self.durable.clone(), self.tree.iteration());
         match &self.release {
-            Release::Now { .. } => rounds.into_iter().for_each(fanout::Staged::release),
+            Release::Now { .. } => {
+                durable.store(last, Ordering::Release);
+                rounds.into_iter().for_each(fanout::Staged::release);
+            }
             Release::AfterSync(group) => group.submit(Round {
                 file,
-                release: Box::new(move || rounds.into_iter().for_each(fanout::Staged::release)),
+                release: Box::new(move || {
+                    durable.store(last, Ordering::Release);
+                    rounds.into_iter().for_each(fanout::Staged::release);
+                }),
             }),
         }
     }
@@ -219,9 +270,16 @@ impl Engine {
                     self.request(&conn, req);
                 }
             }
+            Command::Attach {
+                conn,
+                sub_id,
+                after,
+                reply,
+            } => self.attach_caught_up(&conn, sub_id, after, reply),
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
                     for (sub_id, prefix) in subs {
+                        self.cancel_catch_up(conn.id, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                     }
@@ -242,7 +300,8 @@ impl Engine {
                 req_id,
                 prefix,
                 since,
-            } => self.subscribe(conn, req_id, prefix, since),
+                mode,
+            } => self.subscribe(conn, req_id, prefix, since, mode),
             Request::Unsubscribe { req_id, sub_id } => {
                 let prefix = self
                     .subs
@@ -250,6 +309,7 @@ impl Engine {
                     .and_then(|subs| subs.remove(&sub_id));
                 match prefix {
                     Some(prefix) => {
+                        self.cancel_catch_up(conn.id, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                         self.fanout
@@ -277,7 +337,11 @@ impl Engine {
 
     fn publish(&mut self, conn: &Arc<Conn>, p: Publish) {
         let Engine {
-            tree, fanout, log, ..
+            tree,
+            fanout,
+            log,
+            recent,
+            ..
         } = self;
         let draft = Draft {
             topic: p.topic.as_str(),
@@ -287,14 +351,24 @@ impl Engine {
             origin: &conn.origin,
             mode: p.mode,
         };
-        let applied = tree.publish(draft, |s, event| fanout.deliver(&s.conn, s.sub_id, event));
+        let applied = tree.publish(draft, |s, event| {
+            fanout.deliver(&s.conn, s.sub_id, event, s.exact)
+        });
         if let Applied::New { event, .. } = &applied {
             log.append(event);
+            recent.push(event.clone());
         }
         fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
     }
 
-    fn subscribe(&mut self, conn: &Arc<Conn>, req_id: u64, prefix: Topic, since: u64) {
+    fn subscribe(
+        &mut self,
+        conn: &Arc<Conn>,
+        req_id: u64,
+        prefix: Topic,
+        since: u64,
+        mode: SubscribeMode,
+    ) {
         let subs = self.subs.entry(conn.id).or_default();
         if subs.contains_key(&req_id) {
             return self.error(
@@ -305,12 +379,16 @@ impl Engine {
             );
         }
         subs.insert(req_id, prefix.clone());
+        if mode == SubscribeMode::History {
+            return self.subscribe_history(conn, req_id, prefix, since);
+        }
         let events = self.tree.subscribe(
             &prefix,
             since,
             Subscriber {
                 conn: conn.clone(),
                 sub_id: req_id,
+                exact: false,
             },
         );
         self.fanout.push(

@@ -368,11 +368,18 @@ impl<S> Tree<S> {
     /// of every topic under it changed after `since` (tombstones only when
     /// `since > 0`), in no particular order.
     pub fn subscribe(&mut self, prefix: &Topic, since: u64, sub: S) -> Vec<Event> {
-        let node = self.root.descend_mut(prefix.as_str());
-        node.subs.push(sub);
+        self.register(prefix, sub);
+        let Some(node) = self.root.descend(prefix.as_str()) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         node.collect(since, since > 0, &mut out);
         out
+    }
+
+    /// Registers `sub` on `prefix` without a snapshot.
+    pub fn register(&mut self, prefix: &Topic, sub: S) {
+        self.root.descend_mut(prefix.as_str()).subs.push(sub);
     }
 
     /// Removes the first subscription on `prefix` matching `pred`.

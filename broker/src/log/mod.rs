@@ -326,40 +326,86 @@ impl Log {
         self.shared_active.clone()
     }
 
-    /// Calls `each` with every written event whose iteration is greater
-    /// than `after`, in order, until it returns `false`. Starts reading at
-    /// the sparse-index entry before `after`, not at the beginning.
-    pub fn read_after(
+    /// A reader over the segments written so far, for another thread.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            segments: self
+                .segments
+                .iter()
+                .map(|s| (s.first, s.path.clone(), s.index.clone()))
+                .collect(),
+            max_record: self.opts.max_record,
+        }
+    }
+}
+
+/// A segment as a reader sees it: first iteration, path, sparse index.
+type SegmentView = (u64, PathBuf, Vec<(u64, u64)>);
+
+/// Reads events back from the log, independently of the engine.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    segments: Vec<SegmentView>,
+    max_record: usize,
+}
+
+impl LogReader {
+    /// Calls `each` with every event whose iteration is in `after + 1 ..=
+    /// until`, in order, until it returns `false`. Starts at the sparse-index
+    /// entry before `after` rather than at the beginning of a segment.
+    pub fn read(
         &self,
         after: u64,
+        until: u64,
         mut each: impl FnMut(Event) -> bool,
     ) -> Result<(), LogError> {
+        use std::io::{BufReader, Read, Seek, SeekFrom};
         let start = self
             .segments
-            .partition_point(|s| s.first <= after)
+            .partition_point(|(first, _, _)| *first <= after)
             .saturating_sub(1);
-        for seg in &self.segments[start..] {
-            let from = match seg.index.partition_point(|(it, _)| *it <= after) {
+        for (first, path, index) in &self.segments[start..] {
+            if *first > until {
+                break;
+            }
+            let from = match index.partition_point(|(it, _)| *it <= after) {
                 0 => segment::HEADER_LEN as u64,
-                i => seg.index[i - 1].1,
+                i => index[i - 1].1,
             };
-            let data = read_file_from(&seg.path, from)?;
-            let mut pos = 0;
-            // The loop ends at the unwritten end of the active segment, or
-            // at a record being appended right now.
-            while let record::Read::Record {
-                iteration,
-                event,
-                next,
-            } = record::read(&data, pos, self.opts.max_record)
-            {
-                pos = next;
+            let io = LogError::io(path);
+            let mut f = File::open(path).map_err(&io)?;
+            f.seek(SeekFrom::Start(from)).map_err(&io)?;
+            let mut rd = BufReader::with_capacity(256 * 1024, f);
+            let mut header = [0u8; record::HEADER];
+            let mut body = Vec::new();
+            loop {
+                // The end of what is written, or a record being appended:
+                // either way, nothing more to read in this segment.
+                if rd.read_exact(&mut header).is_err() {
+                    break;
+                }
+                let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                if !(8..=self.max_record).contains(&len) {
+                    break;
+                }
+                body.resize(len, 0);
+                body[..8].copy_from_slice(&header[8..]);
+                if rd.read_exact(&mut body[8..]).is_err() {
+                    break;
+                }
+                let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+                let Some((iteration, event)) = record::check(crc, &body) else {
+                    break;
+                };
                 if iteration <= after {
                     continue;
                 }
+                if iteration > until {
+                    return Ok(());
+                }
                 let event = Event::decode(Bytes::copy_from_slice(event)).map_err(|source| {
                     LogError::Decode {
-                        path: seg.path.clone(),
+                        path: path.clone(),
                         source,
                     }
                 })?;
@@ -370,17 +416,6 @@ impl Log {
         }
         Ok(())
     }
-}
-
-/// The bytes of `path` from `offset` to its end.
-fn read_file_from(path: &Path, offset: u64) -> Result<Vec<u8>, LogError> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = File::open(path).map_err(LogError::io(path))?;
-    f.seek(SeekFrom::Start(offset))
-        .map_err(LogError::io(path))?;
-    let mut data = Vec::new();
-    f.read_to_end(&mut data).map_err(LogError::io(path))?;
-    Ok(data)
 }
 
 /// Makes a directory entry (a new or renamed file) durable.

@@ -53,16 +53,24 @@ pub fn read(data: &[u8], pos: usize, max_len: usize) -> Read<'_> {
     let Some(body) = rest.get(8..8 + len) else {
         return Read::Damaged("torn record body");
     };
-    if crc32c::crc32c(body) != crc {
-        return Read::Damaged("checksum mismatch");
+    match check(crc, body) {
+        Some((iteration, event)) => Read::Record {
+            iteration,
+            event,
+            next: pos + 8 + len,
+        },
+        None => Read::Damaged("checksum mismatch"),
+    }
+}
+
+/// Verifies a record body (iteration + event) against its checksum.
+pub fn check(crc: u32, body: &[u8]) -> Option<(u64, &[u8])> {
+    if body.len() < 8 || crc32c::crc32c(body) != crc {
+        return None;
     }
     let mut it = [0u8; 8];
     it.copy_from_slice(&body[..8]);
-    Read::Record {
-        iteration: u64::from_le_bytes(it),
-        event: &body[8..],
-        next: pos + 8 + len,
-    }
+    Some((u64::from_le_bytes(it), &body[8..]))
 }
 
 #[cfg(test)]

@@ -67,12 +67,22 @@ fn segments_roll_and_reads_start_mid_log() {
     write_events(&mut log, 1..=500, 3);
     assert!(log.segments.len() > 5, "{} segments", log.segments.len());
     let mut seen = Vec::new();
-    log.read_after(321, |e| {
-        seen.push(e.iteration());
-        true
-    })
-    .unwrap();
-    assert_eq!(seen, (322..=500).collect::<Vec<_>>());
+    log.reader()
+        .read(321, 480, |e| {
+            seen.push(e.iteration());
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, (322..=480).collect::<Vec<_>>());
+    // Stopping early is honoured.
+    let mut n = 0;
+    log.reader()
+        .read(0, u64::MAX, |_| {
+            n += 1;
+            n < 10
+        })
+        .unwrap();
+    assert_eq!(n, 10);
     // Appending continues in the last segment after a reopen.
     drop(log);
     let (mut log, rec, _) = open(dir.path(), 4096);

@@ -150,6 +150,7 @@ impl System for Spread {
             req_id: 1,
             prefix: Topic::prefix(topic, &TopicRules::default())?,
             since: 0,
+            mode: spread_protocol::SubscribeMode::Latest,
         }
         .encode(&mut out);
         conn.wr.write_all(&out).await?;

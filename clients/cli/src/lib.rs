@@ -90,6 +90,10 @@ enum Command {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<u64>,
+        /// Every event after --since, in order (from the broker's log), not
+        /// just the latest value of each topic.
+        #[arg(long)]
+        history: bool,
         /// Print one JSON object per line.
         #[arg(long)]
         json: bool,
@@ -198,9 +202,14 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             prefix,
             since,
             count,
+            history,
             json,
         } => {
-            let mut sub = client.subscribe_since(&prefix, since).await?;
+            let mut sub = if history {
+                client.subscribe_history(&prefix, since).await?
+            } else {
+                client.subscribe_since(&prefix, since).await?
+            };
             let mut seen = 0u64;
             if count == Some(0) {
                 return Ok(ExitCode::SUCCESS);
@@ -230,6 +239,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     Some(Ok(Item::Conflated { skipped })) => {
                         eprintln!("-- too slow: {skipped} intermediate events skipped");
+                    }
+                    Some(Ok(Item::Truncated { oldest })) => {
+                        eprintln!("-- history before iteration {oldest} is no longer kept; latest values follow");
                     }
                 }
             }

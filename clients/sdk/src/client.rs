@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spread_protocol::{Event, EventId, Outcome, Publish, PublishMode, Request, Response, Topic};
+use spread_protocol::{
+    Event, EventId, Outcome, Publish, PublishMode, Request, Response, SubscribeMode, Topic,
+};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
@@ -185,6 +187,7 @@ impl Client {
     ///         Item::Event(e) => println!("{} = {:?}", e.topic(), e.payload()),
     ///         Item::Synced { iteration } => println!("snapshot complete at {iteration}"),
     ///         Item::Conflated { skipped } => println!("fell behind, skipped {skipped}"),
+    ///         Item::Truncated { oldest } => println!("history starts at {oldest}"),
     ///     }
     /// }
     /// # Ok(()) }
@@ -196,6 +199,25 @@ impl Client {
     /// Subscribes, receiving only what changed after iteration `since`
     /// (deletes included, so a resumed copy of the state stays exact).
     pub async fn subscribe_since(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
+        self.open_subscription(prefix, since, SubscribeMode::Latest)
+    }
+
+    /// Subscribes in history mode: *every* event under `prefix` after
+    /// iteration `since`, in iteration order (read back from the broker's
+    /// log), then live events, with no gap and no duplicate. After a
+    /// reconnection it resumes in the same mode from the last iteration
+    /// delivered. This is how consumers that must see every change (sinks,
+    /// audit tails) subscribe.
+    pub async fn subscribe_history(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
+        self.open_subscription(prefix, since, SubscribeMode::History)
+    }
+
+    fn open_subscription(
+        &self,
+        prefix: &str,
+        since: u64,
+        mode: SubscribeMode,
+    ) -> Result<Subscription, Error> {
         let prefix = Topic::prefix(prefix, &self.shared.rules)?;
         let id = self.shared.next_id();
         let (tx, rx) = mpsc::channel(self.shared.config.subscription_buffer.max(1));
@@ -203,6 +225,7 @@ impl Client {
             id,
             SubState {
                 prefix: prefix.clone(),
+                mode,
                 last: since,
                 tx,
             },
@@ -211,6 +234,7 @@ impl Client {
             req_id: id,
             prefix,
             since,
+            mode,
         };
         // Deliveries and a refusal both arrive on the subscription's stream.
         if let Err(e) = self.shared.send(&req) {

@@ -9,7 +9,8 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use spread_protocol::{
-    ClientCodec, ErrorFrame, Hello, Request, Response, Topic, TopicRules, PROTOCOL_VERSION,
+    ClientCodec, ErrorFrame, Hello, Request, Response, SubscribeMode, Topic, TopicRules,
+    PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
@@ -29,6 +30,7 @@ type Writer = WriteHalf<TlsStream<TcpStream>>;
 /// A subscription as the driver tracks it.
 pub(crate) struct SubState {
     pub prefix: Topic,
+    pub mode: SubscribeMode,
     /// Last iteration handed to the application; resume point.
     pub last: u64,
     pub tx: mpsc::Sender<Result<Item, Error>>,
@@ -134,6 +136,7 @@ impl Shared {
                 req_id: *id,
                 prefix: sub.prefix.clone(),
                 since: sub.last,
+                mode: sub.mode,
             }
             .encode(&mut out.buf);
         }
@@ -313,6 +316,7 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
             (sub_id, Item::Synced { iteration })
         }
         Response::Conflated { sub_id, skipped } => (sub_id, Item::Conflated { skipped }),
+        Response::HistoryTruncated { sub_id, oldest } => (sub_id, Item::Truncated { oldest }),
         Response::Error(e) => {
             let Some(id) = e.req_id else {
                 return Err(e);

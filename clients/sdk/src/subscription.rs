@@ -30,6 +30,12 @@ pub enum Item {
         /// Events skipped.
         skipped: u64,
     },
+    /// A history subscription asked for events older than the log retains:
+    /// the latest value of every topic follows instead, then live events.
+    Truncated {
+        /// The oldest iteration still retained.
+        oldest: u64,
+    },
 }
 
 /// A live subscription. Dropping it unsubscribes.

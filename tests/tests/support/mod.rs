@@ -242,7 +242,7 @@ pub async fn snapshot(sub: &mut Subscription) -> Vec<Event> {
         match item {
             Item::Event(e) => out.push(e),
             Item::Synced { .. } => return out,
-            Item::Conflated { .. } => {}
+            Item::Conflated { .. } | Item::Truncated { .. } => {}
         }
     }
 }

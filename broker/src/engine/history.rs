@@ -1,0 +1,292 @@
+//! History subscriptions: every event under a prefix after an iteration, in
+//! order, then live, with no gap and no duplicate at the seam.
+//!
+//! Recent events are served from an in-memory ring ([`Recent`]). Older ones
+//! are read back from the log by a catch-up job on a blocking thread, which
+//! pushes them straight to the connection (waiting for room, so memory stays
+//! bounded) and then asks the engine to attach the subscription after the
+//! last iteration it read. The engine attaches only if its ring holds every
+//! event since that point; otherwise the job reads on. Each pass starts from
+//! a later iteration, so the job converges as long as it reads faster than
+//! the ring turns over.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use spread_protocol::{ErrorCode, ErrorFrame, Event, Topic};
+use tokio::sync::mpsc;
+
+use super::{Command, Engine, Subscriber};
+use crate::connection::outbound::{Conn, Outbound};
+use crate::log::LogReader;
+
+/// Bytes of history pushed to a connection at a time.
+const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes of history a connection may have queued before the job waits.
+const QUEUED_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The most recent events, in iteration order.
+pub struct Recent {
+    events: VecDeque<Event>,
+    bytes: usize,
+    max_events: usize,
+    max_bytes: usize,
+    /// Every event with a greater iteration is in the ring.
+    covered_from: u64,
+}
+
+impl Recent {
+    /// An empty ring that covers everything after `start`.
+    pub fn new(start: u64, max_events: usize, max_bytes: usize) -> Self {
+        Recent {
+            events: VecDeque::new(),
+            bytes: 0,
+            max_events: max_events.max(1),
+            max_bytes,
+            covered_from: start,
+        }
+    }
+
+    /// Adds a just-applied event, forgetting the oldest beyond the limits.
+    pub fn push(&mut self, event: Event) {
+        self.bytes += event.encoded().len();
+        self.events.push_back(event);
+        while self.events.len() > self.max_events || self.bytes > self.max_bytes {
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.encoded().len();
+            self.covered_from = old.iteration();
+        }
+    }
+
+    /// Whether the ring holds every event after `after`.
+    pub fn covers(&self, after: u64) -> bool {
+        after >= self.covered_from
+    }
+
+    /// The events after `after` under `prefix`, in order.
+    pub fn after(&self, after: u64, prefix: &Topic) -> Vec<Event> {
+        let start = self.events.partition_point(|e| e.iteration() <= after);
+        self.events
+            .range(start..)
+            .filter(|e| prefix.covers(e.topic()))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A catch-up job's view of the engine.
+pub struct CatchUp {
+    pub conn: Arc<Conn>,
+    pub sub_id: u64,
+    pub prefix: Topic,
+    pub after: u64,
+    pub reader: LogReader,
+    /// Highest iteration whose record is durable (see the durability policy).
+    pub durable: Arc<AtomicU64>,
+    pub engine: mpsc::WeakSender<Command>,
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl CatchUp {
+    /// Runs on a blocking thread until attached, cancelled or failed.
+    pub fn run(mut self) {
+        loop {
+            let until = self.durable.load(Ordering::Acquire);
+            match self.read_pass(until) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(message) => {
+                    tracing::error!(sub = self.sub_id, "history read failed: {message}");
+                    self.conn.push(Outbound::Close(Some(ErrorFrame {
+                        req_id: None,
+                        code: ErrorCode::Internal,
+                        message: format!("cannot read the event log: {message}"),
+                    })));
+                    return;
+                }
+            }
+            self.after = until;
+            let Some(engine) = self.engine.upgrade() else {
+                return;
+            };
+            let (reply, answer) = std::sync::mpsc::channel();
+            let attach = Command::Attach {
+                conn: self.conn.clone(),
+                sub_id: self.sub_id,
+                after: self.after,
+                reply,
+            };
+            if engine.blocking_send(attach).is_err() {
+                return;
+            }
+            drop(engine);
+            match answer.recv() {
+                Ok(Some(fresh)) => self.reader = fresh,
+                _ => return,
+            }
+        }
+    }
+
+    /// Pushes the events in `after + 1 ..= until`; `false` when the
+    /// subscription or the connection is gone.
+    fn read_pass(&self, until: u64) -> Result<bool, String> {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut open = true;
+        self.reader
+            .read(self.after, until, |event| {
+                if !self.prefix.covers(event.topic()) {
+                    return true;
+                }
+                bytes += event.encoded().len();
+                batch.push(event);
+                if bytes >= CHUNK_BYTES {
+                    self.conn.wait_for_history_room(QUEUED_LIMIT);
+                    open = self.conn.push_history(
+                        self.sub_id,
+                        std::mem::take(&mut batch),
+                        &self.cancelled,
+                    );
+                    bytes = 0;
+                }
+                open
+            })
+            .map_err(|e| e.to_string())?;
+        if open && !batch.is_empty() {
+            open = self.conn.push_history(self.sub_id, batch, &self.cancelled);
+        }
+        Ok(open && !self.cancelled.load(Ordering::Acquire))
+    }
+}
+
+impl Engine {
+    /// Starts a history subscription: from the ring when it reaches back far
+    /// enough, otherwise through a catch-up job reading the log.
+    pub(super) fn subscribe_history(
+        &mut self,
+        conn: &Arc<Conn>,
+        sub_id: u64,
+        prefix: Topic,
+        since: u64,
+    ) {
+        if self.recent.covers(since) || since >= self.tree.iteration() {
+            let events = self.recent.after(since, &prefix);
+            return self.attach(conn, sub_id, &prefix, events);
+        }
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.catchups.insert((conn.id, sub_id), cancelled.clone());
+        let job = CatchUp {
+            conn: conn.clone(),
+            sub_id,
+            prefix,
+            after: since,
+            reader: self.log.reader(),
+            durable: self.durable.clone(),
+            engine: self.me.clone(),
+            cancelled,
+        };
+        self.runtime.spawn_blocking(move || job.run());
+    }
+
+    /// A catch-up job read everything up to `after`: attach if the ring
+    /// covers the rest, else send the job a fresh reader.
+    pub(super) fn attach_caught_up(
+        &mut self,
+        conn: &Arc<Conn>,
+        sub_id: u64,
+        after: u64,
+        reply: std::sync::mpsc::Sender<Option<LogReader>>,
+    ) {
+        let prefix = self
+            .subs
+            .get(&conn.id)
+            .and_then(|subs| subs.get(&sub_id))
+            .cloned();
+        let (Some(prefix), true) = (prefix, self.catchups.contains_key(&(conn.id, sub_id))) else {
+            // Unsubscribed or disconnected meanwhile.
+            let _ = reply.send(None);
+            return;
+        };
+        if self.recent.covers(after) || after >= self.tree.iteration() {
+            self.catchups.remove(&(conn.id, sub_id));
+            let events = self.recent.after(after, &prefix);
+            self.attach(conn, sub_id, &prefix, events);
+            let _ = reply.send(None);
+        } else {
+            let _ = reply.send(Some(self.log.reader()));
+        }
+    }
+
+    /// Registers the subscription live after delivering `events`.
+    fn attach(&mut self, conn: &Arc<Conn>, sub_id: u64, prefix: &Topic, events: Vec<Event>) {
+        self.tree.register(
+            prefix,
+            Subscriber {
+                conn: conn.clone(),
+                sub_id,
+                exact: true,
+            },
+        );
+        if !events.is_empty() {
+            self.fanout.push(conn, Outbound::History { sub_id, events });
+        }
+        self.fanout.push(
+            conn,
+            Outbound::Synced {
+                sub_id,
+                iteration: self.tree.iteration(),
+            },
+        );
+    }
+
+    /// Stops the catch-up job of a subscription, if it has one.
+    pub(super) fn cancel_catch_up(&mut self, conn_id: u64, sub_id: u64) {
+        if let Some(flag) = self.catchups.remove(&(conn_id, sub_id)) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spread_protocol::{EventId, EventKind, EventParts, TopicRules};
+
+    fn ev(iteration: u64, topic: &str) -> Event {
+        EventParts {
+            topic,
+            payload: b"x",
+            timestamp: iteration,
+            origin: "n",
+            id: EventId([0; 16]),
+            iteration,
+            kind: EventKind::Value,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn ring_covers_what_it_still_holds() {
+        let mut r = Recent::new(10, 3, usize::MAX);
+        assert!(r.covers(10));
+        assert!(!r.covers(9));
+        for i in 11..=15 {
+            r.push(ev(i, if i % 2 == 0 { "a/x" } else { "b/y" }));
+        }
+        // Holds 13, 14, 15: covers everything after 12.
+        assert!(r.covers(12));
+        assert!(!r.covers(11));
+        let a = Topic::prefix("a", &TopicRules::default()).unwrap();
+        let got: Vec<u64> = r.after(12, &a).iter().map(Event::iteration).collect();
+        assert_eq!(got, [14]);
+        let all: Vec<u64> = r
+            .after(13, &Topic::root())
+            .iter()
+            .map(Event::iteration)
+            .collect();
+        assert_eq!(all, [14, 15]);
+    }
+}

@@ -1,0 +1,181 @@
+//! History subscriptions: every event after an iteration, in order, from
+//! memory or from the log, then live with no gap and no duplicate.
+
+mod support;
+
+use spread_client::{Client, Item, Subscription};
+use support::{Broker, PATIENCE};
+
+/// Events until the `Synced` marker, then `live` more events.
+async fn collect(sub: &mut Subscription, live: usize) -> (Vec<(String, u64, Vec<u8>)>, u64) {
+    let mut out = Vec::new();
+    let mut synced_at = None;
+    let mut after_sync = 0;
+    while synced_at.is_none() || after_sync < live {
+        let item = tokio::time::timeout(PATIENCE, sub.next_item())
+            .await
+            .expect("item in time")
+            .expect("open")
+            .expect("no error");
+        match item {
+            Item::Event(e) => {
+                out.push((
+                    e.topic().to_string(),
+                    e.iteration(),
+                    e.payload_bytes().to_vec(),
+                ));
+                if synced_at.is_some() {
+                    after_sync += 1;
+                }
+            }
+            Item::Synced { iteration } => synced_at = Some(iteration),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (out, synced_at.unwrap_or(0))
+}
+
+async fn publish_all(client: &Client, items: &[(&str, &str)]) -> Vec<(String, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (t, v) in items {
+        let it = client
+            .publish(t, v.to_string())
+            .await
+            .unwrap()
+            .summary()
+            .iteration();
+        out.push((t.to_string(), it, v.as_bytes().to_vec()));
+    }
+    out
+}
+
+#[tokio::test]
+async fn every_event_in_order_then_live() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    client.publish("a/1", "before").await.unwrap();
+    let mark = client
+        .publish("b/x", "other")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    let published = publish_all(
+        &client,
+        &[
+            ("a/1", "v1"),
+            ("b/x", "no"),
+            ("a/1", "v2"),
+            ("a/2", "w"),
+            ("a/1", "v3"),
+        ],
+    )
+    .await;
+    let deleted = client.delete("a/2").await.unwrap().summary().iteration();
+    let mut sub = client.subscribe_history("a", mark).await.unwrap();
+    let live = client
+        .publish("a/3", "live")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    let (got, _) = collect(&mut sub, 1).await;
+    let mut expected: Vec<_> = published
+        .into_iter()
+        .filter(|(t, _, _)| t.starts_with("a/"))
+        .collect();
+    expected.push(("a/2".into(), deleted, vec![]));
+    expected.push(("a/3".into(), live, b"live".to_vec()));
+    assert_eq!(got, expected, "every version of a/1, the delete, then live");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_from_the_log_meets_live_without_gap_or_duplicate() {
+    // A ring of 16 events forces the catch-up through the log files.
+    let broker = Broker::start(&["--recent-events", "16", "--segment-bytes", "65536"]);
+    let client = broker.client().await;
+    let mut published = Vec::new();
+    for i in 0..3000 {
+        let topic = format!("h/{}", i % 10);
+        let it = client
+            .publish(&topic, i.to_string())
+            .await
+            .unwrap()
+            .summary()
+            .iteration();
+        published.push(it);
+    }
+    let mut sub = client.subscribe_history("h", 0).await.unwrap();
+    // Keep publishing while the subscriber catches up.
+    let writer = client.clone();
+    let more = tokio::spawn(async move {
+        let mut its = Vec::new();
+        for i in 0..1000 {
+            let r = writer
+                .publish(&format!("h/{}", i % 7), "late")
+                .await
+                .unwrap();
+            its.push(r.summary().iteration());
+        }
+        its
+    });
+    let mut seen = Vec::new();
+    let target = published.len() + 1000;
+    while seen.len() < target {
+        match tokio::time::timeout(PATIENCE, sub.next_item())
+            .await
+            .expect("in time")
+        {
+            Some(Ok(Item::Event(e))) => seen.push(e.iteration()),
+            Some(Ok(Item::Synced { .. })) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    published.extend(more.await.unwrap());
+    assert_eq!(
+        seen, published,
+        "every event exactly once, in iteration order"
+    );
+}
+
+#[tokio::test]
+async fn history_is_read_back_after_a_restart() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let published = publish_all(&client, &[("r/a", "1"), ("r/a", "2"), ("r/b", "3")]).await;
+    drop(client);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, &[]);
+    let client = broker.client().await;
+    let mut sub = client.subscribe_history("r", 0).await.unwrap();
+    let (got, synced) = collect(&mut sub, 0).await;
+    assert_eq!(got, published);
+    assert!(synced >= published.last().unwrap().1);
+}
+
+#[test]
+fn cli_sub_history_prints_every_version() {
+    let broker = Broker::start(&[]);
+    for v in ["1", "2", "3"] {
+        assert!(support::cli(&broker, &["pub", "k/v", v], None)
+            .status
+            .success());
+    }
+    let out = support::cli(
+        &broker,
+        &["sub", "k", "--history", "--json", "--count", "3"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let payloads: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["payload"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(payloads, ["1", "2", "3"]);
+}
