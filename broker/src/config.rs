@@ -93,6 +93,9 @@ pub struct Args {
     /// Recent events kept in memory for history subscriptions [default: 65536].
     #[arg(long, env = "SPREAD_RECENT_EVENTS")]
     pub recent_events: Option<usize>,
+    /// Applied events between checkpoints of the latest-value table [default: 1000000].
+    #[arg(long, env = "SPREAD_CHECKPOINT_EVERY")]
+    pub checkpoint_every: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -113,6 +116,7 @@ struct FileConfig {
     durability: Option<String>,
     segment_bytes: Option<u64>,
     recent_events: Option<usize>,
+    checkpoint_every: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -142,6 +146,8 @@ pub struct Config {
     pub segment_bytes: u64,
     /// Recent events kept in memory for history subscriptions.
     pub recent_events: usize,
+    /// Applied events between checkpoints.
+    pub checkpoint_every: u64,
 }
 
 impl Config {
@@ -212,6 +218,11 @@ impl Config {
                 .or(file.segment_bytes)
                 .unwrap_or(64 * 1024 * 1024),
             recent_events: args.recent_events.or(file.recent_events).unwrap_or(65_536),
+            checkpoint_every: args
+                .checkpoint_every
+                .or(file.checkpoint_every)
+                .unwrap_or(1_000_000)
+                .max(1),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::{self, outbound::Stats};
-use crate::engine::{EngineHandle, RecentLimits};
+use crate::engine::{CheckpointPolicy, EngineHandle, RecentLimits};
 use crate::tls::{self, TlsSource};
 use crate::{node, BrokerError};
 
@@ -63,8 +63,13 @@ impl Server {
             events: config.recent_events,
             bytes: 64 * 1024 * 1024,
         };
-        let (engine, recovery) = EngineHandle::start(config.log_options(), recent)?;
+        let checkpoints = CheckpointPolicy {
+            every: config.checkpoint_every,
+        };
+        let (engine, recovery) = EngineHandle::start(config.log_options(), recent, checkpoints)?;
         tracing::info!(
+            checkpoint = recovery.checkpoint,
+            skipped_segments = recovery.skipped_segments,
             segments = recovery.segments,
             events = recovery.records,
             last_iteration = recovery.last_iteration,

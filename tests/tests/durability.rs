@@ -184,3 +184,44 @@ async fn a_damaged_log_tail_is_truncated_and_the_broker_starts() {
         b"again"
     );
 }
+
+#[tokio::test]
+async fn restarts_use_the_checkpoint_and_survive_a_bad_one() {
+    let broker = Broker::start(&["--checkpoint-every", "100"]);
+    let client = broker.client().await;
+    for i in 0..1000 {
+        client
+            .publish(&format!("cp/{}", i % 50), i.to_string())
+            .await
+            .unwrap();
+    }
+    client.delete("cp/7").await.unwrap();
+    drop(client);
+    // A graceful stop writes a final checkpoint.
+    let dir = broker.stop();
+    let checkpoint = log_dir(dir.path()).join("checkpoint");
+    assert!(checkpoint.exists());
+
+    let broker = Broker::start_in(dir, &[]);
+    let client = broker.client().await;
+    assert_eq!(
+        client.get("cp/49").await.unwrap().unwrap().payload_bytes(),
+        b"999"
+    );
+    assert!(client.get("cp/7").await.unwrap().is_none());
+    drop(client);
+
+    // A damaged checkpoint is ignored: the whole log is replayed instead.
+    let dir = broker.kill();
+    let mut data = std::fs::read(&checkpoint).unwrap();
+    let n = data.len();
+    data[n / 2] ^= 0xff;
+    std::fs::write(&checkpoint, &data).unwrap();
+    let broker = Broker::start_in(dir, &[]);
+    let client = broker.client().await;
+    assert_eq!(
+        client.get("cp/0").await.unwrap().unwrap().payload_bytes(),
+        b"950"
+    );
+    assert!(client.get("cp/7").await.unwrap().is_none());
+}

@@ -92,6 +92,13 @@ struct Subscriber {
     exact: bool,
 }
 
+/// When the engine writes a checkpoint of the latest-value table.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    /// After this many applied events (and always at shutdown).
+    pub every: u64,
+}
+
 /// Limits of the in-memory ring of recent events that serves history
 /// subscriptions without reading the log.
 #[derive(Debug, Clone, Copy)]
@@ -119,6 +126,7 @@ impl EngineHandle {
     pub fn start(
         log_options: LogOptions,
         recent: RecentLimits,
+        checkpoints: CheckpointPolicy,
     ) -> Result<(Self, Recovery), EngineError> {
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
@@ -147,6 +155,9 @@ impl EngineHandle {
             durable: Arc::new(AtomicU64::new(start)),
             runtime: tokio::runtime::Handle::current(),
             me: tx.downgrade(),
+            checkpoints,
+            since_checkpoint: 0,
+            checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -211,6 +222,11 @@ struct Engine {
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
     /// the engine alive).
     me: mpsc::WeakSender<Command>,
+    checkpoints: CheckpointPolicy,
+    /// Events applied since the last checkpoint started.
+    since_checkpoint: u64,
+    /// A checkpoint is being written.
+    checkpointing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -227,8 +243,58 @@ impl Engine {
             self.iteration
                 .store(self.tree.iteration(), Ordering::Release);
             self.end_round();
+            if self.since_checkpoint >= self.checkpoints.every {
+                self.checkpoint(false);
+            }
+        }
+        // A checkpoint at shutdown makes the next start replay nothing.
+        if self.since_checkpoint > 0 {
+            self.checkpoint(true);
         }
         tracing::debug!("engine stopped");
+    }
+
+    /// Writes a checkpoint of the latest-value table covering everything
+    /// applied so far: in the background, or in this thread when `wait`.
+    fn checkpoint(&mut self, wait: bool) {
+        if !self.held.is_empty() || self.checkpointing.swap(true, Ordering::AcqRel) {
+            // Unwritten rounds, or a checkpoint already being written.
+            return;
+        }
+        self.since_checkpoint = 0;
+        let events = self.tree.all_events();
+        let iteration = self.tree.iteration();
+        let file = self.log.active_file();
+        let dir = self.log.dir().to_owned();
+        let busy = self.checkpointing.clone();
+        let job = move || {
+            let started = std::time::Instant::now();
+            // Every event in the checkpoint must be durable in the log first.
+            let result = match file.map(|f| f.sync_data()) {
+                Some(Err(e)) => Err(e.to_string()),
+                _ => crate::log::checkpoint::write(&dir, iteration, &events)
+                    .map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(()) => tracing::info!(
+                    iteration,
+                    topics = events.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                ),
+                Err(e) => tracing::error!("checkpoint failed: {e}"),
+            }
+            busy.store(false, Ordering::Release);
+        };
+        if wait {
+            job();
+        } else if let Err(e) = std::thread::Builder::new()
+            .name("spread-checkpoint".into())
+            .spawn(job)
+        {
+            tracing::error!("cannot start a checkpoint: {e}");
+            self.checkpointing.store(false, Ordering::Release);
+        }
     }
 
     /// Writes the round's records, then releases its output (and that of
@@ -341,6 +407,7 @@ impl Engine {
             fanout,
             log,
             recent,
+            since_checkpoint,
             ..
         } = self;
         let draft = Draft {
@@ -357,6 +424,7 @@ impl Engine {
         if let Applied::New { event, .. } = &applied {
             log.append(event);
             recent.push(event.clone());
+            *since_checkpoint += 1;
         }
         fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
     }

@@ -377,6 +377,13 @@ impl<S> Tree<S> {
         out
     }
 
+    /// The latest event of every topic, tombstones included (for checkpoints).
+    pub fn all_events(&self) -> Vec<Event> {
+        let mut out = Vec::with_capacity(self.topics);
+        self.root.collect(0, true, &mut out);
+        out
+    }
+
     /// Registers `sub` on `prefix` without a snapshot.
     pub fn register(&mut self, prefix: &Topic, sub: S) {
         self.root.descend_mut(prefix.as_str()).subs.push(sub);

@@ -15,6 +15,7 @@
 //! truncated, and every surviving event is handed back to rebuild the
 //! latest-value table.
 
+pub mod checkpoint;
 pub mod record;
 pub mod segment;
 pub mod sync;
@@ -125,8 +126,12 @@ pub struct LogOptions {
 pub struct Recovery {
     /// Segments read.
     pub segments: usize,
-    /// Records replayed.
+    /// Records replayed from the log.
     pub records: u64,
+    /// Iteration covered by the checkpoint loaded, if any.
+    pub checkpoint: Option<u64>,
+    /// Segments wholly covered by the checkpoint, not read.
+    pub skipped_segments: usize,
     /// Highest iteration on disk.
     pub last_iteration: Option<u64>,
     /// A truncated tail: the segment, the bytes dropped and why.
@@ -167,13 +172,32 @@ impl Log {
     ) -> Result<(Log, Recovery), LogError> {
         let started = Instant::now();
         std::fs::create_dir_all(&opts.dir).map_err(LogError::io(&opts.dir))?;
+        let mut report = Recovery {
+            checkpoint: checkpoint::load(&opts.dir, opts.max_record, &mut restore)?,
+            ..Recovery::default()
+        };
+        let covered = report.checkpoint.unwrap_or(0);
         let files = segment::list(&opts.dir)?;
-        let mut report = Recovery::default();
         let mut segments = Vec::new();
         let mut active_len = 0;
         let count = files.len();
-        for (i, (first, path)) in files.into_iter().enumerate() {
-            let scanned = segment::scan(&path, opts.max_record, |_, bytes| {
+        for (i, (first, path)) in files.iter().cloned().enumerate() {
+            let is_last = i + 1 == count;
+            // A segment followed by one starting at or before the checkpoint
+            // holds nothing the checkpoint lacks: not read at all.
+            if !is_last && report.checkpoint.is_some() && files[i + 1].0 <= covered + 1 {
+                report.skipped_segments += 1;
+                segments.push(Segment {
+                    first,
+                    path,
+                    index: Vec::new(),
+                });
+                continue;
+            }
+            let scanned = segment::scan(&path, opts.max_record, |iteration, bytes| {
+                if iteration <= covered && report.checkpoint.is_some() {
+                    return Ok(());
+                }
                 let event = Event::decode(Bytes::copy_from_slice(bytes)).map_err(|source| {
                     LogError::Decode {
                         path: path.clone(),
@@ -183,7 +207,6 @@ impl Log {
                 restore(event);
                 Ok(())
             })?;
-            let is_last = i + 1 == count;
             if let Some((bytes, reason)) = scanned.damaged {
                 if !is_last {
                     return Err(LogError::Corrupt {
@@ -209,6 +232,9 @@ impl Log {
             report.segments += 1;
             report.records += scanned.records;
             report.last_iteration = scanned.last.or(report.last_iteration);
+            if report.last_iteration < report.checkpoint {
+                report.last_iteration = report.checkpoint;
+            }
             active_len = scanned.valid_len;
             segments.push(Segment {
                 first,
@@ -324,6 +350,16 @@ impl Log {
     /// The active file as the interval sync thread sees it.
     pub fn shared_active(&self) -> Arc<Mutex<Option<Arc<File>>>> {
         self.shared_active.clone()
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// The segment being appended to, if any.
+    pub fn active_file(&self) -> Option<Arc<File>> {
+        self.active.clone()
     }
 
     /// A reader over the segments written so far, for another thread.
