@@ -365,6 +365,7 @@ impl Log {
     /// A reader over the segments written so far, for another thread.
     pub fn reader(&self) -> LogReader {
         LogReader {
+            dir: self.opts.dir.clone(),
             segments: self
                 .segments
                 .iter()
@@ -381,6 +382,7 @@ type SegmentView = (u64, PathBuf, Vec<(u64, u64)>);
 /// Reads events back from the log, independently of the engine.
 #[derive(Debug, Clone)]
 pub struct LogReader {
+    dir: PathBuf,
     segments: Vec<SegmentView>,
     max_record: usize,
 }
@@ -396,11 +398,19 @@ impl LogReader {
         mut each: impl FnMut(Event) -> bool,
     ) -> Result<(), LogError> {
         use std::io::{BufReader, Read, Seek, SeekFrom};
-        let start = self
-            .segments
+        // Segments created since this reader was made (their records may be
+        // up to `until`) are read too, from their start.
+        let mut segments = self.segments.clone();
+        for (first, path) in segment::list(&self.dir)? {
+            if !segments.iter().any(|(f, _, _)| *f == first) {
+                segments.push((first, path, Vec::new()));
+            }
+        }
+        segments.sort_unstable_by_key(|(first, _, _)| *first);
+        let start = segments
             .partition_point(|(first, _, _)| *first <= after)
             .saturating_sub(1);
-        for (first, path, index) in &self.segments[start..] {
+        for (first, path, index) in &segments[start..] {
             if *first > until {
                 break;
             }

@@ -237,3 +237,19 @@ fn a_checkpoint_skips_covered_segments_and_replays_only_the_tail() {
         .unwrap();
     assert_eq!(n, 500);
 }
+
+#[test]
+fn a_reader_sees_segments_created_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = open(dir.path(), 4096);
+    let reader = log.reader(); // no segment exists yet
+    write_events(&mut log, 1..=200, 10);
+    let mut n = 0;
+    reader
+        .read(0, 200, |_| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(n, 200);
+}
