@@ -5,6 +5,7 @@
 //! and a `nats-server` using that same certificate, then runs each workload
 //! against both and prints a Markdown table of results and ratios.
 
+mod acked;
 mod nats;
 mod servers;
 mod spread;
@@ -54,6 +55,12 @@ struct Args {
     /// Duration of the latency run, in seconds.
     #[arg(long, default_value_t = 5)]
     latency_seconds: u64,
+    /// Messages in the acknowledged-publish run (vs JetStream and MQTT QoS 1).
+    #[arg(long, default_value_t = 200_000)]
+    acked_messages: u64,
+    /// Mosquitto address for the MQTT QoS 1 comparison (plain TCP).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mosquitto: String,
     /// Durability policy of the Spread broker's event log.
     #[arg(long, default_value = "always")]
     durability: String,
@@ -87,6 +94,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &args.nats_bin,
         &tls_dir.join("server.pem"),
         &tls_dir.join("server-key.pem"),
+        &data.join("jetstream"),
     )?;
     let tls = connector(&tls_dir.join("ca.pem"))?;
     let spread = spread::Spread {
@@ -111,6 +119,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut t1 = (Vec::new(), Vec::new());
     let mut t16 = (Vec::new(), Vec::new());
     let mut lat = (Vec::new(), Vec::new());
+    let mut acked_runs = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         let (n1, n16, nl) = (
             format!("t1-{run}"),
@@ -129,6 +138,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (r, secs) = (args.latency_rate, args.latency_seconds);
         lat.0.push(latency(&spread, &nl, r, secs, args.size).await?);
         lat.1.push(latency(&nats, &nl, r, secs, args.size).await?);
+        let (n, size) = (args.acked_messages, args.size);
+        acked_runs.0.push(acked::spread(&spread, n, size).await?);
+        acked_runs.1.push(acked::jetstream(&nats, n, size).await?);
+        acked_runs
+            .2
+            .push(acked::mqtt_qos1(&args.mosquitto, n, size).await?);
+        eprintln!(
+            "acked publishes: Spread {:.0}/s, JetStream {:.0}/s, Mosquitto QoS 1 {:.0}/s",
+            acked_runs.0.last().copied().unwrap_or(0.0),
+            acked_runs.1.last().copied().unwrap_or(0.0),
+            acked_runs.2.last().copied().unwrap_or(0.0)
+        );
     }
     let med = |v: &[Throughput], f: fn(&Throughput) -> f64| median(v.iter().map(f).collect());
     let medl = |v: &[Latency], f: fn(&Latency) -> f64| median(v.iter().map(f).collect());
@@ -175,8 +196,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         medl(&lat.1, |l| l.p999),
     ));
 
+    let (a_spread, a_js, a_mqtt) = (
+        median(acked_runs.0.clone()),
+        median(acked_runs.1.clone()),
+        median(acked_runs.2.clone()),
+    );
+    rows.push(row(
+        "acked publish msgs/s — peer: JetStream, file storage, TLS",
+        a_spread,
+        a_js,
+    ));
+    rows.push(row(
+        "acked publish msgs/s — peer: Mosquitto QoS 1, plain TCP",
+        a_spread,
+        a_mqtt,
+    ));
+
     println!();
-    println!("| workload | Spread | NATS | Spread ÷ NATS |");
+    println!("| workload (peer: core NATS unless named) | Spread | peer | Spread ÷ peer |");
     println!("|---|---:|---:|---:|");
     for r in &rows {
         println!("{r}");

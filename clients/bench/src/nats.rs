@@ -31,7 +31,7 @@ fn line_end(buf: &[u8]) -> Option<usize> {
 
 impl Nats {
     /// Connects: plaintext INFO, TLS upgrade, CONNECT, PING/PONG.
-    async fn connect(&self) -> anyhow::Result<(ReadHalf<Tls>, WriteHalf<Tls>, BytesMut)> {
+    pub async fn connect_raw(&self) -> anyhow::Result<(ReadHalf<Tls>, WriteHalf<Tls>, BytesMut)> {
         let mut tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
         // The INFO line arrives before TLS.
@@ -100,7 +100,7 @@ impl System for Nats {
     }
 
     async fn publisher(&self) -> anyhow::Result<NatsPub> {
-        let (mut rd, wr, mut buf) = self.connect().await?;
+        let (mut rd, wr, mut buf) = self.connect_raw().await?;
         let pongs = Arc::new(Notify::new());
         let p = pongs.clone();
         tokio::spawn(async move {
@@ -116,7 +116,7 @@ impl System for Nats {
     }
 
     async fn subscriber(&self, topic: &str) -> anyhow::Result<NatsSub> {
-        let (mut rd, mut wr, mut buf) = self.connect().await?;
+        let (mut rd, mut wr, mut buf) = self.connect_raw().await?;
         let subject = topic.replace('/', ".");
         wr.write_all(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())
             .await?;

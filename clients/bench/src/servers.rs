@@ -79,8 +79,9 @@ pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Re
     Ok(Server { child, addr })
 }
 
-/// Starts `nats-server` with TLS on a free port.
-pub fn start_nats(bin: &Path, cert: &Path, key: &Path) -> anyhow::Result<Server> {
+/// Starts `nats-server` with TLS and JetStream (file storage in
+/// `store_dir`) on a free port.
+pub fn start_nats(bin: &Path, cert: &Path, key: &Path, store_dir: &Path) -> anyhow::Result<Server> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let child = Command::new(bin)
         .args([
@@ -94,6 +95,9 @@ pub fn start_nats(bin: &Path, cert: &Path, key: &Path) -> anyhow::Result<Server>
         .arg(cert)
         .arg("--tlskey")
         .arg(key)
+        .arg("-js")
+        .arg("-sd")
+        .arg(store_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
