@@ -128,22 +128,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let (subs, m, size) = (args.subscribers, args.fanout_messages, args.size);
         let run = throughput(&spread, &n1, 1, args.messages, size);
-        t1.0.push(measured(&broker, run).await?);
+        t1.0.push(within("Spread 1→1", measured(&broker, run)).await?);
         let run = throughput(&nats, &n1, 1, args.messages, size);
-        t1.1.push(measured(&nats_server, run).await?);
+        t1.1.push(within("NATS 1→1", measured(&nats_server, run)).await?);
         let run = throughput(&spread, &n16, subs, m, size);
-        t16.0.push(measured(&broker, run).await?);
+        t16.0
+            .push(within("Spread fan-out", measured(&broker, run)).await?);
         let run = throughput(&nats, &n16, subs, m, size);
-        t16.1.push(measured(&nats_server, run).await?);
+        t16.1
+            .push(within("NATS fan-out", measured(&nats_server, run)).await?);
         let (r, secs) = (args.latency_rate, args.latency_seconds);
-        lat.0.push(latency(&spread, &nl, r, secs, args.size).await?);
-        lat.1.push(latency(&nats, &nl, r, secs, args.size).await?);
+        lat.0
+            .push(within("Spread latency", latency(&spread, &nl, r, secs, args.size)).await?);
+        lat.1
+            .push(within("NATS latency", latency(&nats, &nl, r, secs, args.size)).await?);
         let (n, size) = (args.acked_messages, args.size);
-        acked_runs.0.push(acked::spread(&spread, n, size).await?);
-        acked_runs.1.push(acked::jetstream(&nats, n, size).await?);
         acked_runs
-            .2
-            .push(acked::mqtt_qos1(&args.mosquitto, n, size).await?);
+            .0
+            .push(within("Spread acked", acked::spread(&spread, n, size)).await?);
+        acked_runs
+            .1
+            .push(within("JetStream acked", acked::jetstream(&nats, n, size)).await?);
+        acked_runs.2.push(
+            within(
+                "Mosquitto acked",
+                acked::mqtt_qos1(&args.mosquitto, n, size),
+            )
+            .await?,
+        );
         eprintln!(
             "acked publishes: Spread {:.0}/s, JetStream {:.0}/s, Mosquitto QoS 1 {:.0}/s",
             acked_runs.0.last().copied().unwrap_or(0.0),
@@ -236,6 +248,17 @@ fn row(label: &str, spread: f64, nats: f64) -> String {
         human(nats),
         spread / nats
     )
+}
+
+/// Fails a workload that does not finish within 3 minutes, naming it,
+/// instead of hanging the whole benchmark.
+async fn within<T>(
+    label: &str,
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .map_err(|_| anyhow::anyhow!("{label} did not finish within 180 s"))?
 }
 
 /// Runs a throughput workload and records the server's CPU time during it.
