@@ -7,6 +7,7 @@
 
 mod acked;
 mod nats;
+mod restart;
 mod servers;
 mod spread;
 mod stats;
@@ -61,6 +62,12 @@ struct Args {
     /// Mosquitto address for the MQTT QoS 1 comparison (plain TCP).
     #[arg(long, default_value = "127.0.0.1:1883")]
     mosquitto: String,
+    /// Instead of the workloads: the restart benchmark with this many events.
+    #[arg(long, default_value_t = 0)]
+    restart_events: u64,
+    /// Topics of the restart benchmark.
+    #[arg(long, default_value_t = 1_000_000)]
+    restart_topics: u64,
     /// Durability policy of the Spread broker's event log.
     #[arg(long, default_value = "always")]
     durability: String,
@@ -88,6 +95,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .broker_bin
         .clone()
         .unwrap_or_else(servers::default_broker_bin);
+    if args.restart_events > 0 {
+        // The first start creates the TLS material the client trusts.
+        drop(servers::start_spread(&broker_bin, &data, &args.durability)?);
+        let tls = connector(&data.join("tls").join("ca.pem"))?;
+        let result = restart::run(
+            &broker_bin,
+            &data,
+            &args.durability,
+            tls,
+            args.restart_events,
+            args.restart_topics.max(1),
+            args.size,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
     let nats_server = servers::start_nats(
@@ -322,7 +346,7 @@ async fn throughput<S: System>(
     let mut tasks = Vec::new();
     let idle = Duration::from_secs(1);
     for _ in 0..subs {
-        let mut sub = sys.subscriber(&topic).await?;
+        let mut sub = within("subscribing", sys.subscriber(&topic)).await?;
         tasks.push(tokio::spawn(async move {
             let mut got = 0u64;
             let mut bytes = 0u64;
@@ -341,21 +365,24 @@ async fn throughput<S: System>(
             anyhow::Ok((last, got, bytes))
         }));
     }
-    let mut publisher = sys.publisher().await?;
+    let mut publisher = within("connecting the publisher", sys.publisher()).await?;
     let payload = vec![0x5a; size];
     let start = Instant::now();
-    for i in 0..n {
-        publisher.queue(&topic, &payload);
-        if i % 256 == 255 {
-            publisher.flush().await?;
+    within("publishing", async {
+        for i in 0..n {
+            publisher.queue(&topic, &payload);
+            if i % 256 == 255 {
+                publisher.flush().await?;
+            }
         }
-    }
-    publisher.finish().await?;
+        publisher.finish().await
+    })
+    .await?;
     let published = start.elapsed();
     let mut end = start;
     let (mut received, mut bytes) = (0, 0);
     for t in tasks {
-        let (e, got, b) = t.await??;
+        let (e, got, b) = within("draining the subscribers", async { t.await? }).await?;
         end = end.max(e);
         received += got;
         bytes += b;

@@ -104,8 +104,11 @@ impl System for Nats {
         let pongs = Arc::new(Notify::new());
         let p = pongs.clone();
         tokio::spawn(async move {
-            while wait_pong(&mut rd, &mut buf).await.is_ok() {
-                p.notify_one();
+            loop {
+                match wait_pong(&mut rd, &mut buf).await {
+                    Ok(()) => p.notify_one(),
+                    Err(e) => return eprintln!("nats publisher: {e}"),
+                }
             }
         });
         Ok(NatsPub {
@@ -145,7 +148,9 @@ impl Publisher for NatsPub {
     async fn finish(&mut self) -> anyhow::Result<()> {
         self.out.extend_from_slice(b"PING\r\n");
         self.flush().await?;
-        self.pongs.notified().await;
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.pongs.notified())
+            .await
+            .map_err(|_| anyhow::anyhow!("no PONG from nats-server for 30 s"))?;
         Ok(())
     }
 }

@@ -24,6 +24,20 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Stops the process gracefully (SIGTERM) and waits for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.child.try_wait()?.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "the server did not stop");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// CPU time (user + system) the process has used, from /proc.
     pub fn cpu(&self) -> Duration {
         let stat =

@@ -128,7 +128,10 @@ impl System for Spread {
                     s.notify_one();
                 }
                 match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) => {
+                        return eprintln!("spread publisher: the broker closed the connection")
+                    }
+                    Err(e) => return eprintln!("spread publisher: {e}"),
                     Ok(_) => {}
                 }
             }
@@ -188,7 +191,18 @@ impl Publisher for SpreadPub {
     async fn finish(&mut self) -> anyhow::Result<()> {
         self.flush().await?;
         while self.acked.load(Ordering::Acquire) < self.sent {
-            self.acked_signal.notified().await;
+            let waited = tokio::time::timeout(
+                std::time::Duration::from_secs(30),
+                self.acked_signal.notified(),
+            )
+            .await;
+            if waited.is_err() {
+                bail!(
+                    "no report for 30 s: {} of {} publishes answered",
+                    self.acked.load(Ordering::Acquire),
+                    self.sent
+                );
+            }
         }
         Ok(())
     }
