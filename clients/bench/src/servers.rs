@@ -18,6 +18,9 @@ pub struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("server {} had already exited: {status}", self.addr);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
