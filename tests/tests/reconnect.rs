@@ -60,6 +60,15 @@ impl Proxy {
     }
 }
 
+/// A client reaching `broker` through `proxy`.
+async fn through(broker: &Broker, proxy: &Proxy, reconnect: bool) -> Client {
+    let mut cfg = broker.config();
+    cfg.server = proxy.addr.to_string();
+    cfg.server_name = Some("localhost".into());
+    cfg.reconnect = reconnect;
+    Client::connect(cfg).await.unwrap()
+}
+
 async fn next(sub: &mut spread_client::Subscription) -> Option<Result<Item, Error>> {
     tokio::time::timeout(PATIENCE, sub.next_item())
         .await
@@ -78,10 +87,7 @@ async fn until_connected(client: &Client, connected: bool) {
 async fn subscription_resumes_without_gap_or_duplicate() {
     let broker = Broker::start(&[]);
     let proxy = Proxy::start(broker.addr).await;
-    let mut cfg = broker.config();
-    cfg.server = proxy.addr.to_string();
-    cfg.server_name = Some("localhost".into());
-    let client = Client::connect(cfg).await.unwrap();
+    let client = through(&broker, &proxy, true).await;
     let publisher = broker.client().await;
 
     let mut sub = client.subscribe("resume").await.unwrap();
@@ -168,11 +174,7 @@ async fn subscription_resumes_without_gap_or_duplicate() {
 async fn requests_in_flight_when_the_connection_drops_fail_cleanly() {
     let broker = Broker::start(&[]);
     let proxy = Proxy::start(broker.addr).await;
-    let mut cfg = broker.config();
-    cfg.server = proxy.addr.to_string();
-    cfg.server_name = Some("localhost".into());
-    cfg.reconnect = false;
-    let client = Client::connect(cfg).await.unwrap();
+    let client = through(&broker, &proxy, false).await;
     let mut sub = client.subscribe("x").await.unwrap();
     snapshot(&mut sub).await;
     proxy.cut();
@@ -194,10 +196,7 @@ async fn requests_in_flight_when_the_connection_drops_fail_cleanly() {
 async fn a_history_subscription_resumes_with_every_event() {
     let broker = Broker::start(&[]);
     let proxy = Proxy::start(broker.addr).await;
-    let mut cfg = broker.config();
-    cfg.server = proxy.addr.to_string();
-    cfg.server_name = Some("localhost".into());
-    let client = Client::connect(cfg).await.unwrap();
+    let client = through(&broker, &proxy, true).await;
     let publisher = broker.client().await;
 
     let mut sub = client.subscribe_history("audit", 0).await.unwrap();

@@ -97,15 +97,33 @@ pub async fn jetstream(nats: &Nats, n: u64, size: usize) -> anyhow::Result<f64> 
         }
     });
     let payload = vec![0x5a; size];
+    let header = format!("PUB bench.js.x _INBOX.bench.a {size}\r\n");
+    let rate = windowed(&mut wr, &acks, n, "JetStream", |out, _| {
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(&payload);
+        out.extend_from_slice(b"\r\n");
+    })
+    .await;
+    reader.abort();
+    rate
+}
+
+/// Sends `n` messages encoded by `encode` in batches, keeping at most
+/// [`WINDOW`] unacknowledged, and returns the rate once all are acknowledged.
+async fn windowed(
+    wr: &mut (impl AsyncWriteExt + Unpin),
+    acks: &Acks,
+    n: u64,
+    peer: &str,
+    mut encode: impl FnMut(&mut Vec<u8>, u64),
+) -> anyhow::Result<f64> {
     let mut out = Vec::with_capacity(256 * 1024);
     let start = Instant::now();
     for i in 0..n {
         if i >= WINDOW {
             acks.wait_until(i - WINDOW + 1).await;
         }
-        out.extend_from_slice(format!("PUB bench.js.x _INBOX.bench.a {}\r\n", size).as_bytes());
-        out.extend_from_slice(&payload);
-        out.extend_from_slice(b"\r\n");
+        encode(&mut out, i);
         if i % 256 == 255 || i + 1 == n {
             wr.write_all(&out).await?;
             out.clear();
@@ -113,10 +131,8 @@ pub async fn jetstream(nats: &Nats, n: u64, size: usize) -> anyhow::Result<f64> 
     }
     tokio::time::timeout(Duration::from_secs(120), acks.wait_until(n))
         .await
-        .context("JetStream acknowledgements did not all arrive")?;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    reader.abort();
-    Ok(rate)
+        .with_context(|| format!("{peer} acknowledgements did not all arrive"))?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Reads the next MSG's payload as text (answering PINGs on the way is not
@@ -195,30 +211,18 @@ pub async fn mqtt_qos1(addr: &str, n: u64, size: usize) -> anyhow::Result<f64> {
     });
     let topic = b"bench/qos1";
     let payload = vec![0x5a; size];
-    let mut out = Vec::with_capacity(256 * 1024);
-    let start = Instant::now();
-    for i in 0..n {
-        if i >= WINDOW {
-            acks.wait_until(i - WINDOW + 1).await;
-        }
+    let rate = windowed(&mut wr, &acks, n, "MQTT", |out, i| {
         let id = (i % 65535 + 1) as u16;
         out.push(0x32); // PUBLISH, QoS 1
-        put_remaining_length(&mut out, 2 + topic.len() + 2 + payload.len());
+        put_remaining_length(out, 2 + topic.len() + 2 + payload.len());
         out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         out.extend_from_slice(topic);
         out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&payload);
-        if i % 256 == 255 || i + 1 == n {
-            wr.write_all(&out).await?;
-            out.clear();
-        }
-    }
-    tokio::time::timeout(Duration::from_secs(120), acks.wait_until(n))
-        .await
-        .context("MQTT acknowledgements did not all arrive")?;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    })
+    .await;
     reader.abort();
-    Ok(rate)
+    rate
 }
 
 fn put_remaining_length(out: &mut Vec<u8>, mut len: usize) {
