@@ -96,6 +96,12 @@ pub struct Args {
     /// Applied events between checkpoints of the latest-value table [default: 1000000].
     #[arg(long, env = "SPREAD_CHECKPOINT_EVERY")]
     pub checkpoint_every: Option<u64>,
+    /// Keep at most this many bytes of log history [default: unlimited].
+    #[arg(long, env = "SPREAD_RETENTION_BYTES")]
+    pub retention_bytes: Option<u64>,
+    /// Delete log history older than this many seconds [default: unlimited].
+    #[arg(long, env = "SPREAD_RETENTION_SECS")]
+    pub retention_secs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -117,6 +123,8 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     recent_events: Option<usize>,
     checkpoint_every: Option<u64>,
+    retention_bytes: Option<u64>,
+    retention_secs: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -148,6 +156,8 @@ pub struct Config {
     pub recent_events: usize,
     /// Applied events between checkpoints.
     pub checkpoint_every: u64,
+    /// History kept in the log.
+    pub retention: crate::log::retention::Retention,
 }
 
 impl Config {
@@ -223,6 +233,13 @@ impl Config {
                 .or(file.checkpoint_every)
                 .unwrap_or(1_000_000)
                 .max(1),
+            retention: crate::log::retention::Retention {
+                max_bytes: args.retention_bytes.or(file.retention_bytes),
+                max_age: args
+                    .retention_secs
+                    .or(file.retention_secs)
+                    .map(std::time::Duration::from_secs),
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -236,6 +253,7 @@ impl Config {
             // A record holds one event, which came in one frame.
             max_record: self.max_frame + 64,
             durability: self.durability,
+            retention: self.retention,
         }
     }
 

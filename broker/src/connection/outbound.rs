@@ -50,6 +50,13 @@ pub enum Outbound {
         /// Events in iteration order.
         events: Vec<Event>,
     },
+    /// A history subscription asked for events older than the log retains.
+    Truncated {
+        /// Subscription id.
+        sub_id: u64,
+        /// The oldest iteration still retained.
+        oldest: u64,
+    },
     /// A history subscription caught up and is live from `iteration`.
     Synced {
         /// Subscription id.
@@ -85,7 +92,10 @@ impl Outbound {
             Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } | Outbound::Synced { .. } => {
                 1
             }
-            Outbound::Event { .. } | Outbound::History { .. } | Outbound::Close(_) => 0,
+            Outbound::Event { .. }
+            | Outbound::History { .. }
+            | Outbound::Truncated { .. }
+            | Outbound::Close(_) => 0,
         }
     }
 }

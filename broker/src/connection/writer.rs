@@ -51,6 +51,9 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
                     }
                     delivered += events.len() as u64;
                 }
+                Outbound::Truncated { sub_id, oldest } => {
+                    Response::HistoryTruncated { sub_id, oldest }.encode(&mut buf)
+                }
                 Outbound::Synced { sub_id, iteration } => {
                     Response::SnapshotComplete { sub_id, iteration }.encode(&mut buf)
                 }

@@ -172,6 +172,11 @@ impl Engine {
         prefix: Topic,
         since: u64,
     ) {
+        if let Some(oldest) = self.log.retained_from() {
+            if since.saturating_add(1) < oldest && !self.recent.covers(since) {
+                return self.fall_back_to_latest(conn, sub_id, prefix, since, oldest);
+            }
+        }
         if self.recent.covers(since) || since >= self.tree.iteration() {
             let events = self.recent.after(since, &prefix);
             return self.attach(conn, sub_id, &prefix, events);
@@ -218,6 +223,38 @@ impl Engine {
         } else {
             let _ = reply.send(Some(self.log.reader()));
         }
+    }
+
+    /// The history asked for is gone: say so, send the latest value of every
+    /// topic changed since `since` (deletes included when `since > 0`), then
+    /// go live, every event from there on.
+    fn fall_back_to_latest(
+        &mut self,
+        conn: &Arc<Conn>,
+        sub_id: u64,
+        prefix: Topic,
+        since: u64,
+        oldest: u64,
+    ) {
+        self.fanout
+            .push(conn, Outbound::Truncated { sub_id, oldest });
+        let events = self.tree.subscribe(
+            &prefix,
+            since,
+            Subscriber {
+                conn: conn.clone(),
+                sub_id,
+                exact: true,
+            },
+        );
+        self.fanout.push(
+            conn,
+            Outbound::Snapshot {
+                sub_id,
+                events,
+                iteration: self.tree.iteration(),
+            },
+        );
     }
 
     /// Registers the subscription live after delivering `events`.

@@ -158,6 +158,8 @@ impl EngineHandle {
             checkpoints,
             since_checkpoint: 0,
             checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            checkpointed: Arc::new(AtomicU64::new(recovery.checkpoint.unwrap_or(0))),
+            retained_up_to: 0,
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -227,6 +229,10 @@ struct Engine {
     since_checkpoint: u64,
     /// A checkpoint is being written.
     checkpointing: Arc<std::sync::atomic::AtomicBool>,
+    /// Iteration covered by the last completed checkpoint.
+    checkpointed: Arc<AtomicU64>,
+    /// Checkpoint iteration retention was last enforced for.
+    retained_up_to: u64,
 }
 
 impl Engine {
@@ -246,12 +252,32 @@ impl Engine {
             if self.since_checkpoint >= self.checkpoints.every {
                 self.checkpoint(false);
             }
+            self.enforce_retention();
         }
         // A checkpoint at shutdown makes the next start replay nothing.
         if self.since_checkpoint > 0 {
             self.checkpoint(true);
         }
         tracing::debug!("engine stopped");
+    }
+
+    /// Deletes history beyond the retention limits once a newer checkpoint
+    /// holds the state it led to.
+    fn enforce_retention(&mut self) {
+        let covered = self.checkpointed.load(Ordering::Acquire);
+        if covered <= self.retained_up_to {
+            return;
+        }
+        self.retained_up_to = covered;
+        match self.log.enforce_retention(covered) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                segments = n,
+                retained_from = self.log.retained_from(),
+                "deleted log history beyond retention"
+            ),
+            Err(e) => tracing::error!("log retention failed: {e}"),
+        }
     }
 
     /// Writes a checkpoint of the latest-value table covering everything
@@ -267,6 +293,7 @@ impl Engine {
         let file = self.log.active_file();
         let dir = self.log.dir().to_owned();
         let busy = self.checkpointing.clone();
+        let done = self.checkpointed.clone();
         let job = move || {
             let started = std::time::Instant::now();
             // Every event in the checkpoint must be durable in the log first.
@@ -276,12 +303,15 @@ impl Engine {
                     .map_err(|e| e.to_string()),
             };
             match result {
-                Ok(()) => tracing::info!(
-                    iteration,
-                    topics = events.len(),
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "checkpoint written"
-                ),
+                Ok(()) => {
+                    done.store(iteration, Ordering::Release);
+                    tracing::info!(
+                        iteration,
+                        topics = events.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "checkpoint written"
+                    )
+                }
                 Err(e) => tracing::error!("checkpoint failed: {e}"),
             }
             busy.store(false, Ordering::Release);

@@ -17,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod record;
+pub mod retention;
 pub mod segment;
 pub mod sync;
 
@@ -119,6 +120,8 @@ pub struct LogOptions {
     pub max_record: usize,
     /// Sync policy.
     pub durability: Durability,
+    /// History kept.
+    pub retention: retention::Retention,
 }
 
 /// What recovery found.
@@ -161,6 +164,8 @@ pub struct Log {
     buf_records: Vec<(u64, u32)>,
     /// The active file, for the interval sync thread.
     shared_active: Arc<Mutex<Option<Arc<File>>>>,
+    /// First iteration still in the log, once retention deleted anything.
+    retained_from: Option<u64>,
 }
 
 impl Log {
@@ -255,7 +260,9 @@ impl Log {
             }
         }
         report.elapsed = started.elapsed();
+        let retained_from = retention::load(&opts.dir)?;
         let log = Log {
+            retained_from,
             next_index: active_len,
             shared_active: Arc::new(Mutex::new(active.clone())),
             active,
@@ -350,6 +357,44 @@ impl Log {
     /// The active file as the interval sync thread sees it.
     pub fn shared_active(&self) -> Arc<Mutex<Option<Arc<File>>>> {
         self.shared_active.clone()
+    }
+
+    /// First iteration still in the log, if retention deleted older ones.
+    pub fn retained_from(&self) -> Option<u64> {
+        self.retained_from
+    }
+
+    /// Deletes the oldest segments beyond the retention limits among those
+    /// wholly covered by a checkpoint at `covered`. Returns how many.
+    pub fn enforce_retention(&mut self, covered: u64) -> Result<usize, LogError> {
+        if !self.opts.retention.is_limited() || self.segments.len() < 2 {
+            return Ok(0);
+        }
+        let mut stats = Vec::with_capacity(self.segments.len());
+        for s in &self.segments {
+            let meta = std::fs::metadata(&s.path).map_err(LogError::io(&s.path))?;
+            let modified = meta
+                .modified()
+                .unwrap_or_else(|_| std::time::SystemTime::now());
+            stats.push((s.first, meta.len(), modified));
+        }
+        let n = retention::select(
+            &stats,
+            covered,
+            self.opts.retention,
+            std::time::SystemTime::now(),
+        );
+        if n == 0 {
+            return Ok(0);
+        }
+        let first_kept = self.segments[n].first;
+        retention::store(&self.opts.dir, first_kept)?;
+        self.retained_from = Some(first_kept);
+        for seg in self.segments.drain(..n) {
+            std::fs::remove_file(&seg.path).map_err(LogError::io(&seg.path))?;
+        }
+        sync_dir(&self.opts.dir)?;
+        Ok(n)
     }
 
     /// The log directory.

@@ -24,6 +24,7 @@ fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
         segment_bytes,
         max_record: 1 << 20,
         durability: Durability::Never,
+        retention: retention::Retention::default(),
     }
 }
 
@@ -252,4 +253,38 @@ fn a_reader_sees_segments_created_after_it() {
         })
         .unwrap();
     assert_eq!(n, 200);
+}
+
+#[test]
+fn retention_deletes_covered_segments_and_remembers_where_history_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), 4096);
+    o.retention = retention::Retention {
+        max_bytes: Some(8192),
+        max_age: None,
+    };
+    let (mut log, _) = Log::open(o.clone(), |_| {}).unwrap();
+    write_events(&mut log, 1..=500, 10);
+    let before = log.segments.len();
+    // Nothing is covered by a checkpoint yet: nothing may go.
+    assert_eq!(log.enforce_retention(0).unwrap(), 0);
+    let deleted = log.enforce_retention(400).unwrap();
+    assert!(deleted > 0 && deleted < before, "{deleted} of {before}");
+    let from = log.retained_from().unwrap();
+    assert!(
+        from <= 401,
+        "history from {from} must include everything after the checkpoint"
+    );
+    // What is left reads back from `from` on; nothing before it.
+    let mut seen = Vec::new();
+    log.reader()
+        .read(0, 500, |e| {
+            seen.push(e.iteration());
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, (from..=500).collect::<Vec<_>>());
+    drop(log);
+    let (log, _) = Log::open(o, |_| {}).unwrap();
+    assert_eq!(log.retained_from(), Some(from));
 }
