@@ -107,6 +107,9 @@ error_codes! {
     Timeout = 13, "timeout";
     /// A configured limit was reached.
     LimitExceeded = 14, "limit_exceeded";
+    /// The broker cannot write its event log (for example, the disk is
+    /// full); the publish was not applied. Reads still work.
+    StorageUnavailable = 15, "storage_unavailable";
 }
 
 impl ErrorCode {
@@ -118,6 +121,7 @@ impl ErrorCode {
                 | ErrorCode::UnknownSubscription
                 | ErrorCode::DuplicateSubscription
                 | ErrorCode::Internal
+                | ErrorCode::StorageUnavailable
         )
     }
 }

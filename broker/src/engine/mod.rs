@@ -160,6 +160,8 @@ impl EngineHandle {
             checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             checkpointed: Arc::new(AtomicU64::new(recovery.checkpoint.unwrap_or(0))),
             retained_up_to: 0,
+            storage_failure: None,
+            round_records: 0,
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -233,6 +235,11 @@ struct Engine {
     checkpointed: Arc<AtomicU64>,
     /// Checkpoint iteration retention was last enforced for.
     retained_up_to: u64,
+    /// Why the log cannot be written, while it cannot: publishes are
+    /// refused until a write succeeds again.
+    storage_failure: Option<String>,
+    /// Records appended in the current round.
+    round_records: usize,
 }
 
 impl Engine {
@@ -331,31 +338,58 @@ impl Engine {
     /// any round held by an earlier failed write) per the durability policy.
     fn end_round(&mut self) {
         let staged = self.fanout.take();
+        let logged = std::mem::take(&mut self.round_records);
         let file = match self.log.write() {
-            Ok(file) => file,
+            Ok(file) => {
+                if self.storage_failure.take().is_some() {
+                    tracing::warn!("the event log is writable again; accepting publishes");
+                }
+                file
+            }
             Err(e) => {
-                // Nothing of this round may leave the broker before its
-                // records are on disk: hold it and retry with the next round.
-                tracing::error!("cannot write the event log: {e}");
-                self.held.push(staged);
+                if self.storage_failure.is_none() {
+                    tracing::error!("cannot write the event log, refusing publishes: {e}");
+                }
+                self.storage_failure = Some(e.to_string());
+                if logged > 0 {
+                    // Nothing of a round with events may leave the broker
+                    // before its records are on disk: hold it, retry with
+                    // the next round.
+                    self.held.push(staged);
+                } else {
+                    // Reads and refusals carry no new event: release them.
+                    self.release(vec![staged], None);
+                }
                 return;
             }
         };
         let mut rounds = std::mem::take(&mut self.held);
         rounds.push(staged);
+        self.release(rounds, file);
+    }
+
+    /// Releases rounds in order, per the durability policy.
+    fn release(&self, rounds: Vec<fanout::Staged>, file: Option<Arc<std::fs::File>>) {
         let (durable, last) = (self.durable.clone(), self.tree.iteration());
         match &self.release {
             Release::Now { .. } => {
-                durable.store(last, Ordering::Release);
+                if self.held.is_empty() {
+                    durable.store(last, Ordering::Release);
+                }
                 rounds.into_iter().for_each(fanout::Staged::release);
             }
-            Release::AfterSync(group) => group.submit(Round {
-                file,
-                release: Box::new(move || {
-                    durable.store(last, Ordering::Release);
-                    rounds.into_iter().for_each(fanout::Staged::release);
-                }),
-            }),
+            Release::AfterSync(group) => {
+                let advance = self.held.is_empty();
+                group.submit(Round {
+                    file,
+                    release: Box::new(move || {
+                        if advance {
+                            durable.store(last, Ordering::Release);
+                        }
+                        rounds.into_iter().for_each(fanout::Staged::release);
+                    }),
+                })
+            }
         }
     }
 
@@ -387,7 +421,24 @@ impl Engine {
 
     fn request(&mut self, conn: &Arc<Conn>, req: Request) {
         match req {
-            Request::Publish(p) => self.publish(conn, p),
+            Request::Publish(p) => match &self.storage_failure {
+                // Refused at once, not held behind the rounds waiting for
+                // the disk: the client gets a clear error, not a hang.
+                Some(reason) => {
+                    let mut frames = bytes::BytesMut::new();
+                    Response::Error(ErrorFrame {
+                        req_id: Some(p.req_id),
+                        code: ErrorCode::StorageUnavailable,
+                        message: format!("the event log cannot be written: {reason}"),
+                    })
+                    .encode(&mut frames);
+                    conn.push(Outbound::Answers {
+                        frames: frames.freeze(),
+                        count: 1,
+                    });
+                }
+                None => self.publish(conn, p),
+            },
             Request::Get { req_id, topic } => {
                 let event = self.tree.get(topic.as_str()).cloned();
                 self.answer(conn, Response::Value { req_id, event });
@@ -438,6 +489,7 @@ impl Engine {
             log,
             recent,
             since_checkpoint,
+            round_records,
             ..
         } = self;
         let draft = Draft {
@@ -455,6 +507,7 @@ impl Engine {
             log.append(event);
             recent.push(event.clone());
             *since_checkpoint += 1;
+            *round_records += 1;
         }
         fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
     }

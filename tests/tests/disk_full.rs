@@ -1,0 +1,133 @@
+//! A full disk: publishes get a clear error instead of hanging, reads keep
+//! working, and the broker recovers when space returns — without losing an
+//! acknowledged event. Needs root to mount a small tmpfs (CI runs as root).
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use spread_client::{Error, ErrorCode};
+use support::{Broker, PATIENCE};
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_publishes_keeps_reads_and_recovers() {
+    let Some(disk) = SmallDisk::mount("4m") else {
+        // Not root: this test cannot create a small filesystem here.
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let data = tempfile::Builder::new()
+        .tempdir_in(disk.dir.path())
+        .unwrap();
+    // Ballast that leaves little room; removing it is "space returns".
+    let ballast = disk.dir.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 3 * 1024 * 1024]).unwrap();
+    let broker = Broker::start_in(data, &["--segment-bytes", "262144"]);
+    let client = broker.client().await;
+    client.publish("disk/first", "kept").await.unwrap();
+
+    // Fill the disk. The publish whose write fails is held until the disk
+    // has room again (it must not be acknowledged before it is logged).
+    let payload = bytes::Bytes::from(vec![b'x'; 8192]);
+    let mut held = None;
+    for i in 0..10_000 {
+        let c = client.clone();
+        let p = payload.clone();
+        let mut publish = tokio::spawn(async move { c.publish(&format!("disk/{i}"), p).await });
+        tokio::select! {
+            r = &mut publish => { r.unwrap().unwrap(); }
+            _ = tokio::time::sleep(Duration::from_secs(3)) => { held = Some(publish); break; }
+        }
+    }
+    let held = held.expect("the disk filled up");
+
+    // Publishes are refused at once with a clear, non-fatal error.
+    let other = broker.client().await;
+    let refused = tokio::time::timeout(PATIENCE, other.publish("disk/new", "x"))
+        .await
+        .expect("refused, not hung");
+    match refused {
+        Err(Error::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::StorageUnavailable);
+            assert!(message.contains("event log"), "{message}");
+        }
+        other => panic!("expected storage_unavailable, got {other:?}"),
+    }
+    // Reads still work, on the same connection.
+    let kept = other.get("disk/first").await.unwrap().unwrap();
+    assert_eq!(kept.payload_bytes(), b"kept");
+
+    // Space returns: publishes succeed again (the first one after may still
+    // be refused: it arrives before the retry), and the held one completes.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        match other.publish("disk/after", "back").await {
+            Ok(_) => {
+                ok = true;
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::StorageUnavailable), "{e}"),
+        }
+    }
+    assert!(ok, "publishes recover when space returns");
+    let report = tokio::time::timeout(PATIENCE, held)
+        .await
+        .expect("the held publish completes")
+        .unwrap()
+        .unwrap();
+    assert!(report.summary().iteration() > 0);
+
+    // Nothing acknowledged was lost: restart and read back.
+    drop(client);
+    drop(other);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, &[]);
+    let client = broker.client().await;
+    assert_eq!(
+        client
+            .get("disk/after")
+            .await
+            .unwrap()
+            .unwrap()
+            .payload_bytes(),
+        b"back"
+    );
+    assert_eq!(
+        client
+            .get("disk/first")
+            .await
+            .unwrap()
+            .unwrap()
+            .payload_bytes(),
+        b"kept"
+    );
+    drop(client);
+    drop(broker);
+    drop(disk);
+}
