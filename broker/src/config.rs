@@ -102,6 +102,9 @@ pub struct Args {
     /// Delete log history older than this many seconds [default: unlimited].
     #[arg(long, env = "SPREAD_RETENTION_SECS")]
     pub retention_secs: Option<u64>,
+    /// Forget deletes older than this many seconds at checkpoints [default: never].
+    #[arg(long, env = "SPREAD_TOMBSTONE_GRACE_SECS")]
+    pub tombstone_grace_secs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -125,6 +128,7 @@ struct FileConfig {
     checkpoint_every: Option<u64>,
     retention_bytes: Option<u64>,
     retention_secs: Option<u64>,
+    tombstone_grace_secs: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -158,6 +162,8 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// History kept in the log.
     pub retention: crate::log::retention::Retention,
+    /// Deletes older than this are forgotten at checkpoints.
+    pub tombstone_grace: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -240,6 +246,10 @@ impl Config {
                     .or(file.retention_secs)
                     .map(std::time::Duration::from_secs),
             },
+            tombstone_grace: args
+                .tombstone_grace_secs
+                .or(file.tombstone_grace_secs)
+                .map(std::time::Duration::from_secs),
         };
         cfg.validate()?;
         Ok(cfg)

@@ -65,6 +65,7 @@ impl Server {
         };
         let checkpoints = CheckpointPolicy {
             every: config.checkpoint_every,
+            tombstone_grace: config.tombstone_grace,
         };
         let (engine, recovery) = EngineHandle::start(config.log_options(), recent, checkpoints)?;
         tracing::info!(

@@ -225,3 +225,56 @@ async fn restarts_use_the_checkpoint_and_survive_a_bad_one() {
     );
     assert!(client.get("cp/7").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn deletes_past_the_grace_period_are_forgotten_and_resuming_clients_resync() {
+    let broker = Broker::start(&["--tombstone-grace-secs", "0", "--checkpoint-every", "5"]);
+    let client = broker.client().await;
+    client.publish("g/a", "1").await.unwrap();
+    client.publish("g/b", "2").await.unwrap();
+    let mark = client
+        .publish("g/c", "3")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    client.delete("g/a").await.unwrap();
+    // Checkpoints forget the delete; drive them until it is recorded.
+    let marker = log_dir(broker.dir.path()).join("deletes-forgotten-through");
+    let mut n = 0;
+    while !marker.exists() {
+        client.publish("other/x", n.to_string()).await.unwrap();
+        n += 1;
+        assert!(n < 10_000, "no checkpoint forgot the delete");
+    }
+
+    let check = |client: spread_client::Client| async move {
+        let mut sub = client.subscribe_since("g", mark).await.unwrap();
+        match tokio::time::timeout(support::PATIENCE, sub.next_item())
+            .await
+            .unwrap()
+        {
+            Some(Ok(spread_client::Item::Truncated { oldest })) => assert!(oldest > mark),
+            other => panic!("expected a resync marker, got {other:?}"),
+        }
+        let mut topics: Vec<String> = snapshot(&mut sub)
+            .await
+            .iter()
+            .map(|e| {
+                assert!(!e.is_tombstone());
+                e.topic().to_string()
+            })
+            .collect();
+        topics.sort();
+        // The full state: replace what you had with it.
+        assert_eq!(topics, ["g/b", "g/c"]);
+    };
+    check(client.clone()).await;
+    assert!(client.get("g/a").await.unwrap().is_none());
+
+    // The marker outlives a restart.
+    drop(client);
+    let dir = broker.stop();
+    let broker = Broker::start_in(dir, &[]);
+    check(broker.client().await).await;
+}

@@ -97,6 +97,8 @@ struct Subscriber {
 pub struct CheckpointPolicy {
     /// After this many applied events (and always at shutdown).
     pub every: u64,
+    /// Deletes older than this are forgotten at checkpoints (`None`: kept).
+    pub tombstone_grace: Option<std::time::Duration>,
 }
 
 /// Limits of the in-memory ring of recent events that serves history
@@ -162,7 +164,14 @@ impl EngineHandle {
             retained_up_to: 0,
             storage_failure: None,
             round_records: 0,
+            forgotten_deletes: 0,
         };
+        let mut engine = engine;
+        engine.forgotten_deletes = crate::log::retention::load_value(
+            engine.log.dir(),
+            crate::log::retention::FORGOTTEN_DELETES,
+        )?
+        .unwrap_or(0);
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
             .spawn(move || engine.run(rx))?;
@@ -240,6 +249,9 @@ struct Engine {
     storage_failure: Option<String>,
     /// Records appended in the current round.
     round_records: usize,
+    /// Greatest iteration of a delete forgotten after the grace period: a
+    /// client resuming from before it gets a full snapshot instead.
+    forgotten_deletes: u64,
 }
 
 impl Engine {
@@ -295,6 +307,22 @@ impl Engine {
             return;
         }
         self.since_checkpoint = 0;
+        if let Some(grace) = self.checkpoints.tombstone_grace {
+            let cutoff = clock::now_micros().saturating_sub(grace.as_micros() as u64);
+            let forgotten = self.tree.purge_tombstones(cutoff);
+            if forgotten > self.forgotten_deletes {
+                // Recorded before the checkpoint that lacks them is written.
+                let stored = crate::log::retention::store_value(
+                    self.log.dir(),
+                    crate::log::retention::FORGOTTEN_DELETES,
+                    forgotten,
+                );
+                if let Err(e) = stored {
+                    tracing::error!("cannot record forgotten deletes: {e}");
+                }
+                self.forgotten_deletes = forgotten;
+            }
+        }
         let events = self.tree.all_events();
         let iteration = self.tree.iteration();
         let file = self.log.active_file();
@@ -533,6 +561,20 @@ impl Engine {
         if mode == SubscribeMode::History {
             return self.subscribe_history(conn, req_id, prefix, since);
         }
+        // Deletes since `since` may have been forgotten: the client must
+        // replace its state with a full snapshot, and is told so.
+        let since = if since > 0 && since < self.forgotten_deletes {
+            self.fanout.push(
+                conn,
+                Outbound::Truncated {
+                    sub_id: req_id,
+                    oldest: self.forgotten_deletes,
+                },
+            );
+            0
+        } else {
+            since
+        };
         let events = self.tree.subscribe(
             &prefix,
             since,

@@ -77,6 +77,28 @@ impl<S> Node<S> {
         }
     }
 
+    /// Drops tombstones stamped before `cutoff`, pruning emptied nodes.
+    /// Returns how many, and the greatest iteration among them.
+    fn purge_tombstones(&mut self, cutoff: u64) -> (usize, u64) {
+        let mut purged = (0, 0);
+        if self
+            .value
+            .as_ref()
+            .is_some_and(|v| v.is_tombstone() && v.timestamp() < cutoff)
+        {
+            if let Some(v) = self.value.take() {
+                purged = (1, v.iteration());
+            }
+        }
+        self.children.retain(|_, child| {
+            let (n, it) = child.purge_tombstones(cutoff);
+            purged.0 += n;
+            purged.1 = purged.1.max(it);
+            !child.is_empty()
+        });
+        purged
+    }
+
     /// Removes the first subscriber matching `pred` at the node of `segs`,
     /// then prunes nodes left empty. Returns the subscriber.
     fn unsubscribe(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) -> Option<S> {
@@ -377,6 +399,15 @@ impl<S> Tree<S> {
         out
     }
 
+    /// Forgets deletes stamped before `cutoff` (microseconds): the topic then
+    /// simply has no value. Returns the greatest iteration forgotten (0 if
+    /// none): a client resuming from before it cannot learn of those deletes.
+    pub fn purge_tombstones(&mut self, cutoff: u64) -> u64 {
+        let (n, max) = self.root.purge_tombstones(cutoff);
+        self.topics -= n;
+        max
+    }
+
     /// The latest event of every topic, tombstones included (for checkpoints).
     pub fn all_events(&self) -> Vec<Event> {
         let mut out = Vec::with_capacity(self.topics);
@@ -560,6 +591,24 @@ mod tests {
         // Snapshots since an iteration see restored events.
         assert_eq!(tr.subscribe(&t("r"), 500, 1).len(), 1);
         assert_eq!(tr.subscribe(&t("r"), 501, 2).len(), 0);
+    }
+
+    #[test]
+    fn purging_old_tombstones_forgets_them_and_prunes() {
+        let mut tr = tree();
+        tr.publish(set("p/keep", b"v"), |_, _| {});
+        tr.publish(set("p/gone/deep", b"v"), |_, _| {});
+        let mut del = set("p/gone/deep", b"");
+        del.mode = PublishMode::Delete;
+        tr.publish(del, |_, _| {});
+        let tomb_it = tr.iteration();
+        assert_eq!(tr.topics(), 2);
+        // A cutoff before the delete keeps it.
+        assert_eq!(tr.purge_tombstones(1), 0);
+        assert_eq!(tr.purge_tombstones(u64::MAX), tomb_it);
+        assert_eq!(tr.topics(), 1);
+        assert!(!tr.root.children["p"].children.contains_key("gone"));
+        assert_eq!(tr.all_events().len(), 1);
     }
 
     #[test]

@@ -32,9 +32,22 @@ impl Retention {
     }
 }
 
+/// Where the greatest iteration of a forgotten delete is recorded.
+pub const FORGOTTEN_DELETES: &str = "deletes-forgotten-through";
+
 /// The first retained iteration, if retention ever deleted anything.
 pub fn load(dir: &Path) -> Result<Option<u64>, LogError> {
-    let path = dir.join(FILE);
+    load_value(dir, FILE)
+}
+
+/// Records the first retained iteration durably.
+pub fn store(dir: &Path, first: u64) -> Result<(), LogError> {
+    store_value(dir, FILE, first)
+}
+
+/// Reads an iteration recorded in `dir/name`.
+pub fn load_value(dir: &Path, name: &str) -> Result<Option<u64>, LogError> {
+    let path = dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(s) => Ok(s.trim().parse().ok()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -42,14 +55,14 @@ pub fn load(dir: &Path) -> Result<Option<u64>, LogError> {
     }
 }
 
-/// Records the first retained iteration durably.
-pub fn store(dir: &Path, first: u64) -> Result<(), LogError> {
-    let tmp = dir.join("retained-from.tmp");
-    std::fs::write(&tmp, format!("{first}\n")).map_err(LogError::io(&tmp))?;
+/// Records an iteration in `dir/name` durably (temporary file, rename).
+pub fn store_value(dir: &Path, name: &str, value: u64) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    std::fs::write(&tmp, format!("{value}\n")).map_err(LogError::io(&tmp))?;
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(LogError::io(&tmp))?;
-    let path = dir.join(FILE);
+    let path = dir.join(name);
     std::fs::rename(&tmp, &path).map_err(LogError::io(&path))?;
     sync_dir(dir)
 }

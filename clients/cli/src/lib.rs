@@ -241,7 +241,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                         eprintln!("-- too slow: {skipped} intermediate events skipped");
                     }
                     Some(Ok(Item::Truncated { oldest })) => {
-                        eprintln!("-- history before iteration {oldest} is no longer kept; latest values follow");
+                        eprintln!("-- changes before iteration {oldest} are no longer known exactly; the full latest state follows");
                     }
                 }
             }

@@ -316,7 +316,13 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
             (sub_id, Item::Synced { iteration })
         }
         Response::Conflated { sub_id, skipped } => (sub_id, Item::Conflated { skipped }),
-        Response::HistoryTruncated { sub_id, oldest } => (sub_id, Item::Truncated { oldest }),
+        Response::HistoryTruncated { sub_id, oldest } => {
+            // A full snapshot follows, older events included: accept them.
+            if let Some(sub) = shared.subs.lock().get_mut(&sub_id) {
+                sub.last = 0;
+            }
+            (sub_id, Item::Truncated { oldest })
+        }
         Response::Error(e) => {
             let Some(id) = e.req_id else {
                 return Err(e);

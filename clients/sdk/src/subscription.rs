@@ -30,10 +30,13 @@ pub enum Item {
         /// Events skipped.
         skipped: u64,
     },
-    /// A history subscription asked for events older than the log retains:
-    /// the latest value of every topic follows instead, then live events.
+    /// The broker cannot tell exactly what changed since the iteration asked
+    /// for (the history was deleted by retention, or deletes were forgotten
+    /// after their grace period): the latest value of every topic follows
+    /// instead — replace your state with it — then live events.
     Truncated {
-        /// The oldest iteration still retained.
+        /// The oldest iteration from which the broker could have answered
+        /// exactly.
         oldest: u64,
     },
 }
