@@ -17,6 +17,7 @@
 pub mod clock;
 mod fanout;
 mod history;
+mod persist;
 pub mod tree;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +29,7 @@ use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, Subscri
 use tokio::sync::mpsc;
 
 use crate::connection::outbound::{Conn, Outbound};
-use crate::log::sync::{GroupCommit, IntervalSync, Round};
+use crate::log::sync::{GroupCommit, IntervalSync};
 use crate::log::{Durability, Log, LogError, LogOptions, Recovery};
 use clock::{Clock, IdGen};
 use fanout::Fanout;
@@ -141,6 +142,9 @@ impl EngineHandle {
             },
             Durability::Never => Release::Now { _periodic: None },
         };
+        let forgotten_deletes =
+            crate::log::retention::load_value(log.dir(), crate::log::retention::FORGOTTEN_DELETES)?
+                .unwrap_or(0);
         let (tx, rx) = mpsc::channel(1024);
         let start = tree.iteration();
         let iteration = Arc::new(AtomicU64::new(start));
@@ -164,14 +168,8 @@ impl EngineHandle {
             retained_up_to: 0,
             storage_failure: None,
             round_records: 0,
-            forgotten_deletes: 0,
+            forgotten_deletes,
         };
-        let mut engine = engine;
-        engine.forgotten_deletes = crate::log::retention::load_value(
-            engine.log.dir(),
-            crate::log::retention::FORGOTTEN_DELETES,
-        )?
-        .unwrap_or(0);
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
             .spawn(move || engine.run(rx))?;
@@ -278,147 +276,6 @@ impl Engine {
             self.checkpoint(true);
         }
         tracing::debug!("engine stopped");
-    }
-
-    /// Deletes history beyond the retention limits once a newer checkpoint
-    /// holds the state it led to.
-    fn enforce_retention(&mut self) {
-        let covered = self.checkpointed.load(Ordering::Acquire);
-        if covered <= self.retained_up_to {
-            return;
-        }
-        self.retained_up_to = covered;
-        match self.log.enforce_retention(covered) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                segments = n,
-                retained_from = self.log.retained_from(),
-                "deleted log history beyond retention"
-            ),
-            Err(e) => tracing::error!("log retention failed: {e}"),
-        }
-    }
-
-    /// Writes a checkpoint of the latest-value table covering everything
-    /// applied so far: in the background, or in this thread when `wait`.
-    fn checkpoint(&mut self, wait: bool) {
-        if !self.held.is_empty() || self.checkpointing.swap(true, Ordering::AcqRel) {
-            // Unwritten rounds, or a checkpoint already being written.
-            return;
-        }
-        self.since_checkpoint = 0;
-        if let Some(grace) = self.checkpoints.tombstone_grace {
-            let cutoff = clock::now_micros().saturating_sub(grace.as_micros() as u64);
-            let forgotten = self.tree.purge_tombstones(cutoff);
-            if forgotten > self.forgotten_deletes {
-                // Recorded before the checkpoint that lacks them is written.
-                let stored = crate::log::retention::store_value(
-                    self.log.dir(),
-                    crate::log::retention::FORGOTTEN_DELETES,
-                    forgotten,
-                );
-                if let Err(e) = stored {
-                    tracing::error!("cannot record forgotten deletes: {e}");
-                }
-                self.forgotten_deletes = forgotten;
-            }
-        }
-        let events = self.tree.all_events();
-        let iteration = self.tree.iteration();
-        let file = self.log.active_file();
-        let dir = self.log.dir().to_owned();
-        let busy = self.checkpointing.clone();
-        let done = self.checkpointed.clone();
-        let job = move || {
-            let started = std::time::Instant::now();
-            // Every event in the checkpoint must be durable in the log first.
-            let result = match file.map(|f| f.sync_data()) {
-                Some(Err(e)) => Err(e.to_string()),
-                _ => crate::log::checkpoint::write(&dir, iteration, &events)
-                    .map_err(|e| e.to_string()),
-            };
-            match result {
-                Ok(()) => {
-                    done.store(iteration, Ordering::Release);
-                    tracing::info!(
-                        iteration,
-                        topics = events.len(),
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "checkpoint written"
-                    )
-                }
-                Err(e) => tracing::error!("checkpoint failed: {e}"),
-            }
-            busy.store(false, Ordering::Release);
-        };
-        if wait {
-            job();
-        } else if let Err(e) = std::thread::Builder::new()
-            .name("spread-checkpoint".into())
-            .spawn(job)
-        {
-            tracing::error!("cannot start a checkpoint: {e}");
-            self.checkpointing.store(false, Ordering::Release);
-        }
-    }
-
-    /// Writes the round's records, then releases its output (and that of
-    /// any round held by an earlier failed write) per the durability policy.
-    fn end_round(&mut self) {
-        let staged = self.fanout.take();
-        let logged = std::mem::take(&mut self.round_records);
-        let file = match self.log.write() {
-            Ok(file) => {
-                if self.storage_failure.take().is_some() {
-                    tracing::warn!("the event log is writable again; accepting publishes");
-                }
-                file
-            }
-            Err(e) => {
-                if self.storage_failure.is_none() {
-                    tracing::error!("cannot write the event log, refusing publishes: {e}");
-                }
-                self.storage_failure = Some(e.to_string());
-                if logged > 0 {
-                    // Nothing of a round with events may leave the broker
-                    // before its records are on disk: hold it, retry with
-                    // the next round.
-                    self.held.push(staged);
-                } else {
-                    // Reads and refusals carry no new event: release them.
-                    self.release(vec![staged], None);
-                }
-                return;
-            }
-        };
-        let mut rounds = std::mem::take(&mut self.held);
-        rounds.push(staged);
-        self.release(rounds, file);
-    }
-
-    /// Releases rounds in order, per the durability policy.
-    fn release(&self, rounds: Vec<fanout::Staged>, file: Option<Arc<std::fs::File>>) {
-        let (durable, last) = (self.durable.clone(), self.tree.iteration());
-        match &self.release {
-            Release::Now { .. } => {
-                if self.held.is_empty() {
-                    durable.store(last, Ordering::Release);
-                }
-                rounds.into_iter().for_each(fanout::Staged::release);
-            }
-            Release::AfterSync(group) => {
-                let advance = self.held.is_empty();
-                group.submit(Round {
-                    file,
-                    release: Box::new(move || {
-                        if advance {
-                            durable.store(last, Ordering::Release);
-                        }
-                        rounds.into_iter().for_each(fanout::Staged::release);
-                    }),
-                })
-            }
-        }
     }
 
     fn execute(&mut self, cmd: Command) {
