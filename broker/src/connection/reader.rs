@@ -27,7 +27,10 @@ pub enum Stop {
 
 fn fatal(e: ProtocolError) -> Stop {
     match e {
-        ProtocolError::Io(_) => Stop::Ended,
+        ProtocolError::Io(e) => {
+            tracing::debug!("read failed: {e}");
+            Stop::Ended
+        }
         e => Stop::Fatal(ErrorFrame {
             req_id: None,
             code: e.code(),
