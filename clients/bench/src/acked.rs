@@ -73,6 +73,7 @@ pub async fn jetstream(nats: &Nats, n: u64, size: usize) -> anyhow::Result<f64> 
     .await?;
     wr.write_all(create).await?;
     wr.write_all(b"\r\n").await?;
+    wr.flush().await?;
     // The stream-create answer.
     let answer = next_msg(&mut rd, &mut buf).await?;
     if answer.contains("\"error\"") && !answer.contains("already in use") {
@@ -125,7 +126,10 @@ async fn windowed(
         }
         encode(&mut out, i);
         if i % 256 == 255 || i + 1 == n {
+            // A TLS stream keeps what the socket did not take: flush, or the
+            // tail of a batch can wait in the TLS buffer forever.
             wr.write_all(&out).await?;
+            wr.flush().await?;
             out.clear();
         }
     }

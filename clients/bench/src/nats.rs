@@ -53,6 +53,7 @@ impl Nats {
             b"CONNECT {\"verbose\":false,\"pedantic\":false,\"tls_required\":true,\"name\":\"spread-bench\",\"lang\":\"rust\",\"version\":\"0\",\"protocol\":1}\r\nPING\r\n",
         )
         .await?;
+        wr.flush().await?;
         let mut buf = BytesMut::with_capacity(256 * 1024);
         wait_pong(&mut rd, &mut buf).await?;
         Ok((rd, wr, buf))
@@ -123,6 +124,7 @@ impl System for Nats {
         let subject = topic.replace('/', ".");
         wr.write_all(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())
             .await?;
+        wr.flush().await?;
         wait_pong(&mut rd, &mut buf).await?;
         Ok(NatsSub { rd, wr, buf })
     }
@@ -141,6 +143,8 @@ impl Publisher for NatsPub {
 
     async fn flush(&mut self) -> anyhow::Result<()> {
         self.wr.write_all(&self.out).await?;
+        // What the socket did not take stays in the TLS buffer until flushed.
+        self.wr.flush().await?;
         self.out.clear();
         Ok(())
     }
@@ -179,6 +183,7 @@ impl Subscriber for NatsSub {
             } else {
                 if line.starts_with(b"PING") {
                     self.wr.write_all(b"PONG\r\n").await?;
+                    self.wr.flush().await?;
                 } else if line.starts_with(b"-ERR") {
                     bail!("nats: {}", String::from_utf8_lossy(line));
                 }

@@ -71,6 +71,7 @@ impl Spread {
         })
         .encode(&mut out);
         conn.wr.write_all(&out).await?;
+        conn.wr.flush().await?;
         match conn.recv().await? {
             Response::Welcome { .. } => Ok(conn),
             other => bail!("expected welcome, got {other:?}"),
@@ -157,6 +158,7 @@ impl System for Spread {
         }
         .encode(&mut out);
         conn.wr.write_all(&out).await?;
+        conn.wr.flush().await?;
         loop {
             match conn.recv().await? {
                 Response::SnapshotComplete { .. } => return Ok(SpreadSub { conn }),
@@ -184,6 +186,8 @@ impl Publisher for SpreadPub {
 
     async fn flush(&mut self) -> anyhow::Result<()> {
         self.wr.write_all(&self.out).await?;
+        // What the socket did not take stays in the TLS buffer until flushed.
+        self.wr.flush().await?;
         self.out.clear();
         Ok(())
     }
