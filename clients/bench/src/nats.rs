@@ -83,6 +83,14 @@ pub struct NatsPub {
     wr: WriteHalf<Tls>,
     out: Vec<u8>,
     pongs: Arc<Notify>,
+    /// The task reading PONGs; stopped with the publisher.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NatsPub {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// Subscribing side.
@@ -104,7 +112,7 @@ impl System for Nats {
         let (mut rd, wr, mut buf) = self.connect_raw().await?;
         let pongs = Arc::new(Notify::new());
         let p = pongs.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 match wait_pong(&mut rd, &mut buf).await {
                     Ok(()) => p.notify_one(),
@@ -116,6 +124,7 @@ impl System for Nats {
             wr,
             out: Vec::with_capacity(256 * 1024),
             pongs,
+            reader,
         })
     }
 

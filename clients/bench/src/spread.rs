@@ -87,6 +87,14 @@ pub struct SpreadPub {
     acked: Arc<AtomicU64>,
     acked_signal: Arc<Notify>,
     next_id: u64,
+    /// The task counting reports; stopped with the publisher.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SpreadPub {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 /// Subscribing side.
@@ -114,7 +122,7 @@ impl System for Spread {
         let (a, s) = (acked.clone(), acked_signal.clone());
         // Every frame on a publisher's connection is a report: count frames
         // without decoding them, as the NATS publisher reads nothing at all.
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 let mut n = 0;
                 loop {
@@ -144,6 +152,7 @@ impl System for Spread {
             acked,
             acked_signal,
             next_id: 1,
+            reader,
         })
     }
 
