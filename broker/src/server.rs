@@ -182,6 +182,7 @@ impl Server {
         tracing::info!(
             delivered = stats.delivered.load(Ordering::Relaxed),
             conflated = stats.conflated.load(Ordering::Relaxed),
+            closed_slow_history = stats.closed_slow.load(Ordering::Relaxed),
             "stopped"
         );
     }

@@ -363,11 +363,6 @@ impl Conn {
         }
     }
 
-    /// Whether the connection is closing.
-    pub fn is_closed(&self) -> bool {
-        self.queue.lock().closed
-    }
-
     /// Marks the connection closed and wakes the writer to finish.
     pub fn close(&self) {
         self.queue.lock().closed = true;

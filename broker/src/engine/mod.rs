@@ -188,11 +188,6 @@ impl EngineHandle {
         self.tx.clone()
     }
 
-    /// The iteration of the last applied event.
-    pub fn iteration(&self) -> u64 {
-        self.iteration.load(Ordering::Acquire)
-    }
-
     /// A shared view of the iteration, updated after every engine round.
     pub fn iteration_handle(&self) -> Arc<AtomicU64> {
         self.iteration.clone()
