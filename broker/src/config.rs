@@ -129,6 +129,8 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     retention_secs: Option<u64>,
     tombstone_grace_secs: Option<u64>,
+    #[serde(default)]
+    sinks: Vec<crate::sinks::config::SinkConfig>,
 }
 
 /// The resolved configuration.
@@ -164,6 +166,8 @@ pub struct Config {
     pub retention: crate::log::retention::Retention,
     /// Deletes older than this are forgotten at checkpoints.
     pub tombstone_grace: Option<std::time::Duration>,
+    /// Sink plugins (from the file's `[[sinks]]` entries).
+    pub sinks: Vec<crate::sinks::config::SinkConfig>,
 }
 
 impl Config {
@@ -250,6 +254,7 @@ impl Config {
                 .tombstone_grace_secs
                 .or(file.tombstone_grace_secs)
                 .map(std::time::Duration::from_secs),
+            sinks: file.sinks,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -294,6 +299,12 @@ impl Config {
                 name: "max_frame",
                 reason: format!("must be at most {}", u32::MAX),
             });
+        }
+        for sink in &self.sinks {
+            sink.validate().map_err(|reason| ConfigError::Invalid {
+                name: "sinks",
+                reason,
+            })?;
         }
         if self.max_inflight > tokio::sync::Semaphore::MAX_PERMITS {
             return Err(ConfigError::Invalid {
@@ -371,6 +382,32 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("durability"), "{err}");
+    }
+
+    #[test]
+    fn sinks_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spread.toml");
+        std::fs::write(
+            &path,
+            "[[sinks]]\nname = \"audit\"\nlibrary = \"/x.so\"\nbatch_events = 10\n[sinks.settings]\npath = \"a\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Args {
+            config: Some(path.clone()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.sinks.len(), 1);
+        assert_eq!(c.sinks[0].batch_events, 10);
+        assert_eq!(c.sinks[0].settings_json(), r#"{"path":"a"}"#);
+        std::fs::write(&path, "[[sinks]]\nname = \"a b\"\nlibrary = \"/x.so\"\n").unwrap();
+        let err = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("a b"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod log;
 pub mod node;
 pub mod server;
+pub mod sinks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -52,4 +53,7 @@ pub enum BrokerError {
     /// The engine could not start (log recovery included).
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    /// A sink plugin could not be loaded or opened.
+    #[error(transparent)]
+    Sinks(#[from] sinks::SinkError),
 }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::connection::{self, outbound::Stats};
 use crate::engine::{CheckpointPolicy, EngineHandle, RecentLimits};
+use crate::sinks::{Prepared, Sinks};
 use crate::tls::{self, TlsSource};
 use crate::{node, BrokerError};
 
@@ -43,6 +44,7 @@ pub struct Server {
     listener: TcpListener,
     shared: Arc<Shared>,
     engine: EngineHandle,
+    sinks: Sinks,
     tls_source: TlsSource,
 }
 
@@ -67,7 +69,17 @@ impl Server {
             every: config.checkpoint_every,
             tombstone_grace: config.tombstone_grace,
         };
-        let (engine, recovery) = EngineHandle::start(config.log_options(), recent, checkpoints)?;
+        let sinks = Prepared::load(&config.sinks, &config.data_dir, node_id.clone())?;
+        let log_options = config.log_options();
+        let (log_dir, max_record) = (log_options.dir.clone(), log_options.max_record);
+        let (engine, recovery) = EngineHandle::start(
+            log_options,
+            recent,
+            checkpoints,
+            sinks.board(),
+            node_id.clone(),
+        )?;
+        let sinks = sinks.start(engine.committed(), &log_dir, max_record)?;
         tracing::info!(
             checkpoint = recovery.checkpoint,
             skipped_segments = recovery.skipped_segments,
@@ -96,6 +108,7 @@ impl Server {
             listener,
             shared,
             engine,
+            sinks,
             tls_source,
         })
     }
@@ -122,6 +135,7 @@ impl Server {
             listener,
             shared,
             engine,
+            sinks,
             ..
         } = self;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -179,6 +193,9 @@ impl Server {
         if tracker.is_empty() {
             let _ = tokio::task::spawn_blocking(move || engine.join()).await;
         }
+        // Sinks flush and record their checkpoints; one stuck in its plugin
+        // resumes from its checkpoint at the next start.
+        let _ = tokio::task::spawn_blocking(move || sinks.stop(Duration::from_secs(5))).await;
         tracing::info!(
             delivered = stats.delivered.load(Ordering::Relaxed),
             conflated = stats.conflated.load(Ordering::Relaxed),

@@ -31,6 +31,7 @@ pub mod event;
 pub mod frame;
 pub mod request;
 pub mod response;
+pub mod status;
 pub mod topic;
 mod wire;
 
@@ -43,6 +44,7 @@ pub use event::{Event, EventId, EventKind, EventParts, OrderKey};
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use request::{Hello, Publish, PublishMode, Request, SubscribeMode};
 pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary, SummaryRef};
+pub use status::{SinkStatus, StatusReport};
 pub use topic::{Topic, TopicError, TopicRules};
 
 /// The protocol version this crate speaks.

@@ -99,6 +99,7 @@ fn request() -> impl Strategy<Value = Request> {
         ),
         (any::<u64>(), any::<u64>())
             .prop_map(|(req_id, sub_id)| Request::Unsubscribe { req_id, sub_id }),
+        any::<u64>().prop_map(|req_id| Request::Status { req_id }),
     ]
 }
 
@@ -139,6 +140,7 @@ fn response() -> impl Strategy<Value = Response> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(sub_id, iteration)| { Response::SnapshotComplete { sub_id, iteration } }),
         any::<u64>().prop_map(|req_id| Response::Unsubscribed { req_id }),
+        status_report().prop_map(Response::Status),
         (any::<u64>(), any::<u64>())
             .prop_map(|(sub_id, skipped)| Response::Conflated { sub_id, skipped }),
         (any::<u64>(), any::<u64>())
@@ -259,4 +261,58 @@ fn unknown_type_is_reported_as_such() {
     let body = Bytes::from_static(&[0x92, 0x7f, 0x01]);
     let err = Request::decode(&body, &TopicRules::default()).unwrap_err();
     assert_eq!(err.code(), ErrorCode::UnknownMessage);
+}
+
+fn sink_status() -> impl Strategy<Value = crate::SinkStatus> {
+    (
+        ("[a-z-]{1,12}", ".{0,20}", "[a-z]{1,9}"),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        ),
+        proptest::option::of(".{0,40}"),
+    )
+        .prop_map(
+            |(
+                (name, plugin, state),
+                (checkpoint, lag_events, lag_ms, delivered, errors),
+                last_error,
+            )| {
+                crate::SinkStatus {
+                    name,
+                    plugin,
+                    state,
+                    checkpoint,
+                    lag_events,
+                    lag_ms,
+                    delivered,
+                    errors,
+                    last_error,
+                }
+            },
+        )
+}
+
+fn status_report() -> impl Strategy<Value = crate::StatusReport> {
+    (
+        any::<u64>(),
+        "[a-z0-9-]{1,20}",
+        any::<u64>(),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        proptest::collection::vec(sink_status(), 0..4),
+    )
+        .prop_map(
+            |(req_id, node_id, iteration, committed, retained_from, sinks)| crate::StatusReport {
+                req_id,
+                node_id,
+                iteration,
+                committed,
+                retained_from,
+                sinks,
+            },
+        )
 }

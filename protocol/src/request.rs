@@ -26,6 +26,8 @@ pub mod kind {
     pub const SUBSCRIBE: u64 = 0x14;
     /// End a subscription.
     pub const UNSUBSCRIBE: u64 = 0x15;
+    /// Ask for the broker's status (sinks included).
+    pub const STATUS: u64 = 0x16;
 }
 
 /// The first frame of every connection.
@@ -116,6 +118,11 @@ pub enum Request {
         /// The subscription to end.
         sub_id: u64,
     },
+    /// Ask for the broker's status.
+    Status {
+        /// Request id.
+        req_id: u64,
+    },
 }
 
 /// Appends a publish frame from borrowed parts, without building a
@@ -162,7 +169,8 @@ impl Request {
             Request::Ping { req_id }
             | Request::Get { req_id, .. }
             | Request::Subscribe { req_id, .. }
-            | Request::Unsubscribe { req_id, .. } => Some(*req_id),
+            | Request::Unsubscribe { req_id, .. }
+            | Request::Status { req_id } => Some(*req_id),
             Request::Publish(p) => Some(p.req_id),
         }
     }
@@ -222,6 +230,11 @@ impl Request {
                 wire::put_uint(dst, kind::UNSUBSCRIBE);
                 wire::put_uint(dst, *req_id);
                 wire::put_uint(dst, *sub_id);
+            }
+            Request::Status { req_id } => {
+                wire::put_array(dst, 2);
+                wire::put_uint(dst, kind::STATUS);
+                wire::put_uint(dst, *req_id);
             }
         }
         end_frame(dst, start);
@@ -336,6 +349,12 @@ impl Request {
                 Request::Unsubscribe {
                     req_id: r.uint("unsubscribe: request id")?,
                     sub_id: r.uint("unsubscribe: subscription id")?,
+                }
+            }
+            kind::STATUS => {
+                expect(&r, 2)?;
+                Request::Status {
+                    req_id: r.uint("status: request id")?,
                 }
             }
             other => return Err(ProtocolError::UnknownMessage(other)),

@@ -6,6 +6,7 @@ use smallvec::SmallVec;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::event::{Event, EventId, EventKind};
 use crate::frame::{begin_frame, end_frame};
+use crate::status::StatusReport;
 use crate::topic::TopicRules;
 use crate::wire::{self, Reader};
 
@@ -29,6 +30,8 @@ pub mod kind {
     pub const CONFLATED: u64 = 0x95;
     /// Notice that a history subscription asked for more than is retained.
     pub const HISTORY_TRUNCATED: u64 = 0x96;
+    /// Answer to a status request.
+    pub const STATUS: u64 = 0x97;
     /// An error.
     pub const ERROR: u64 = 0xff;
 }
@@ -367,6 +370,8 @@ pub enum Response {
         /// The oldest iteration still retained in the log.
         oldest: u64,
     },
+    /// Answer to a status request.
+    Status(StatusReport),
     /// An error.
     Error(ErrorFrame),
 }
@@ -461,6 +466,11 @@ impl Response {
                 wire::put_uint(dst, kind::HISTORY_TRUNCATED);
                 wire::put_uint(dst, *sub_id);
                 wire::put_uint(dst, *oldest);
+            }
+            Response::Status(report) => {
+                wire::put_array(dst, 7);
+                wire::put_uint(dst, kind::STATUS);
+                report.encode_fields(dst);
             }
             Response::Error(e) => {
                 wire::put_array(dst, 4);
@@ -582,6 +592,10 @@ impl Response {
                     sub_id: r.uint("history truncated: subscription id")?,
                     oldest: r.uint("history truncated: oldest")?,
                 }
+            }
+            kind::STATUS => {
+                expect(&r, 7)?;
+                Response::Status(StatusReport::read_fields(&mut r)?)
             }
             kind::ERROR => {
                 expect(&r, 4)?;

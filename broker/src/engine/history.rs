@@ -11,7 +11,7 @@
 //! the ring turns over.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use spread_protocol::{ErrorCode, ErrorFrame, Event, Topic};
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, Engine, Subscriber};
 use crate::connection::outbound::{Conn, Outbound};
+use crate::log::committed::Committed;
 use crate::log::LogReader;
 
 /// Bytes of history pushed to a connection at a time.
@@ -85,7 +86,7 @@ pub struct CatchUp {
     pub after: u64,
     pub reader: LogReader,
     /// Highest iteration whose record is durable (see the durability policy).
-    pub durable: Arc<AtomicU64>,
+    pub durable: Arc<Committed>,
     pub engine: mpsc::WeakSender<Command>,
     pub cancelled: Arc<AtomicBool>,
 }
@@ -94,7 +95,7 @@ impl CatchUp {
     /// Runs on a blocking thread until attached, cancelled or failed.
     pub fn run(mut self) {
         loop {
-            let until = self.durable.load(Ordering::Acquire);
+            let until = self.durable.get();
             match self.read_pass(until) {
                 Ok(true) => {}
                 Ok(false) => return,

@@ -25,12 +25,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use hashbrown::HashMap;
-use spread_protocol::{ErrorCode, ErrorFrame, Publish, Request, Response, SubscribeMode, Topic};
+use spread_protocol::{
+    ErrorCode, ErrorFrame, Publish, Request, Response, StatusReport, SubscribeMode, Topic,
+};
 use tokio::sync::mpsc;
 
 use crate::connection::outbound::{Conn, Outbound};
+use crate::log::committed::Committed;
 use crate::log::sync::{GroupCommit, IntervalSync};
 use crate::log::{Durability, Log, LogError, LogOptions, Recovery};
+use crate::sinks::status::SinkBoard;
 use clock::{Clock, IdGen};
 use fanout::Fanout;
 use tree::{Applied, Draft, Tree};
@@ -119,6 +123,7 @@ const MAX_ROUND: usize = 256;
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     iteration: Arc<AtomicU64>,
+    committed: Arc<Committed>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -130,6 +135,8 @@ impl EngineHandle {
         log_options: LogOptions,
         recent: RecentLimits,
         checkpoints: CheckpointPolicy,
+        sinks: Arc<SinkBoard>,
+        node_id: Arc<str>,
     ) -> Result<(Self, Recovery), EngineError> {
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
@@ -147,7 +154,9 @@ impl EngineHandle {
                 .unwrap_or(0);
         let (tx, rx) = mpsc::channel(1024);
         let start = tree.iteration();
+        sinks.set_numbering_gap(recovery.last_iteration.unwrap_or(0), start);
         let iteration = Arc::new(AtomicU64::new(start));
+        let committed = Arc::new(Committed::new(start));
         let engine = Engine {
             tree,
             subs: HashMap::new(),
@@ -158,7 +167,9 @@ impl EngineHandle {
             held: Vec::new(),
             recent: history::Recent::new(start, recent.events, recent.bytes),
             catchups: HashMap::new(),
-            durable: Arc::new(AtomicU64::new(start)),
+            durable: committed.clone(),
+            sinks,
+            node_id,
             runtime: tokio::runtime::Handle::current(),
             me: tx.downgrade(),
             checkpoints,
@@ -177,6 +188,7 @@ impl EngineHandle {
             EngineHandle {
                 tx,
                 iteration,
+                committed,
                 thread: Some(thread),
             },
             recovery,
@@ -191,6 +203,11 @@ impl EngineHandle {
     /// A shared view of the iteration, updated after every engine round.
     pub fn iteration_handle(&self) -> Arc<AtomicU64> {
         self.iteration.clone()
+    }
+
+    /// The committed iteration: how far readers of the log may read.
+    pub fn committed(&self) -> Arc<Committed> {
+        self.committed.clone()
     }
 
     /// Waits for the engine to stop, which it does once every sender
@@ -222,7 +239,11 @@ struct Engine {
     /// Cancellation flags of running catch-up jobs, by (connection, sub).
     catchups: HashMap<(u64, u64), Arc<std::sync::atomic::AtomicBool>>,
     /// Highest iteration whose record is durable under the policy.
-    durable: Arc<AtomicU64>,
+    durable: Arc<Committed>,
+    /// Sink status, and how much history they still need.
+    sinks: Arc<SinkBoard>,
+    /// This node's id, for status reports.
+    node_id: Arc<str>,
     /// Where catch-up jobs run.
     runtime: tokio::runtime::Handle,
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
@@ -351,6 +372,10 @@ impl Engine {
                 }
             }
             Request::Ping { req_id } => self.answer(conn, Response::Pong { req_id }),
+            Request::Status { req_id } => {
+                let report = self.status(req_id);
+                self.answer(conn, Response::Status(report));
+            }
             Request::Hello(_) => self.fanout.push(
                 conn,
                 Outbound::Close(Some(ErrorFrame {
@@ -444,6 +469,18 @@ impl Engine {
                 iteration: self.tree.iteration(),
             },
         );
+    }
+
+    fn status(&self, req_id: u64) -> StatusReport {
+        let committed = self.durable.get();
+        StatusReport {
+            req_id,
+            node_id: self.node_id.to_string(),
+            iteration: self.tree.iteration(),
+            committed,
+            retained_from: self.log.retained_from(),
+            sinks: self.sinks.reports(committed),
+        }
     }
 
     fn answer(&mut self, conn: &Arc<Conn>, resp: Response) {

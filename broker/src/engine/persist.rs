@@ -12,7 +12,11 @@ impl Engine {
     /// Deletes history beyond the retention limits once a newer checkpoint
     /// holds the state it led to.
     pub(super) fn enforce_retention(&mut self) {
-        let covered = self.checkpointed.load(Ordering::Acquire);
+        // Sinks that hold retention keep what they have not consumed.
+        let covered = self
+            .checkpointed
+            .load(Ordering::Acquire)
+            .min(self.sinks.retention_floor().unwrap_or(u64::MAX));
         if covered <= self.retained_up_to {
             return;
         }
@@ -131,7 +135,7 @@ impl Engine {
         match &self.release {
             Release::Now { .. } => {
                 if self.held.is_empty() {
-                    durable.store(last, Ordering::Release);
+                    durable.advance(last);
                 }
                 rounds.into_iter().for_each(fanout::Staged::release);
             }
@@ -141,7 +145,7 @@ impl Engine {
                     file,
                     release: Box::new(move || {
                         if advance {
-                            durable.store(last, Ordering::Release);
+                            durable.advance(last);
                         }
                         rounds.into_iter().for_each(fanout::Staged::release);
                     }),

@@ -16,6 +16,8 @@
 //! latest-value table.
 
 pub mod checkpoint;
+pub mod committed;
+pub mod cursor;
 pub mod record;
 pub mod retention;
 pub mod segment;
@@ -146,6 +148,9 @@ pub struct Recovery {
 struct Segment {
     first: u64,
     path: PathBuf,
+    /// Iteration of its last record, when known (not for segments skipped
+    /// at recovery).
+    last: Option<u64>,
     /// (iteration, offset) every [`segment::INDEX_EVERY`] bytes.
     index: Vec<(u64, u64)>,
 }
@@ -195,6 +200,7 @@ impl Log {
                 segments.push(Segment {
                     first,
                     path,
+                    last: None,
                     index: Vec::new(),
                 });
                 continue;
@@ -244,6 +250,7 @@ impl Log {
             segments.push(Segment {
                 first,
                 path,
+                last: scanned.last,
                 index: scanned.index,
             });
         }
@@ -311,6 +318,7 @@ impl Log {
         }
         let base = self.active_len;
         if let Some(seg) = self.segments.last_mut() {
+            seg.last = self.buf_records.last().map(|(it, _)| *it).or(seg.last);
             for (iteration, off) in &self.buf_records {
                 let at = base + u64::from(*off);
                 if at >= self.next_index {
@@ -345,6 +353,7 @@ impl Log {
         self.segments.push(Segment {
             first,
             path,
+            last: None,
             index: Vec::new(),
         });
         self.active_len = segment::HEADER_LEN as u64;
@@ -370,6 +379,10 @@ impl Log {
         if !self.opts.retention.is_limited() || self.segments.len() < 2 {
             return Ok(0);
         }
+        // Not even the oldest segment is covered: nothing to look at.
+        if self.segments[1].first > covered.saturating_add(1) {
+            return Ok(0);
+        }
         let mut stats = Vec::with_capacity(self.segments.len());
         for s in &self.segments {
             let meta = std::fs::metadata(&s.path).map_err(LogError::io(&s.path))?;
@@ -388,6 +401,15 @@ impl Log {
             return Ok(0);
         }
         let first_kept = self.segments[n].first;
+        let last_gone = &self.segments[n - 1];
+        let deleted_through = match last_gone.last {
+            Some(last) => last,
+            None => segment::scan(&last_gone.path, self.opts.max_record, |_, _| Ok(()))?
+                .last
+                .unwrap_or(first_kept.saturating_sub(1)),
+        };
+        // Recorded before any file goes: readers learn exactly what they missed.
+        retention::store_value(&self.opts.dir, retention::DELETED_THROUGH, deleted_through)?;
         retention::store(&self.opts.dir, first_kept)?;
         self.retained_from = Some(first_kept);
         for seg in self.segments.drain(..n) {

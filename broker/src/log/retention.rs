@@ -32,6 +32,11 @@ impl Retention {
     }
 }
 
+/// Where the last iteration of the deleted history is recorded: a reader
+/// positioned before it missed events (iterations are not dense, so the
+/// first retained iteration alone cannot say).
+pub const DELETED_THROUGH: &str = "deleted-through";
+
 /// Where the greatest iteration of a forgotten delete is recorded.
 pub const FORGOTTEN_DELETES: &str = "deletes-forgotten-through";
 

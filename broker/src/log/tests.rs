@@ -288,3 +288,99 @@ fn retention_deletes_covered_segments_and_remembers_where_history_starts() {
     let (log, _) = Log::open(o, |_| {}).unwrap();
     assert_eq!(log.retained_from(), Some(from));
 }
+
+fn cursor_read_all(cursor: &mut cursor::LogCursor, until: u64, limit: usize) -> Vec<u64> {
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        let missed = cursor.read(until, limit, usize::MAX, &mut out).unwrap();
+        assert_eq!(missed, cursor::Missed::None);
+        if out.len() == before {
+            return out.iter().map(Event::iteration).collect();
+        }
+    }
+}
+
+#[test]
+fn cursor_follows_appends_and_segment_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small segments: the 300 events span many of them.
+    let (mut log, _, _) = open(dir.path(), 4096);
+    write_events(&mut log, 1..=100, 7);
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 0);
+    // Nothing past `until` is read, and limits hold.
+    let mut out = Vec::new();
+    cursor.read(40, 10, usize::MAX, &mut out).unwrap();
+    assert_eq!(out.len(), 10);
+    assert_eq!(
+        cursor_read_all(&mut cursor, 40, 10),
+        (11..=40).collect::<Vec<_>>()
+    );
+    assert_eq!(cursor.position(), 40);
+    assert_eq!(
+        cursor_read_all(&mut cursor, 100, 1000),
+        (41..=100).collect::<Vec<_>>()
+    );
+    // Appends (and new segments) after the cursor reached the end.
+    write_events(&mut log, 101..=300, 13);
+    assert!(segment::list(&dir.path().join("log")).unwrap().len() > 3);
+    assert_eq!(
+        cursor_read_all(&mut cursor, 300, 64),
+        (101..=300).collect::<Vec<_>>()
+    );
+    // A cursor starting mid-log skips what precedes its position.
+    let mut late = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 250);
+    assert_eq!(
+        cursor_read_all(&mut late, 300, 1000),
+        (251..=300).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn cursor_reads_records_larger_than_its_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = open(dir.path(), 64 << 20);
+    let big = vec![7u8; 3 << 20];
+    for it in 1..=3 {
+        log.append(&event(it, "big", &big));
+    }
+    log.write().unwrap();
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 4 << 20, 0);
+    let mut out = Vec::new();
+    cursor.read(3, 10, usize::MAX, &mut out).unwrap();
+    cursor.read(3, 10, usize::MAX, &mut out).unwrap();
+    cursor.read(3, 10, usize::MAX, &mut out).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|e| e.payload_bytes() == &big[..]));
+}
+
+#[test]
+fn cursor_reports_history_deleted_before_it_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), 4096);
+    o.retention = retention::Retention {
+        max_bytes: Some(1),
+        max_age: None,
+    };
+    let mut restored = Vec::new();
+    let (mut log, _) = Log::open(o, |e| restored.push(e)).unwrap();
+    write_events(&mut log, 1..=200, 10);
+    let deleted = log.enforce_retention(150).unwrap();
+    assert!(deleted > 0);
+    let kept = log.retained_from().unwrap();
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 5);
+    let mut out = Vec::new();
+    let missed = cursor.read(200, 1000, usize::MAX, &mut out).unwrap();
+    assert_eq!(
+        missed,
+        cursor::Missed::Range {
+            first: 6,
+            last: kept - 1
+        }
+    );
+    assert!(out.is_empty());
+    assert_eq!(
+        cursor_read_all(&mut cursor, 200, 1000),
+        (kept..=200).collect::<Vec<_>>()
+    );
+}

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use spread_client::{Client, ClientConfig, Event, Item, Outcome};
+use spread_client::{Client, ClientConfig, Event, Item, Outcome, StatusReport};
 
 /// The `spread` command line.
 #[derive(Debug, Parser)]
@@ -100,6 +100,12 @@ enum Command {
     },
     /// Measure the round-trip time to the broker.
     Ping,
+    /// Print the broker's status: iterations, retention and every sink.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Exit code of a `get` that found nothing.
@@ -250,9 +256,81 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let rtt = client.ping().await?;
             writeln!(out, "pong from {} in {:?}", client.node_id(), rtt)?;
         }
+        Command::Status { json } => {
+            let report = client.status().await?;
+            print_status(&mut out, &report, json)?;
+        }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        let sinks: Vec<serde_json::Value> = r
+            .sinks
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "name": s.name,
+                    "plugin": s.plugin,
+                    "state": s.state,
+                    "checkpoint": s.checkpoint,
+                    "lag_events": s.lag_events,
+                    "lag_ms": s.lag_ms,
+                    "delivered": s.delivered,
+                    "errors": s.errors,
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "node": r.node_id,
+            "iteration": r.iteration,
+            "committed": r.committed,
+            "retained_from": r.retained_from,
+            "sinks": sinks,
+        });
+        writeln!(out, "{v}")?;
+        return Ok(());
+    }
+    writeln!(out, "node       {}", r.node_id)?;
+    writeln!(
+        out,
+        "iteration  {} (committed {})",
+        r.iteration, r.committed
+    )?;
+    match r.retained_from {
+        Some(it) => writeln!(out, "log from   iteration {it}")?,
+        None => writeln!(out, "log from   the beginning")?,
+    }
+    if r.sinks.is_empty() {
+        writeln!(out, "sinks      none configured")?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<16} {:<9} {:>20} {:>10} {:>9} {:>12} {:>7}  PLUGIN",
+        "SINK", "STATE", "CHECKPOINT", "LAG", "LAG(s)", "DELIVERED", "ERRORS"
+    )?;
+    for s in &r.sinks {
+        writeln!(
+            out,
+            "{:<16} {:<9} {:>20} {:>10} {:>9.1} {:>12} {:>7}  {}",
+            s.name,
+            s.state,
+            s.checkpoint,
+            s.lag_events,
+            s.lag_ms as f64 / 1000.0,
+            s.delivered,
+            s.errors,
+            s.plugin
+        )?;
+        if let Some(e) = &s.last_error {
+            writeln!(out, "{:<16} last error: {e}", "")?;
+        }
+    }
+    Ok(())
 }
 
 fn print_report(

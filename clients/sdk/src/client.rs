@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spread_protocol::{
-    Event, EventId, Outcome, Publish, PublishMode, Request, Response, SubscribeMode, Topic,
+    Event, EventId, Outcome, Publish, PublishMode, Request, Response, StatusReport, SubscribeMode,
+    Topic,
 };
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -260,6 +261,20 @@ impl Client {
         {
             Response::Pong { .. } => Ok(start.elapsed()),
             _ => Err(Error::Unexpected("expected a pong")),
+        }
+    }
+
+    /// The broker's status: iterations, retention and every sink's state,
+    /// checkpoint, lag and errors.
+    pub async fn status(&self) -> Result<StatusReport, Error> {
+        match self
+            .call(Request::Status {
+                req_id: self.shared.next_id(),
+            })
+            .await?
+        {
+            Response::Status(report) => Ok(report),
+            _ => Err(Error::Unexpected("expected a status report")),
         }
     }
 }

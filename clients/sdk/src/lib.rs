@@ -36,7 +36,9 @@ mod tls;
 pub use client::{Client, PublishOptions};
 pub use config::{ClientConfig, Trust};
 pub use error::Error;
-pub use spread_protocol::{ErrorCode, Event, EventId, EventKind, Outcome, PublishStatus, Summary};
+pub use spread_protocol::{
+    ErrorCode, Event, EventId, EventKind, Outcome, PublishStatus, SinkStatus, StatusReport, Summary,
+};
 pub use subscription::{Item, Subscription};
 
 /// The prefixes of `topic` from the root down, matching the levels of a

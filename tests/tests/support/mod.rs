@@ -268,3 +268,72 @@ pub fn cli(broker: &Broker, args: &[&str], stdin: Option<&[u8]>) -> Output {
     drop(input);
     child.wait_with_output().expect("cli output")
 }
+
+/// Runs the broker expecting it to refuse to start; returns its stderr.
+pub fn fail_to_start(extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_e2e-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run broker");
+    assert!(
+        !out.status.success(),
+        "the broker started: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A shared library built by cargo as a dependency of these tests (a
+/// plugin crate), next to the test binary.
+pub fn built_plugin(crate_name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    let lib = deps.join(format!("lib{}.so", crate_name.replace('-', "_")));
+    assert!(lib.exists(), "{} was not built", lib.display());
+    lib
+}
+
+/// Compiles C `source` into a shared library at `out` with the plugin header.
+pub fn build_c_plugin(source: &std::path::Path, out: &std::path::Path) {
+    let include = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/abi/include");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let built = Command::new(&cc)
+        .args([
+            "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-std=c99", "-I", include,
+        ])
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(
+        built.status.success(),
+        "{} does not compile:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
+/// Polls `check` (every few milliseconds) until it yields a value, failing
+/// the test after [`PATIENCE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

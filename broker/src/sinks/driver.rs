@@ -1,0 +1,105 @@
+//! What the host drives: a sink instance behind one interface, whether it
+//! is a loaded shared library ([`super::library`]) or a Rust sink linked
+//! into the broker ([`Native`]).
+
+use std::marker::PhantomData;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use spread_plugin::{Error, Event, OpenContext, Sink};
+
+/// Opens sink instances of one plugin.
+pub trait Factory: Send + Sync {
+    /// `name version` of the plugin, for status and logs.
+    fn describe(&self) -> String;
+    /// Opens an instance.
+    fn open(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error>;
+}
+
+/// One open sink instance; dropping it closes it.
+pub trait Driver: Send {
+    /// Hands over a batch.
+    fn write(&mut self, events: &[Event<'_>]) -> Result<(), Error>;
+    /// Makes what was written durable.
+    fn flush(&mut self) -> Result<(), Error>;
+    /// Reports deleted history the sink never received.
+    fn missed(&mut self, first: u64, last: u64) -> Result<(), Error>;
+}
+
+/// A Rust [`Sink`] linked into the broker, behind the same panic barrier as
+/// an exported plugin.
+pub struct Native<S> {
+    name: &'static str,
+    _sink: PhantomData<fn() -> S>,
+}
+
+impl<S: Sink> Native<S> {
+    /// A factory for `S`, reported as `name`.
+    pub fn new(name: &'static str) -> Native<S> {
+        Native {
+            name,
+            _sink: PhantomData,
+        }
+    }
+}
+
+/// Runs `f`, turning a panic into a fatal error.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a non-string payload".into());
+        Err(Error::Fatal(format!("sink panicked: {what}")))
+    })
+}
+
+impl<S: Sink> Factory for Native<S> {
+    fn describe(&self) -> String {
+        format!("{} (built in) {}", self.name, env!("CARGO_PKG_VERSION"))
+    }
+
+    fn open(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
+        let sink = guarded(|| S::open(ctx))?;
+        Ok(Box::new(NativeSink(Some(sink))))
+    }
+}
+
+/// An open native sink; `None` once a panic left it unusable.
+struct NativeSink<S: Sink>(Option<S>);
+
+impl<S: Sink> NativeSink<S> {
+    fn call(&mut self, f: impl FnOnce(&mut S) -> Result<(), Error>) -> Result<(), Error> {
+        let Some(sink) = self.0.as_mut() else {
+            return Err(Error::Fatal("the sink panicked earlier".into()));
+        };
+        let result = guarded(|| f(sink));
+        if matches!(&result, Err(Error::Fatal(m)) if m.starts_with("sink panicked")) {
+            // Its state is unknown: never call it again, not even to close.
+            std::mem::forget(self.0.take());
+        }
+        result
+    }
+}
+
+impl<S: Sink> Driver for NativeSink<S> {
+    fn write(&mut self, events: &[Event<'_>]) -> Result<(), Error> {
+        self.call(|s| s.write_batch(events))
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        self.call(|s| s.flush())
+    }
+
+    fn missed(&mut self, first: u64, last: u64) -> Result<(), Error> {
+        self.call(|s| s.missed(first, last))
+    }
+}
+
+impl<S: Sink> Drop for NativeSink<S> {
+    fn drop(&mut self) {
+        if let Some(sink) = self.0.take() {
+            let _ = catch_unwind(AssertUnwindSafe(move || sink.close()));
+        }
+    }
+}

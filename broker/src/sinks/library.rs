@@ -1,0 +1,313 @@
+//! Loading a sink plugin from a shared library and calling it through its
+//! C function table.
+//!
+//! At load the entry symbol is resolved, the table's ABI version checked
+//! before any other field is read, its size checked, and the functions the
+//! sink capability needs checked for presence; any failure is an error
+//! naming the library and the reason. The library stays loaded as long as
+//! any instance of it is open.
+
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use spread_plugin::ffi::{self, SpreadBytes, SpreadEvent, SpreadPlugin};
+use spread_plugin::{Error, Event};
+
+use super::driver::{Driver, Factory};
+use spread_plugin::OpenContext;
+
+/// Why a plugin library could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be loaded as a shared library.
+    #[error("cannot load {path}: {reason}")]
+    Open {
+        /// The library.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// The library lacks the entry symbol.
+    #[error("{path} is not a Spread plugin: no symbol spread_plugin_entry ({reason})")]
+    NoEntry {
+        /// The library.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// The plugin speaks another ABI version.
+    #[error("{path} speaks plugin ABI version {found}; this broker speaks version {expected}")]
+    Version {
+        /// The library.
+        path: PathBuf,
+        /// The plugin's version.
+        found: u32,
+        /// Ours.
+        expected: u32,
+    },
+    /// The table is malformed or lacks a function.
+    #[error("{path}: {reason}")]
+    Table {
+        /// The library.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A loaded plugin library.
+pub struct Library {
+    path: PathBuf,
+    table: &'static SpreadPlugin,
+    name: String,
+    version: String,
+    /// Dropped last: the table and every function point into it.
+    _lib: libloading::Library,
+}
+
+// SAFETY: the table is immutable and its functions follow the ABI's
+// threading rules, which the host obeys (one thread per sink instance).
+unsafe impl Send for Library {}
+// SAFETY: as above; `describe` and `free_error` may be called from any thread.
+unsafe impl Sync for Library {}
+
+impl Library {
+    /// Loads `path` and validates its function table.
+    pub fn load(path: &Path) -> Result<Arc<Library>, LoadError> {
+        let path = path.to_path_buf();
+        // SAFETY: loading runs the library's initialisers; operators load
+        // only libraries they trust, as with any native plugin.
+        let lib = unsafe { libloading::Library::new(&path) }.map_err(|e| LoadError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        // SAFETY: the symbol's type is fixed by the ABI.
+        let entry: ffi::EntryFn = unsafe { lib.get::<ffi::EntryFn>(ffi::ENTRY_SYMBOL) }
+            .map(|sym| *sym)
+            .map_err(|e| LoadError::NoEntry {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        // SAFETY: the entry point takes no arguments and returns a pointer
+        // to a table that lives as long as the library.
+        let raw = unsafe { entry() };
+        if raw.is_null() {
+            return Err(LoadError::Table {
+                path,
+                reason: "spread_plugin_entry returned NULL".into(),
+            });
+        }
+        // The version is the first field of every ABI version: read it
+        // alone before trusting the rest of the layout.
+        // SAFETY: non-null, and every version's table starts with it.
+        let found = unsafe { std::ptr::read(raw.cast::<u32>()) };
+        if found != ffi::ABI_VERSION {
+            return Err(LoadError::Version {
+                path,
+                found,
+                expected: ffi::ABI_VERSION,
+            });
+        }
+        // SAFETY: version 1 tables start with abi_version then size.
+        let size = unsafe { std::ptr::read(raw.cast::<u32>().add(1)) };
+        if (size as usize) < std::mem::size_of::<SpreadPlugin>() {
+            return Err(LoadError::Table {
+                path,
+                reason: format!(
+                    "function table of {size} bytes, expected at least {}",
+                    std::mem::size_of::<SpreadPlugin>()
+                ),
+            });
+        }
+        // SAFETY: a version-1 table of at least our size, living as long as
+        // `lib`, which this struct keeps loaded (and drops last).
+        let table: &'static SpreadPlugin = unsafe { &*raw };
+        let (name, version, caps) = describe(table);
+        let missing = [
+            ("free_error", table.free_error.is_some()),
+            ("sink_open", table.sink_open.is_some()),
+            ("sink_write", table.sink_write.is_some()),
+            ("sink_flush", table.sink_flush.is_some()),
+            ("sink_close", table.sink_close.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(f, _)| f)
+        .collect::<Vec<_>>();
+        if caps & ffi::CAP_SINK == 0 || !missing.is_empty() {
+            return Err(LoadError::Table {
+                path,
+                reason: format!(
+                    "plugin {name} is not a usable sink (capabilities {caps}, missing: {})",
+                    missing.join(", ")
+                ),
+            });
+        }
+        Ok(Arc::new(Library {
+            path,
+            table,
+            name,
+            version,
+            _lib: lib,
+        }))
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes the error message a failed call returned.
+    fn error(&self, status: i32, message: *mut c_char, call: &str) -> Error {
+        let text = if message.is_null() {
+            format!("{call} failed without a message")
+        } else {
+            // SAFETY: the plugin returned a NUL-terminated string it owns
+            // until free_error.
+            let text = unsafe { CStr::from_ptr(message) }
+                .to_string_lossy()
+                .into_owned();
+            if let Some(free) = self.table.free_error {
+                // SAFETY: handing back the plugin's own allocation, once.
+                unsafe { free(message) };
+            }
+            text
+        };
+        match status {
+            ffi::STATUS_RETRY => Error::Retryable(text),
+            ffi::STATUS_FATAL => Error::Fatal(text),
+            other => Error::Fatal(format!("{call} returned unknown status {other}: {text}")),
+        }
+    }
+}
+
+/// Name, version and capabilities from `describe` (placeholders when absent).
+fn describe(table: &SpreadPlugin) -> (String, String, u32) {
+    let mut info = ffi::SpreadInfo {
+        name: std::ptr::null(),
+        version: std::ptr::null(),
+        capabilities: 0,
+    };
+    if let Some(f) = table.describe {
+        // SAFETY: `info` is a valid out-pointer for the call.
+        unsafe { f(&mut info) };
+    }
+    let text = |p: *const c_char| {
+        if p.is_null() {
+            "unnamed".to_string()
+        } else {
+            // SAFETY: the ABI promises static NUL-terminated strings.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    (text(info.name), text(info.version), info.capabilities)
+}
+
+impl Factory for Arc<Library> {
+    fn describe(&self) -> String {
+        format!("{} {} ({})", self.name, self.version, self.path.display())
+    }
+
+    fn open(&self, args: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
+        let data_dir = args.data_dir.to_string_lossy();
+        let open_args = ffi::SpreadOpenArgs {
+            name: SpreadBytes::new(args.name.as_bytes()),
+            config_json: SpreadBytes::new(args.config_json.as_bytes()),
+            node: SpreadBytes::new(args.node.as_bytes()),
+            data_dir: SpreadBytes::new(data_dir.as_bytes()),
+        };
+        let Some(open) = self.table.sink_open else {
+            return Err(Error::Fatal("no sink_open".into()));
+        };
+        let mut instance: *mut c_void = std::ptr::null_mut();
+        let mut message: *mut c_char = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call; the views borrow
+        // locals that outlive it.
+        let status = unsafe { open(&open_args, &mut instance, &mut message) };
+        if status != ffi::STATUS_OK {
+            return Err(self.error(status, message, "sink_open"));
+        }
+        Ok(Box::new(Instance {
+            lib: self.clone(),
+            instance,
+            views: Vec::new(),
+        }))
+    }
+}
+
+/// An open instance of a library's sink.
+struct Instance {
+    lib: Arc<Library>,
+    instance: *mut c_void,
+    /// Reused for each batch's views.
+    views: Vec<SpreadEvent>,
+}
+
+// SAFETY: the ABI lets a sink instance move between threads as long as one
+// thread at a time calls it, which `&mut self` guarantees.
+unsafe impl Send for Instance {}
+
+impl Instance {
+    fn status(&self, status: i32, message: *mut c_char, call: &str) -> Result<(), Error> {
+        if status == ffi::STATUS_OK {
+            Ok(())
+        } else {
+            Err(self.lib.error(status, message, call))
+        }
+    }
+}
+
+impl Driver for Instance {
+    fn write(&mut self, events: &[Event<'_>]) -> Result<(), Error> {
+        let Some(write) = self.lib.table.sink_write else {
+            return Err(Error::Fatal("no sink_write".into()));
+        };
+        self.views.clear();
+        self.views.extend(events.iter().map(Event::to_ffi));
+        let mut message = std::ptr::null_mut();
+        // SAFETY: the views borrow `events`, alive for the call.
+        let status = unsafe {
+            write(
+                self.instance,
+                self.views.as_ptr(),
+                self.views.len(),
+                &mut message,
+            )
+        };
+        // The views must not outlive the borrowed events.
+        self.views.clear();
+        self.status(status, message, "sink_write")
+    }
+
+    fn flush(&mut self) -> Result<(), Error> {
+        let Some(flush) = self.lib.table.sink_flush else {
+            return Ok(());
+        };
+        let mut message = std::ptr::null_mut();
+        // SAFETY: a live instance and a valid out-pointer.
+        let status = unsafe { flush(self.instance, &mut message) };
+        self.status(status, message, "sink_flush")
+    }
+
+    fn missed(&mut self, first: u64, last: u64) -> Result<(), Error> {
+        let Some(missed) = self.lib.table.sink_missed else {
+            return Ok(());
+        };
+        let mut message = std::ptr::null_mut();
+        // SAFETY: a live instance and a valid out-pointer.
+        let status = unsafe { missed(self.instance, first, last, &mut message) };
+        self.status(status, message, "sink_missed")
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if let Some(close) = self.lib.table.sink_close {
+            // SAFETY: the instance is live and closed exactly once.
+            unsafe { close(self.instance) };
+        }
+    }
+}

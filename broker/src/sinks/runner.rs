@@ -1,0 +1,333 @@
+//! One sink's thread: reads the log from the sink's checkpoint, hands it
+//! batches, retries with backoff, and records its checkpoint durably.
+//!
+//! Each sink runs on its own thread and only reads the log files, so a slow,
+//! failing or blocked plugin never touches the publish path: it only falls
+//! behind (and, while it holds retention, keeps history from being deleted).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use spread_plugin::{Error, Event as SinkEvent, Kind};
+use spread_protocol::{Event, EventKind};
+
+use super::config::SinkConfig;
+use super::driver::{Driver, Factory};
+use super::status::{SinkShared, SinkState};
+use crate::log::committed::Committed;
+use crate::log::cursor::{LogCursor, Missed};
+use crate::log::retention;
+use spread_plugin::OpenContext;
+
+/// Longest idle wait between checks for new events (a wake-up arrives
+/// sooner whenever the log moves).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Asks sink threads to stop and wakes them from their waits.
+#[derive(Debug, Default)]
+pub struct Stop {
+    flag: AtomicBool,
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Stop {
+    /// Whether a stop was requested.
+    pub fn is_set(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Requests the stop.
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::Release);
+        drop(self.lock.lock());
+        self.cv.notify_all();
+    }
+
+    /// Sleeps for `d` unless stopped first; returns whether stopped.
+    fn sleep(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let mut guard = self.lock.lock();
+        while !self.is_set() {
+            if self.cv.wait_until(&mut guard, deadline).timed_out() {
+                break;
+            }
+        }
+        self.is_set()
+    }
+}
+
+/// Where a sink's checkpoint files live.
+pub fn checkpoint_name(sink: &str) -> String {
+    format!("{sink}.checkpoint")
+}
+
+/// Everything a sink thread needs.
+pub struct Runner {
+    /// Its configuration.
+    pub config: SinkConfig,
+    /// Opens instances.
+    pub factory: Arc<dyn Factory>,
+    /// The instance opened at start, if that succeeded.
+    pub driver: Option<Box<dyn Driver>>,
+    /// Its status.
+    pub shared: Arc<SinkShared>,
+    /// The log.
+    pub log_dir: PathBuf,
+    /// Largest record.
+    pub max_record: usize,
+    /// Where checkpoints are stored.
+    pub checkpoints_dir: PathBuf,
+    /// The data directory (for re-opening).
+    pub data_dir: PathBuf,
+    /// This node's id.
+    pub node: Arc<str>,
+    /// How far the log may be read.
+    pub committed: Arc<Committed>,
+    /// The stop request.
+    pub stop: Arc<Stop>,
+    /// Last iteration the sink accepted (or was told it missed).
+    pub delivered: u64,
+}
+
+/// How a call with retries ended.
+enum Outcome<T> {
+    Done(T),
+    Fatal,
+    Stopped,
+}
+
+/// A sink's view of a log event.
+fn view<'a>(e: &'a Event, node: &'a str) -> SinkEvent<'a> {
+    SinkEvent {
+        iteration: e.iteration(),
+        timestamp: e.timestamp(),
+        topic: e.topic(),
+        payload: e.payload_bytes(),
+        origin: e.origin(),
+        node,
+        id: e.id().0,
+        kind: match e.kind() {
+            EventKind::Value => Kind::Value,
+            EventKind::Tombstone => Kind::Tombstone,
+        },
+    }
+}
+
+impl Runner {
+    /// Runs until stopped or failed.
+    pub fn run(mut self) {
+        let span = tracing::info_span!("sink", name = %self.config.name);
+        let _entered = span.enter();
+        self.delivered = self.shared.checkpoint.load(Ordering::Acquire);
+        let Some(mut driver) = self.driver.take().or_else(|| self.open()) else {
+            return;
+        };
+        self.shared.set_state(SinkState::Running);
+        tracing::info!(checkpoint = self.delivered, "sink started");
+        if let Outcome::Stopped = self.deliver(driver.as_mut()) {
+            // Stopping cleanly: what was delivered is flushed and recorded.
+            if let Outcome::Done(()) = self.checkpoint(driver.as_mut()) {
+                self.shared.set_state(SinkState::Stopped);
+            }
+        }
+        drop(driver);
+        let live = self.shared.live.lock();
+        tracing::info!(
+            state = live.state.as_str(),
+            delivered = live.delivered,
+            checkpoint = self.shared.checkpoint.load(Ordering::Acquire),
+            "sink thread ended"
+        );
+    }
+
+    fn open(&self) -> Option<Box<dyn Driver>> {
+        let settings = self.config.settings_json();
+        let args = OpenContext {
+            name: &self.config.name,
+            config_json: &settings,
+            node: &self.node,
+            data_dir: &self.data_dir,
+        };
+        match self.retry("open", || self.factory.open(&args)) {
+            Outcome::Done(d) => Some(d),
+            Outcome::Fatal | Outcome::Stopped => None,
+        }
+    }
+
+    /// Delivers batches until stopped or a fatal error.
+    fn deliver(&mut self, driver: &mut dyn Driver) -> Outcome<()> {
+        let (max_events, max_bytes) = (self.config.batch_events, self.config.batch_bytes);
+        let checkpoint_every = Duration::from_millis(self.config.checkpoint_ms);
+        let mut cursor = LogCursor::new(&self.log_dir, self.max_record, self.delivered);
+        let mut batch: Vec<Event> = Vec::with_capacity(max_events.min(1 << 16));
+        let mut last_checkpoint = Instant::now();
+        let mut read_delay = Duration::from_millis(self.config.retry_min_ms);
+        loop {
+            if self.stop.is_set() {
+                return Outcome::Stopped;
+            }
+            let mut until = self.committed.get();
+            batch.clear();
+            let mut missed = match cursor.read(until, max_events, max_bytes, &mut batch) {
+                Ok(m) => {
+                    read_delay = Duration::from_millis(self.config.retry_min_ms);
+                    m
+                }
+                Err(e) => {
+                    self.shared
+                        .failed(SinkState::Retrying, format!("reading the log: {e}"));
+                    tracing::error!("cannot read the log: {e}; retrying in {read_delay:?}");
+                    if self.stop.sleep(read_delay) {
+                        return Outcome::Stopped;
+                    }
+                    read_delay =
+                        (read_delay * 2).min(Duration::from_millis(self.config.retry_max_ms));
+                    cursor = LogCursor::new(&self.log_dir, self.max_record, self.delivered);
+                    continue;
+                }
+            };
+            if batch.is_empty() && missed == Missed::None {
+                // Caught up: make what was delivered durable, then wait.
+                self.shared.live.lock().behind_since = None;
+                if let o @ (Outcome::Fatal | Outcome::Stopped) = self.checkpoint(driver) {
+                    return o;
+                }
+                self.committed
+                    .wait_beyond(until, IDLE_WAIT, || self.stop.is_set());
+                continue;
+            }
+            self.shared
+                .live
+                .lock()
+                .behind_since
+                .get_or_insert_with(Instant::now);
+            // Not full: wait a little for more, so batches stay large.
+            let deadline = Instant::now() + self.config.linger();
+            let mut bytes: usize = batch.iter().map(|e| e.payload_bytes().len()).sum();
+            while missed == Missed::None
+                && !batch.is_empty()
+                && batch.len() < max_events
+                && bytes < max_bytes
+            {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let next = self
+                    .committed
+                    .wait_beyond(until, deadline - now, || self.stop.is_set());
+                if next <= until {
+                    break;
+                }
+                until = next;
+                let before = batch.len();
+                match cursor.read(until, max_events - before, max_bytes - bytes, &mut batch) {
+                    Ok(m) => missed = m,
+                    // A read error surfaces again on the next pass.
+                    Err(_) => break,
+                }
+                bytes += batch[before..]
+                    .iter()
+                    .map(|e| e.payload_bytes().len())
+                    .sum::<usize>();
+            }
+            if !batch.is_empty() {
+                let views: Vec<SinkEvent<'_>> = batch.iter().map(|e| view(e, &self.node)).collect();
+                match self.retry("write", || driver.write(&views)) {
+                    Outcome::Done(()) => {}
+                    other => return other,
+                }
+            }
+            if let Some(last) = batch.last() {
+                self.delivered = last.iteration();
+            }
+            self.shared.live.lock().delivered += batch.len() as u64;
+            // The deleted range comes after the batch read before it.
+            if let Missed::Range { first, last } = missed {
+                tracing::warn!(
+                    first,
+                    last,
+                    "log history was deleted before this sink read it"
+                );
+                match self.retry("missed", || driver.missed(first, last)) {
+                    Outcome::Done(()) => self.delivered = last,
+                    other => return other,
+                }
+            }
+            if last_checkpoint.elapsed() >= checkpoint_every {
+                if let o @ (Outcome::Fatal | Outcome::Stopped) = self.checkpoint(driver) {
+                    return o;
+                }
+                last_checkpoint = Instant::now();
+            }
+        }
+    }
+
+    /// Flushes the sink and records everything delivered as its checkpoint.
+    fn checkpoint(&self, driver: &mut dyn Driver) -> Outcome<()> {
+        if self.delivered <= self.shared.checkpoint.load(Ordering::Acquire) {
+            return Outcome::Done(());
+        }
+        match self.retry("flush", || driver.flush()) {
+            Outcome::Done(()) => {}
+            other => return other,
+        }
+        let name = checkpoint_name(&self.config.name);
+        match retention::store_value(&self.checkpoints_dir, &name, self.delivered) {
+            Ok(()) => self
+                .shared
+                .checkpoint
+                .store(self.delivered, Ordering::Release),
+            Err(e) => {
+                // Delivery goes on; the checkpoint is retried next time (a
+                // crash meanwhile only means more redelivery).
+                tracing::error!("cannot record the sink checkpoint: {e}");
+                let mut live = self.shared.live.lock();
+                live.errors += 1;
+                live.last_error = Some(format!("recording the checkpoint: {e}"));
+            }
+        }
+        Outcome::Done(())
+    }
+
+    /// Calls `f` until it succeeds, backing off on retryable errors.
+    fn retry<T>(&self, call: &str, mut f: impl FnMut() -> Result<T, Error>) -> Outcome<T> {
+        let mut delay = Duration::from_millis(self.config.retry_min_ms);
+        let max = Duration::from_millis(self.config.retry_max_ms);
+        loop {
+            match f() {
+                Ok(v) => {
+                    let mut live = self.shared.live.lock();
+                    if live.state == SinkState::Retrying {
+                        live.state = SinkState::Running;
+                        tracing::info!(call, "sink recovered");
+                    }
+                    return Outcome::Done(v);
+                }
+                Err(Error::Retryable(m)) => {
+                    tracing::warn!(
+                        call,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "sink error: {m}"
+                    );
+                    self.shared
+                        .failed(SinkState::Retrying, format!("{call}: {m}"));
+                    if self.stop.sleep(delay) {
+                        return Outcome::Stopped;
+                    }
+                    delay = (delay * 2).min(max);
+                }
+                Err(Error::Fatal(m)) => {
+                    tracing::error!(call, "sink stopped by a fatal error: {m}");
+                    self.shared
+                        .failed(SinkState::Failed, format!("{call}: {m}"));
+                    return Outcome::Fatal;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The safe Rust side of the ABI: what a plugin author implements.
+
+use std::path::Path;
+
+use crate::ffi;
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// May succeed later (a database is down, a disk is full): the host
+    /// retries the same call with capped exponential backoff.
+    Retryable(String),
+    /// Will not succeed: the host stops this sink and reports the message.
+    Fatal(String),
+}
+
+impl Error {
+    /// A retryable error from anything displayable.
+    pub fn retry(e: impl std::fmt::Display) -> Error {
+        Error::Retryable(e.to_string())
+    }
+
+    /// A fatal error from anything displayable.
+    pub fn fatal(e: impl std::fmt::Display) -> Error {
+        Error::Fatal(e.to_string())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        match self {
+            Error::Retryable(m) | Error::Fatal(m) => m,
+        }
+    }
+
+    /// The ABI status code.
+    pub fn status(&self) -> i32 {
+        match self {
+            Error::Retryable(_) => ffi::STATUS_RETRY,
+            Error::Fatal(_) => ffi::STATUS_FATAL,
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Retryable(m) => write!(f, "retryable: {m}"),
+            Error::Fatal(m) => write!(f, "fatal: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Result of a plugin call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether an event sets a value or deletes its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// The topic holds the payload.
+    Value,
+    /// The topic was deleted.
+    Tombstone,
+}
+
+impl Kind {
+    /// Stable lowercase name: `value` or `tombstone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Value => "value",
+            Kind::Tombstone => "tombstone",
+        }
+    }
+
+    /// The ABI byte.
+    pub fn to_byte(self) -> u8 {
+        match self {
+            Kind::Value => ffi::KIND_VALUE,
+            Kind::Tombstone => ffi::KIND_TOMBSTONE,
+        }
+    }
+}
+
+/// One event, borrowed from the host for the duration of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Event<'a> {
+    /// Position in the log of the node that applied it.
+    pub iteration: u64,
+    /// Microseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The topic.
+    pub topic: &'a str,
+    /// The payload (empty for a tombstone).
+    pub payload: &'a [u8],
+    /// Who published it.
+    pub origin: &'a str,
+    /// The node that applied it.
+    pub node: &'a str,
+    /// Globally unique id: the key for effectively-once storage.
+    pub id: [u8; 16],
+    /// Value or tombstone.
+    pub kind: Kind,
+}
+
+impl<'a> Event<'a> {
+    /// The ABI view of this event, valid as long as its borrows are.
+    pub fn to_ffi(&self) -> ffi::SpreadEvent {
+        ffi::SpreadEvent {
+            iteration: self.iteration,
+            timestamp: self.timestamp,
+            topic: ffi::SpreadBytes::new(self.topic.as_bytes()),
+            payload: ffi::SpreadBytes::new(self.payload),
+            origin: ffi::SpreadBytes::new(self.origin.as_bytes()),
+            node: ffi::SpreadBytes::new(self.node.as_bytes()),
+            id: self.id,
+            kind: self.kind.to_byte(),
+            reserved: [0; 7],
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_owned_event(&self) -> OwnedEvent {
+        OwnedEvent {
+            iteration: self.iteration,
+            timestamp: self.timestamp,
+            topic: self.topic.to_owned(),
+            payload: self.payload.to_vec(),
+            origin: self.origin.to_owned(),
+            node: self.node.to_owned(),
+            id: self.id,
+            kind: self.kind,
+        }
+    }
+}
+
+/// An event that owns its fields: what an archive cursor returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEvent {
+    /// Position in the log of the node that applied it.
+    pub iteration: u64,
+    /// Microseconds since the Unix epoch.
+    pub timestamp: u64,
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Who published it.
+    pub origin: String,
+    /// The node that applied it.
+    pub node: String,
+    /// Globally unique id.
+    pub id: [u8; 16],
+    /// Value or tombstone.
+    pub kind: Kind,
+}
+
+impl OwnedEvent {
+    /// A borrowed view.
+    pub fn as_event(&self) -> Event<'_> {
+        Event {
+            iteration: self.iteration,
+            timestamp: self.timestamp,
+            topic: &self.topic,
+            payload: &self.payload,
+            origin: &self.origin,
+            node: &self.node,
+            id: self.id,
+            kind: self.kind,
+        }
+    }
+}
+
+/// What a plugin instance is opened with.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenContext<'a> {
+    /// The instance's name in the broker configuration.
+    pub name: &'a str,
+    /// The plugin's own settings, as JSON text.
+    pub config_json: &'a str,
+    /// The broker's node id.
+    pub node: &'a str,
+    /// The broker's data directory.
+    pub data_dir: &'a Path,
+}
+
+impl OpenContext<'_> {
+    /// The settings deserialized into `T` (a fatal error names what is wrong).
+    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(self.config_json)
+            .map_err(|e| Error::Fatal(format!("invalid settings for {}: {e}", self.name)))
+    }
+}
+
+/// Which events an archive query returns.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Query {
+    /// Topic prefixes, matched by whole segments; empty means every topic.
+    pub prefixes: Vec<String>,
+    /// Only events applied by this node.
+    pub node: Option<String>,
+    /// Earliest timestamp (µs), inclusive.
+    pub from_time: Option<u64>,
+    /// Latest timestamp (µs), exclusive.
+    pub to_time: Option<u64>,
+    /// Lowest iteration, inclusive.
+    pub from_iteration: Option<u64>,
+    /// Highest iteration, exclusive.
+    pub to_iteration: Option<u64>,
+    /// Most events returned.
+    pub limit: Option<u64>,
+}
+
+impl Query {
+    /// Whether `event` is in the query's range (ordering and limit aside).
+    pub fn matches(&self, event: &Event<'_>) -> bool {
+        let prefix_ok =
+            self.prefixes.is_empty() || self.prefixes.iter().any(|p| covers(p, event.topic));
+        prefix_ok
+            && self.node.as_deref().is_none_or(|n| n == event.node)
+            && self.from_time.is_none_or(|t| event.timestamp >= t)
+            && self.to_time.is_none_or(|t| event.timestamp < t)
+            && self.from_iteration.is_none_or(|i| event.iteration >= i)
+            && self.to_iteration.is_none_or(|i| event.iteration < i)
+    }
+}
+
+/// Whether `prefix` covers `topic` by whole segments: `a/b` covers `a/b`
+/// and `a/b/c`, never `a/bc`; the empty prefix covers everything.
+pub fn covers(prefix: &str, topic: &str) -> bool {
+    prefix.is_empty()
+        || (topic.starts_with(prefix)
+            && (topic.len() == prefix.len() || topic.as_bytes()[prefix.len()] == b'/'))
+}
+
+/// A sink: receives every event of the log, in iteration order, in batches.
+///
+/// The host calls one instance from one thread at a time. Delivery is at
+/// least once: after a crash, events since the last successful `flush` come
+/// again; [`Event::id`] lets a sink store each event exactly once.
+pub trait Sink: Send + Sized + 'static {
+    /// Opens an instance with its settings.
+    fn open(ctx: &OpenContext<'_>) -> Result<Self>;
+
+    /// Takes a batch of events. On error the host retries the same batch
+    /// (retryable) or stops the sink (fatal).
+    fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()>;
+
+    /// Makes everything written so far durable; the host records its
+    /// checkpoint only after this succeeds.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Iterations `first..=last` were deleted by retention before this sink
+    /// received them (only when the operator let retention ignore it).
+    fn missed(&mut self, first: u64, last: u64) -> Result<()> {
+        let _ = (first, last);
+        Ok(())
+    }
+
+    /// Closes the instance (flushed first when the host stops cleanly).
+    fn close(self) {}
+}
+
+/// An archive: answers queries over the events a sink stored.
+///
+/// `query` may be called from several threads at once.
+pub trait Archive: Send + Sync + Sized + 'static {
+    /// The cursor of one query.
+    type Cursor: Cursor;
+
+    /// Opens an instance with its settings.
+    fn open(ctx: &OpenContext<'_>) -> Result<Self>;
+
+    /// Starts a query: events in the range, ordered by timestamp, then
+    /// origin, then id.
+    fn query(&self, query: &Query) -> Result<Self::Cursor>;
+}
+
+/// The running query of an [`Archive`].
+pub trait Cursor: Send + 'static {
+    /// Replaces `page` with the next events; leaving it empty ends the query.
+    fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(covers("a/b", "a/b"));
+        assert!(covers("a/b", "a/b/c"));
+        assert!(!covers("a/b", "a/bc"));
+        assert!(!covers("a/b", "a"));
+        assert!(covers("", "x"));
+    }
+
+    #[test]
+    fn query_ranges_are_half_open() {
+        let owned = OwnedEvent {
+            iteration: 10,
+            timestamp: 100,
+            topic: "s/1".into(),
+            payload: vec![],
+            origin: "o".into(),
+            node: "n".into(),
+            id: [0; 16],
+            kind: Kind::Value,
+        };
+        let e = owned.as_event();
+        let q = Query {
+            prefixes: vec!["s".into()],
+            from_time: Some(100),
+            to_time: Some(101),
+            from_iteration: Some(10),
+            to_iteration: Some(11),
+            ..Query::default()
+        };
+        assert!(q.matches(&e));
+        assert!(!Query {
+            to_time: Some(100),
+            ..q.clone()
+        }
+        .matches(&e));
+        assert!(!Query {
+            prefixes: vec!["s/1/x".into()],
+            ..q.clone()
+        }
+        .matches(&e));
+        assert!(!Query {
+            node: Some("m".into()),
+            ..q
+        }
+        .matches(&e));
+    }
+}

@@ -1,0 +1,156 @@
+//! An example sink plugin: appends one line per event to a file.
+//!
+//! Line format (shared with the C example, `../c-file-sink`), tab-separated:
+//! `iteration timestamp id-hex kind origin topic payload-hex`.
+//!
+//! Settings (JSON, from the broker's `[[sinks]]` entry):
+//! - `path`: the file, relative to the broker's data dir unless absolute;
+//! - `dedupe` (default false): read the ids already in the file at open and
+//!   skip events seen before, so redelivery after a crash writes each event
+//!   once (effectively-once on top of the host's at-least-once).
+//!
+//! Build: `cargo build --release -p spread-example-file-sink`, then point a
+//! `[[sinks]]` entry at `target/release/libspread_example_file_sink.so`.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::PathBuf;
+
+use spread_plugin::{export_plugin, Error, Event, OpenContext, Result, Sink};
+
+#[derive(serde::Deserialize)]
+struct Settings {
+    path: PathBuf,
+    #[serde(default)]
+    dedupe: bool,
+}
+
+/// The sink: a buffered file and, when deduplicating, the ids it holds.
+struct FileSink {
+    out: BufWriter<File>,
+    seen: Option<HashSet<[u8; 16]>>,
+    line: String,
+}
+
+impl Sink for FileSink {
+    fn open(ctx: &OpenContext<'_>) -> Result<Self> {
+        let settings: Settings = ctx.config()?;
+        let path = ctx.data_dir.join(settings.path);
+        let seen = if settings.dedupe {
+            Some(read_ids(&path)?)
+        } else {
+            None
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
+        end_torn_line(&mut file).map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
+        Ok(FileSink {
+            out: BufWriter::with_capacity(256 * 1024, file),
+            seen,
+            line: String::new(),
+        })
+    }
+
+    fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()> {
+        for e in events {
+            if let Some(seen) = &mut self.seen {
+                if !seen.insert(e.id) {
+                    continue;
+                }
+            }
+            self.line.clear();
+            let _ = writeln!(
+                self.line,
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                e.iteration,
+                e.timestamp,
+                hex(&e.id),
+                e.kind.as_str(),
+                e.origin,
+                e.topic,
+                hex(e.payload)
+            );
+            self.out
+                .write_all(self.line.as_bytes())
+                .map_err(Error::retry)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.out.flush().map_err(Error::retry)?;
+        self.out.get_ref().sync_data().map_err(Error::retry)
+    }
+}
+
+/// Ends a line a crash left torn, so the next line starts clean (the torn
+/// event is delivered again: it is after the host's checkpoint).
+fn end_torn_line(f: &mut File) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    if f.metadata()?.len() == 0 {
+        return Ok(());
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    if last[0] != b'\n' {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// The ids of the events already in the file (a torn last line is ignored).
+fn read_ids(path: &std::path::Path) -> Result<HashSet<[u8; 16]>> {
+    let mut ids = HashSet::new();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(Error::fatal(format!("{}: {e}", path.display()))),
+    };
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(Error::fatal)? == 0 {
+            return Ok(ids);
+        }
+        // A line without its newline was torn by a crash: not stored.
+        if line.last() != Some(&b'\n') {
+            continue;
+        }
+        let id = std::str::from_utf8(&line)
+            .ok()
+            .and_then(|l| l.split('\t').nth(2))
+            .and_then(parse_id);
+        if let Some(id) = id {
+            ids.insert(id);
+        }
+    }
+}
+
+fn parse_id(s: &str) -> Option<[u8; 16]> {
+    let mut id = [0u8; 16];
+    if s.len() != 32 {
+        return None;
+    }
+    for (i, b) in id.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(id)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+export_plugin!(name: "example-file-sink", sink: FileSink);

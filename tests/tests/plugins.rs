@@ -1,0 +1,456 @@
+//! Sink plugins loaded by a real broker: the Rust and C examples, plugins
+//! that fail, block or panic, a crash mid-batch, retention, and plugins the
+//! broker must refuse to load.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use spread_client::{Client, Outcome, PublishOptions, StatusReport};
+use support::{build_c_plugin, built_plugin, eventually, fail_to_start, Broker};
+
+/// One event as the example sinks write it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Line {
+    iteration: u64,
+    id: String,
+    kind: String,
+    topic: String,
+    payload: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The events in a sink's file, in file order (`missed` lines apart).
+fn read_lines(path: &Path) -> (Vec<Line>, Vec<(u64, u64)>) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (mut events, mut missed) = (Vec::new(), Vec::new());
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        if f[0] == "missed" {
+            missed.push((f[1].parse().unwrap(), f[2].parse().unwrap()));
+            continue;
+        }
+        assert_eq!(f.len(), 7, "malformed line {line:?}");
+        events.push(Line {
+            iteration: f[0].parse().unwrap(),
+            id: f[2].to_string(),
+            kind: f[3].to_string(),
+            topic: f[5].to_string(),
+            payload: f[6].to_string(),
+        });
+    }
+    (events, missed)
+}
+
+/// Writes a broker config with `sinks` (TOML `[[sinks]]` entries).
+fn config_file(dir: &Path, sinks: &str) -> PathBuf {
+    let path = dir.join("spread.toml");
+    std::fs::write(&path, sinks).unwrap();
+    path
+}
+
+fn sink_entry(name: &str, lib: &Path, settings: &str, extra: &str) -> String {
+    format!(
+        "[[sinks]]\nname = \"{name}\"\nlibrary = \"{}\"\n{extra}\n[sinks.settings]\n{settings}\n",
+        lib.display()
+    )
+}
+
+/// Publishes `n` events (pipelined) over a few topics, a delete every 50,
+/// and returns what the sinks must hold, by iteration.
+async fn publish_load(client: &Client, n: usize, tag: &str) -> BTreeMap<u64, Line> {
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        let topic = format!("load/{}/{}", i % 7, i % 13);
+        let client = client.clone();
+        let payload: Vec<u8> = format!("{tag}-{i}\t\u{0}\u{ff}").into_bytes();
+        pending.push(tokio::spawn(async move {
+            let outcome = if i % 50 == 49 {
+                client.delete(&topic).await
+            } else {
+                client.publish(&topic, payload.clone()).await
+            }
+            .expect("acknowledged");
+            (
+                topic,
+                if i % 50 == 49 { Vec::new() } else { payload },
+                outcome,
+            )
+        }));
+    }
+    let mut expected = BTreeMap::new();
+    for p in pending {
+        let (topic, payload, outcome) = p.await.unwrap();
+        let Outcome::New { event, .. } = outcome else {
+            panic!("not applied: {outcome:?}")
+        };
+        expected.insert(
+            event.iteration(),
+            Line {
+                iteration: event.iteration(),
+                id: hex(&event.id().0),
+                kind: event.kind().as_str().to_string(),
+                topic,
+                payload: hex(&payload),
+            },
+        );
+    }
+    expected
+}
+
+async fn status(client: &Client) -> StatusReport {
+    client.status().await.expect("status")
+}
+
+/// Waits until sink `name` has consumed everything committed.
+async fn caught_up(client: &Client, name: &str) -> StatusReport {
+    eventually(&format!("sink {name} to catch up"), || async {
+        let report = status(client).await;
+        let sink = report.sinks.iter().find(|s| s.name == name)?;
+        (sink.lag_events == 0 && sink.state == "running").then_some(report)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_and_c_examples_receive_every_event_exactly_as_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let c_lib = dir.path().join("libc_file_sink.so");
+    build_c_plugin(
+        Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../plugins/examples/c-file-sink/file_sink.c"
+        )),
+        &c_lib,
+    );
+    let rust_lib = built_plugin("spread-example-file-sink");
+    let config = config_file(
+        dir.path(),
+        &(sink_entry("rust", &rust_lib, "path = \"rust.txt\"", "")
+            + &sink_entry("c", &c_lib, "path = \"c.txt\"", "")),
+    );
+    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let client = broker.client().await;
+    let expected = publish_load(&client, 3000, "x").await;
+    caught_up(&client, "rust").await;
+    let report = caught_up(&client, "c").await;
+    for sink in &report.sinks {
+        assert_eq!(sink.state, "running", "{sink:?}");
+        assert_eq!(sink.delivered, 3000, "{sink:?}");
+        assert_eq!(sink.errors, 0, "{sink:?}");
+    }
+    assert!(report.sinks[1]
+        .plugin
+        .starts_with("example-c-file-sink 0.1.0"));
+    let dir = broker.stop();
+    let want: Vec<Line> = expected.into_values().collect();
+    for file in ["rust.txt", "c.txt"] {
+        let (got, missed) = read_lines(&dir.path().join(file));
+        assert!(missed.is_empty());
+        assert_eq!(got.len(), want.len(), "{file}");
+        assert_eq!(got, want, "{file}: events differ from what was published");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_blocking_and_panicking_plugins_never_stall_publishers() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = built_plugin("spread-chaos-sink");
+    let d = dir.path().to_path_buf();
+    let marker = |name: &str| {
+        let p = d.join(name);
+        std::fs::write(&p, b"").unwrap();
+        p
+    };
+    let (fail, block, panic) = (marker("fail"), marker("block"), marker("panic"));
+    let settings = |out: &str, key: &str, file: &Path| {
+        format!(
+            "path = \"{}\"\n{key} = \"{}\"",
+            d.join(out).display(),
+            file.display()
+        )
+    };
+    let fast_retry = "retry_min_ms = 5\nretry_max_ms = 50";
+    let config = config_file(
+        &d,
+        &(sink_entry(
+            "failing",
+            &lib,
+            &settings("failing.txt", "fail_file", &fail),
+            fast_retry,
+        ) + &sink_entry(
+            "blocked",
+            &lib,
+            &settings("blocked.txt", "block_file", &block),
+            "",
+        ) + &sink_entry(
+            "panics",
+            &lib,
+            &settings("panics.txt", "panic_file", &panic),
+            "",
+        )),
+    );
+    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let client = broker.client().await;
+    // Every publish is acknowledged while no sink makes progress.
+    let expected = publish_load(&client, 20_000, "chaos").await;
+    let report = eventually("the sinks to show their trouble", || async {
+        let r = status(&client).await;
+        let by: HashMap<&str, _> = r.sinks.iter().map(|s| (s.name.as_str(), s)).collect();
+        (by["failing"].state == "retrying"
+            && by["failing"].errors > 0
+            && by["panics"].state == "failed")
+            .then_some(r)
+    })
+    .await;
+    let by: HashMap<&str, _> = report.sinks.iter().map(|s| (s.name.as_str(), s)).collect();
+    assert_eq!(by["blocked"].delivered, 0, "{:?}", by["blocked"]);
+    assert_eq!(by["blocked"].lag_events, 20_000);
+    assert!(by["blocked"].lag_ms > 0);
+    assert_eq!(by["failing"].delivered, 0);
+    assert!(
+        by["panics"]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("asked to panic"),
+        "{:?}",
+        by["panics"]
+    );
+    // The destination comes back: the failing sink catches up live.
+    std::fs::remove_file(&fail).unwrap();
+    caught_up(&client, "failing").await;
+    // A stop does not wait for the blocked plugin; the restart resumes each
+    // sink from its checkpoint.
+    drop(client);
+    let dir = broker.stop();
+    std::fs::remove_file(&block).unwrap();
+    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let client = broker.client().await;
+    for name in ["failing", "blocked", "panics"] {
+        caught_up(&client, name).await;
+    }
+    drop(client);
+    let dir = broker.stop();
+    let want: Vec<Line> = expected.into_values().collect();
+    for file in ["failing.txt", "blocked.txt", "panics.txt"] {
+        let (got, _) = read_lines(&dir.path().join(file));
+        assert_eq!(got, want, "{file}: not every event exactly once, in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_batch_loses_nothing_and_dedupe_on_id_keeps_one_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let config = config_file(
+        &d,
+        &(sink_entry(
+            "dedupe",
+            &built_plugin("spread-example-file-sink"),
+            "path = \"dedupe.txt\"\ndedupe = true",
+            "checkpoint_ms = 200\nbatch_events = 64",
+        ) + &sink_entry(
+            "plain",
+            &built_plugin("spread-chaos-sink"),
+            &format!("path = \"{}\"", d.join("plain.txt").display()),
+            "checkpoint_ms = 200\nbatch_events = 64",
+        )),
+    );
+    let args = ["--config", config.to_str().unwrap()];
+    let broker = Broker::start_in(dir, &args);
+    let client = broker.client().await;
+    // Publish until the sinks are mid-stream, then kill the broker.
+    let mut expected = BTreeMap::new();
+    let mut round = 0;
+    loop {
+        expected.extend(publish_load(&client, 500, &format!("r{round}")).await);
+        round += 1;
+        let r = status(&client).await;
+        if r.sinks.iter().all(|s| s.delivered > 0 && s.lag_events > 0) || round > 40 {
+            break;
+        }
+    }
+    drop(client);
+    let dir = broker.kill();
+    let broker = Broker::start_in(dir, &args);
+    let client = broker.client().await;
+    caught_up(&client, "dedupe").await;
+    caught_up(&client, "plain").await;
+    drop(client);
+    let dir = broker.stop();
+    let want: Vec<Line> = expected.into_values().collect();
+    // Deduplicated on id: every acknowledged event exactly once.
+    let (mut got, _) = read_lines(&dir.path().join("dedupe.txt"));
+    got.sort_by_key(|l| l.iteration);
+    assert_eq!(got, want);
+    // At least once: every acknowledged event, duplicates only of events
+    // redelivered after the crash, nothing foreign.
+    let (got, _) = read_lines(&dir.path().join("plain.txt"));
+    let mut seen: BTreeMap<u64, Line> = BTreeMap::new();
+    for line in got {
+        if let Some(previous) = seen.insert(line.iteration, line.clone()) {
+            assert_eq!(previous, line, "a duplicate that differs");
+        }
+    }
+    assert_eq!(seen.into_values().collect::<Vec<_>>(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_what_a_sink_has_not_consumed_or_tells_it_what_it_missed() {
+    let lib = built_plugin("spread-chaos-sink");
+    for hold in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let block = d.join("block");
+        std::fs::write(&block, b"").unwrap();
+        let config = config_file(
+            &d,
+            &sink_entry(
+                "archive",
+                &lib,
+                &format!(
+                    "path = \"{}\"\nblock_file = \"{}\"",
+                    d.join("out.txt").display(),
+                    block.display()
+                ),
+                &format!("hold_retention = {hold}\nbatch_events = 100"),
+            ),
+        );
+        let broker = Broker::start_in(
+            dir,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--segment-bytes",
+                "16384",
+                "--retention-bytes",
+                "1",
+                "--checkpoint-every",
+                "200",
+            ],
+        );
+        let client = broker.client().await;
+        // The sink is stuck on its first batch while history piles up.
+        let mut expected = BTreeMap::new();
+        for round in 0..5 {
+            expected.extend(publish_load(&client, 1000, &format!("r{round}")).await);
+        }
+        let first_event = *expected.keys().next().unwrap();
+        let last = *expected.keys().last().unwrap();
+        if hold {
+            let r = status(&client).await;
+            assert_eq!(
+                r.retained_from, None,
+                "history deleted under a holding sink"
+            );
+        } else {
+            eventually("retention to delete history", || async {
+                status(&client).await.retained_from
+            })
+            .await;
+        }
+        std::fs::remove_file(&block).unwrap();
+        caught_up(&client, "archive").await;
+        drop(client);
+        let dir = broker.stop();
+        let (got, missed) = read_lines(&dir.path().join("out.txt"));
+        let want: Vec<Line> = expected.values().cloned().collect();
+        if hold {
+            assert!(missed.is_empty());
+            assert_eq!(got, want);
+        } else {
+            // The batch it held (and the rest of the segment it had open,
+            // still readable), then what was deleted, then the rest.
+            assert_eq!(missed.len(), 1, "{missed:?}");
+            let (first, through) = missed[0];
+            assert!(first > first_event && through < last, "{missed:?}");
+            assert_eq!(got.iter().filter(|l| l.iteration < first).count(), {
+                expected.keys().filter(|it| **it < first).count()
+            });
+            let kept: Vec<Line> = expected
+                .values()
+                .filter(|l| l.iteration < first || l.iteration > through)
+                .cloned()
+                .collect();
+            assert_eq!(got, kept);
+        }
+    }
+}
+
+#[test]
+fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write_c = |name: &str, body: &str| {
+        let src = d.join(format!("{name}.c"));
+        std::fs::write(&src, format!("#include \"spread_plugin.h\"\n{body}\n")).unwrap();
+        let lib = d.join(format!("lib{name}.so"));
+        build_c_plugin(&src, &lib);
+        lib
+    };
+    let future = write_c(
+        "future",
+        "static const SpreadPlugin P = { .abi_version = 99, .size = sizeof(SpreadPlugin) };\n\
+         const SpreadPlugin *spread_plugin_entry(void) { return &P; }",
+    );
+    let no_entry = write_c("noentry", "int not_a_plugin(void) { return 1; }");
+    let cases = [
+        (
+            future,
+            "speaks plugin ABI version 99; this broker speaks version 1",
+        ),
+        (no_entry, "no symbol spread_plugin_entry"),
+        (d.join("missing.so"), "cannot load"),
+    ];
+    for (lib, reason) in cases {
+        let config = config_file(d, &sink_entry("bad-one", &lib, "", ""));
+        let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
+        assert!(
+            stderr.contains("sink bad-one") && stderr.contains(reason),
+            "for {}: {stderr}",
+            lib.display()
+        );
+    }
+    // A plugin that refuses its settings stops the start too.
+    let config = config_file(
+        d,
+        &sink_entry("picky", &built_plugin("spread-example-file-sink"), "", ""),
+    );
+    let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
+    assert!(
+        stderr.contains("sink picky: cannot open") && stderr.contains("path"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_shows_each_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        &sink_entry("nothing", &built_plugin("spread-example-null-sink"), "", ""),
+    );
+    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let client = broker.client().await;
+    publish_load(&client, 10, "s").await;
+    caught_up(&client, "nothing").await;
+    let out = support::cli(&broker, &["status", "--json"], None);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sinks"][0]["name"], "nothing");
+    assert_eq!(v["sinks"][0]["state"], "running");
+    assert_eq!(v["sinks"][0]["delivered"], 10);
+    assert_eq!(v["sinks"][0]["lag_events"], 0);
+    let out = support::cli(&broker, &["status"], None);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("nothing") && text.contains("running") && text.contains("null-sink"),
+        "{text}"
+    );
+    let _ = PublishOptions::default();
+}
