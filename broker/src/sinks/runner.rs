@@ -26,6 +26,9 @@ use spread_plugin::OpenContext;
 /// sooner whenever the log moves).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
+/// How often a sink that stays behind says so in the log.
+const LAG_NOTE_EVERY: Duration = Duration::from_secs(30);
+
 /// Asks sink threads to stop and wakes them from their waits.
 #[derive(Debug, Default)]
 pub struct Stop {
@@ -165,6 +168,7 @@ impl Runner {
         let mut cursor = LogCursor::new(&self.log_dir, self.max_record, self.delivered);
         let mut batch: Vec<Event> = Vec::with_capacity(max_events.min(1 << 16));
         let mut last_checkpoint = Instant::now();
+        let mut last_lag_note = Instant::now();
         let mut read_delay = Duration::from_millis(self.config.retry_min_ms);
         loop {
             if self.stop.is_set() {
@@ -200,11 +204,22 @@ impl Runner {
                     .wait_beyond(until, IDLE_WAIT, || self.stop.is_set());
                 continue;
             }
-            self.shared
+            let behind = *self
+                .shared
                 .live
                 .lock()
                 .behind_since
                 .get_or_insert_with(Instant::now);
+            if behind.elapsed() >= LAG_NOTE_EVERY && last_lag_note.elapsed() >= LAG_NOTE_EVERY {
+                // Operators tailing logs see a sink that cannot keep up.
+                tracing::warn!(
+                    behind_s = behind.elapsed().as_secs(),
+                    position = self.delivered,
+                    committed = until,
+                    "sink is behind"
+                );
+                last_lag_note = Instant::now();
+            }
             // Not full: wait a little for more, so batches stay large.
             let deadline = Instant::now() + self.config.linger();
             let mut bytes: usize = batch.iter().map(|e| e.payload_bytes().len()).sum();
