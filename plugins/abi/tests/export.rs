@@ -2,7 +2,7 @@
 //! table exactly as a host would: sink calls, error messages, panics caught
 //! at the boundary, and archive queries paged through a cursor.
 
-#![allow(unsafe_code)]
+#![allow(unsafe_code, clippy::unwrap_used)]
 
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
