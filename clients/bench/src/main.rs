@@ -9,6 +9,7 @@ mod acked;
 mod nats;
 mod restart;
 mod servers;
+mod sinks;
 mod spread;
 mod stats;
 mod wire;
@@ -68,6 +69,12 @@ struct Args {
     /// Topics of the restart benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     restart_topics: u64,
+    /// Instead of the workloads: the sink benchmark with this many publishes.
+    #[arg(long, default_value_t = 0)]
+    sink_events: u64,
+    /// The no-op sink plugin [default: deps/libspread_example_null_sink.so next to this executable].
+    #[arg(long)]
+    sink_lib: Option<PathBuf>,
     /// Durability policy of the Spread broker's event log.
     #[arg(long, default_value = "always")]
     durability: String,
@@ -114,6 +121,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
+    if args.sink_events > 0 {
+        drop(broker);
+        let nats_server = servers::start_nats(
+            &args.nats_bin,
+            &tls_dir.join("server.pem"),
+            &tls_dir.join("server-key.pem"),
+            &data.join("jetstream"),
+        )?;
+        let tls = connector(&tls_dir.join("ca.pem"))?;
+        let nats = nats::Nats {
+            addr: nats_server.addr,
+            tls: tls.clone(),
+        };
+        let lib = args
+            .sink_lib
+            .clone()
+            .unwrap_or_else(sinks::default_null_sink);
+        let result = sinks::run(
+            &broker_bin,
+            &data,
+            &args.durability,
+            tls,
+            &nats,
+            &lib,
+            args.sink_events,
+            args.size,
+            args.runs.max(1),
+        )
+        .await;
+        drop(nats_server);
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
     let nats_server = servers::start_nats(
         &args.nats_bin,
         &tls_dir.join("server.pem"),

@@ -73,6 +73,16 @@ impl Server {
 
 /// Starts `spread-broker` from `bin` with its data in `data_dir`.
 pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Result<Server> {
+    start_spread_with(bin, data_dir, durability, &[])
+}
+
+/// As [`start_spread`], with `extra` flags.
+pub fn start_spread_with(
+    bin: &Path,
+    data_dir: &Path,
+    durability: &str,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -80,6 +90,7 @@ pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Re
         // (64 MiB) before it acts on a slow consumer.
         .args(["--subscriber-buffer", "67108864"])
         .args(["--durability", durability])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -48,7 +48,32 @@ impl Conn {
     }
 }
 
+/// A connection that asks the broker for its status.
+pub struct StatusProbe(Conn);
+
+impl StatusProbe {
+    /// The status report.
+    pub async fn status(&mut self) -> anyhow::Result<spread_protocol::StatusReport> {
+        let mut out = BytesMut::new();
+        Request::Status { req_id: 1 }.encode(&mut out);
+        self.0.wr.write_all(&out).await?;
+        self.0.wr.flush().await?;
+        loop {
+            match self.0.recv().await? {
+                Response::Status(report) => return Ok(report),
+                Response::Error(e) => bail!("status refused: {}", e.message),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl Spread {
+    /// A status connection.
+    pub async fn probe(&self) -> anyhow::Result<StatusProbe> {
+        Ok(StatusProbe(self.connect().await?))
+    }
+
     async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
