@@ -233,7 +233,6 @@ impl Factory for Arc<Library> {
         Ok(Box::new(Instance {
             lib: self.clone(),
             instance,
-            views: Vec::new(),
         }))
     }
 }
@@ -242,8 +241,6 @@ impl Factory for Arc<Library> {
 struct Instance {
     lib: Arc<Library>,
     instance: *mut c_void,
-    /// Reused for each batch's views.
-    views: Vec<SpreadEvent>,
 }
 
 // SAFETY: the ABI lets a sink instance move between threads as long as one
@@ -265,20 +262,17 @@ impl Driver for Instance {
         let Some(write) = self.lib.table.sink_write else {
             return Err(Error::Fatal("no sink_write".into()));
         };
-        self.views.clear();
-        self.views.extend(events.iter().map(Event::to_ffi));
         let mut message = std::ptr::null_mut();
-        // SAFETY: the views borrow `events`, alive for the call.
+        // An `Event` is a transparent `SpreadEvent`: the batch is passed as
+        // it is. SAFETY: the views borrow `events`, alive for the call.
         let status = unsafe {
             write(
                 self.instance,
-                self.views.as_ptr(),
-                self.views.len(),
+                events.as_ptr().cast::<SpreadEvent>(),
+                events.len(),
                 &mut message,
             )
         };
-        // The views must not outlive the borrowed events.
-        self.views.clear();
         self.status(status, message, "sink_write")
     }
 

@@ -105,19 +105,19 @@ enum Outcome<T> {
 
 /// A sink's view of a log event.
 fn view<'a>(e: &'a Event, node: &'a str) -> SinkEvent<'a> {
-    SinkEvent {
-        iteration: e.iteration(),
-        timestamp: e.timestamp(),
-        topic: e.topic(),
-        payload: e.payload_bytes(),
-        origin: e.origin(),
+    SinkEvent::new(
+        e.iteration(),
+        e.timestamp(),
+        e.topic(),
+        e.payload_bytes(),
+        e.origin(),
         node,
-        id: e.id().0,
-        kind: match e.kind() {
+        e.id().0,
+        match e.kind() {
             EventKind::Value => Kind::Value,
             EventKind::Tombstone => Kind::Tombstone,
         },
-    }
+    )
 }
 
 impl Runner {
@@ -174,7 +174,7 @@ impl Runner {
             if self.stop.is_set() {
                 return Outcome::Stopped;
             }
-            let mut until = self.committed.get();
+            let until = self.committed.get();
             batch.clear();
             let mut missed = match cursor.read(until, max_events, max_bytes, &mut batch) {
                 Ok(m) => {
@@ -220,30 +220,28 @@ impl Runner {
                 );
                 last_lag_note = Instant::now();
             }
-            // Not full: wait a little for more, so batches stay large.
-            let deadline = Instant::now() + self.config.linger();
+            // Not full: let more accumulate, so batches stay large. A plain
+            // sleep, not a wait on the committed watermark: waking at every
+            // engine round would cost the publish path a wake-up per round.
             let mut bytes: usize = batch.iter().map(|e| e.payload_bytes().len()).sum();
-            while missed == Missed::None
-                && !batch.is_empty()
+            let linger = self.config.linger();
+            if missed == Missed::None
                 && batch.len() < max_events
                 && bytes < max_bytes
+                && !linger.is_zero()
             {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
+                if self.stop.sleep(linger) {
+                    return Outcome::Stopped;
                 }
-                let next = self
-                    .committed
-                    .wait_beyond(until, deadline - now, || self.stop.is_set());
-                if next <= until {
-                    break;
-                }
-                until = next;
                 let before = batch.len();
-                match cursor.read(until, max_events - before, max_bytes - bytes, &mut batch) {
-                    Ok(m) => missed = m,
-                    // A read error surfaces again on the next pass.
-                    Err(_) => break,
+                // A read error surfaces again on the next pass.
+                if let Ok(m) = cursor.read(
+                    self.committed.get(),
+                    max_events - before,
+                    max_bytes - bytes,
+                    &mut batch,
+                ) {
+                    missed = m;
                 }
                 bytes += batch[before..]
                     .iter()

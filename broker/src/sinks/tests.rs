@@ -58,7 +58,7 @@ impl Sink for TestSink {
             self.fail -= 1;
             return Err(Error::retry("destination down"));
         }
-        if events.iter().any(|e| e.iteration == self.panic_at) {
+        if events.iter().any(|e| e.iteration() == self.panic_at) {
             panic!("boom at {}", self.panic_at);
         }
         let mut guard = RECEIVED.lock().unwrap();
@@ -66,7 +66,7 @@ impl Sink for TestSink {
             .get_or_insert_with(HashMap::new)
             .entry(self.name.clone())
             .or_default()
-            .extend(events.iter().map(|e| e.iteration));
+            .extend(events.iter().map(|e| e.iteration()));
         Ok(())
     }
 }

@@ -127,6 +127,9 @@ pub async fn run(
         let _ = std::fs::remove_dir_all(&plain);
         let _ = std::fs::remove_dir_all(&dir);
     }
+    // The machine's speed drifts between runs: each run's ratio compares
+    // two measurements taken back to back.
+    let paired = median(with.iter().zip(&none).map(|(w, n)| w / n).collect());
     let (none, with, js) = (median(none), median(with), median(js));
     println!(
         "# spread-bench sinks: {n} acked publishes of {size} B, durability {durability}, median of {runs} runs"
@@ -152,6 +155,9 @@ pub async fn run(
     );
     println!("{}", row("sink catch-up events/s (sink added over existing history) — peer: JetStream acked publishes", median(catch_up.clone()), js));
     println!();
+    println!(
+        "Median of the per-run ratios (with sink ÷ without, measured back to back): {paired:.2}."
+    );
     println!(
         "After the last acknowledgement, the attached sink had everything within {:.1} ms (median).",
         median(drain)

@@ -1,5 +1,8 @@
 //! The safe Rust side of the ABI: what a plugin author implements.
 
+#![allow(unsafe_code)]
+
+use std::marker::PhantomData;
 use std::path::Path;
 
 use crate::ffi;
@@ -83,56 +86,170 @@ impl Kind {
 }
 
 /// One event, borrowed from the host for the duration of a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// A zero-cost view: it has the layout of the ABI's
+/// [`SpreadEvent`](ffi::SpreadEvent), so the batch the host passes is used
+/// as it is, without a copy or a conversion pass.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
 pub struct Event<'a> {
-    /// Position in the log of the node that applied it.
-    pub iteration: u64,
-    /// Microseconds since the Unix epoch.
-    pub timestamp: u64,
-    /// The topic.
-    pub topic: &'a str,
-    /// The payload (empty for a tombstone).
-    pub payload: &'a [u8],
-    /// Who published it.
-    pub origin: &'a str,
-    /// The node that applied it.
-    pub node: &'a str,
-    /// Globally unique id: the key for effectively-once storage.
-    pub id: [u8; 16],
-    /// Value or tombstone.
-    pub kind: Kind,
+    raw: ffi::SpreadEvent,
+    _borrow: PhantomData<&'a [u8]>,
 }
 
+// SAFETY: an event only holds shared borrows of immutable bytes.
+unsafe impl Send for Event<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Event<'_> {}
+
 impl<'a> Event<'a> {
-    /// The ABI view of this event, valid as long as its borrows are.
-    pub fn to_ffi(&self) -> ffi::SpreadEvent {
-        ffi::SpreadEvent {
-            iteration: self.iteration,
-            timestamp: self.timestamp,
-            topic: ffi::SpreadBytes::new(self.topic.as_bytes()),
-            payload: ffi::SpreadBytes::new(self.payload),
-            origin: ffi::SpreadBytes::new(self.origin.as_bytes()),
-            node: ffi::SpreadBytes::new(self.node.as_bytes()),
-            id: self.id,
-            kind: self.kind.to_byte(),
-            reserved: [0; 7],
+    /// An event over borrowed fields.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        iteration: u64,
+        timestamp: u64,
+        topic: &'a str,
+        payload: &'a [u8],
+        origin: &'a str,
+        node: &'a str,
+        id: [u8; 16],
+        kind: Kind,
+    ) -> Event<'a> {
+        Event {
+            raw: ffi::SpreadEvent {
+                iteration,
+                timestamp,
+                topic: ffi::SpreadBytes::new(topic.as_bytes()),
+                payload: ffi::SpreadBytes::new(payload),
+                origin: ffi::SpreadBytes::new(origin.as_bytes()),
+                node: ffi::SpreadBytes::new(node.as_bytes()),
+                id,
+                kind: kind.to_byte(),
+                reserved: [0; 7],
+            },
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Views a batch the host passed.
+    ///
+    /// # Safety
+    /// Every view in `raw` points to memory valid for `'a`, and its topic,
+    /// origin and node are UTF-8 (the ABI's promise).
+    pub unsafe fn from_ffi_slice(raw: &'a [ffi::SpreadEvent]) -> &'a [Event<'a>] {
+        // SAFETY: `Event` is a transparent wrapper of `SpreadEvent`.
+        std::slice::from_raw_parts(raw.as_ptr().cast::<Event<'a>>(), raw.len())
+    }
+
+    /// The ABI view of this event.
+    pub fn as_ffi(&self) -> &ffi::SpreadEvent {
+        &self.raw
+    }
+
+    fn bytes(b: ffi::SpreadBytes) -> &'a [u8] {
+        if b.len == 0 || b.ptr.is_null() {
+            &[]
+        } else {
+            // SAFETY: made from a borrow of `'a` (`new`) or promised by the
+            // caller of `from_ffi_slice`.
+            unsafe { std::slice::from_raw_parts(b.ptr, b.len) }
+        }
+    }
+
+    fn text(b: ffi::SpreadBytes) -> &'a str {
+        // SAFETY: made from a `&str` (`new`) or promised UTF-8 by the
+        // caller of `from_ffi_slice` (the broker validates topics and
+        // origins when it decodes them).
+        unsafe { std::str::from_utf8_unchecked(Self::bytes(b)) }
+    }
+
+    /// Position in the log of the node that applied it.
+    pub fn iteration(&self) -> u64 {
+        self.raw.iteration
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub fn timestamp(&self) -> u64 {
+        self.raw.timestamp
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &'a str {
+        Self::text(self.raw.topic)
+    }
+
+    /// The payload (empty for a tombstone).
+    pub fn payload(&self) -> &'a [u8] {
+        Self::bytes(self.raw.payload)
+    }
+
+    /// Who published it.
+    pub fn origin(&self) -> &'a str {
+        Self::text(self.raw.origin)
+    }
+
+    /// The node that applied it.
+    pub fn node(&self) -> &'a str {
+        Self::text(self.raw.node)
+    }
+
+    /// Globally unique id: the key for effectively-once storage.
+    pub fn id(&self) -> [u8; 16] {
+        self.raw.id
+    }
+
+    /// Value or tombstone.
+    pub fn kind(&self) -> Kind {
+        if self.raw.kind == ffi::KIND_TOMBSTONE {
+            Kind::Tombstone
+        } else {
+            Kind::Value
         }
     }
 
     /// An owned copy.
     pub fn to_owned_event(&self) -> OwnedEvent {
         OwnedEvent {
-            iteration: self.iteration,
-            timestamp: self.timestamp,
-            topic: self.topic.to_owned(),
-            payload: self.payload.to_vec(),
-            origin: self.origin.to_owned(),
-            node: self.node.to_owned(),
-            id: self.id,
-            kind: self.kind,
+            iteration: self.iteration(),
+            timestamp: self.timestamp(),
+            topic: self.topic().to_owned(),
+            payload: self.payload().to_vec(),
+            origin: self.origin().to_owned(),
+            node: self.node().to_owned(),
+            id: self.id(),
+            kind: self.kind(),
         }
     }
 }
+
+impl std::fmt::Debug for Event<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("iteration", &self.iteration())
+            .field("timestamp", &self.timestamp())
+            .field("topic", &self.topic())
+            .field("payload_len", &self.payload().len())
+            .field("origin", &self.origin())
+            .field("node", &self.node())
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+impl PartialEq for Event<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iteration() == other.iteration()
+            && self.timestamp() == other.timestamp()
+            && self.topic() == other.topic()
+            && self.payload() == other.payload()
+            && self.origin() == other.origin()
+            && self.node() == other.node()
+            && self.id() == other.id()
+            && self.kind() == other.kind()
+    }
+}
+
+impl Eq for Event<'_> {}
 
 /// An event that owns its fields: what an archive cursor returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,16 +275,16 @@ pub struct OwnedEvent {
 impl OwnedEvent {
     /// A borrowed view.
     pub fn as_event(&self) -> Event<'_> {
-        Event {
-            iteration: self.iteration,
-            timestamp: self.timestamp,
-            topic: &self.topic,
-            payload: &self.payload,
-            origin: &self.origin,
-            node: &self.node,
-            id: self.id,
-            kind: self.kind,
-        }
+        Event::new(
+            self.iteration,
+            self.timestamp,
+            &self.topic,
+            &self.payload,
+            &self.origin,
+            &self.node,
+            self.id,
+            self.kind,
+        )
     }
 }
 
@@ -215,13 +332,13 @@ impl Query {
     /// Whether `event` is in the query's range (ordering and limit aside).
     pub fn matches(&self, event: &Event<'_>) -> bool {
         let prefix_ok =
-            self.prefixes.is_empty() || self.prefixes.iter().any(|p| covers(p, event.topic));
+            self.prefixes.is_empty() || self.prefixes.iter().any(|p| covers(p, event.topic()));
         prefix_ok
-            && self.node.as_deref().is_none_or(|n| n == event.node)
-            && self.from_time.is_none_or(|t| event.timestamp >= t)
-            && self.to_time.is_none_or(|t| event.timestamp < t)
-            && self.from_iteration.is_none_or(|i| event.iteration >= i)
-            && self.to_iteration.is_none_or(|i| event.iteration < i)
+            && self.node.as_deref().is_none_or(|n| n == event.node())
+            && self.from_time.is_none_or(|t| event.timestamp() >= t)
+            && self.to_time.is_none_or(|t| event.timestamp() < t)
+            && self.from_iteration.is_none_or(|i| event.iteration() >= i)
+            && self.to_iteration.is_none_or(|i| event.iteration() < i)
     }
 }
 

@@ -11,9 +11,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use crate::api::{
-    Archive, Cursor, Error, Event, Kind, OpenContext, OwnedEvent, Query, Result, Sink,
-};
+use crate::api::{Archive, Cursor, Error, Event, OpenContext, OwnedEvent, Query, Result, Sink};
 use crate::ffi::{self, SpreadBytes, SpreadEvent, SpreadOpenArgs, SpreadPlugin, SpreadQuery};
 
 /// The sink half of a function table.
@@ -167,25 +165,15 @@ pub unsafe fn text<'a>(b: SpreadBytes, what: &str) -> Result<&'a str> {
         .map_err(|_| Error::Fatal(format!("the host passed a non-UTF-8 {what}")))
 }
 
-/// A safe event from its ABI view.
+/// A safe event from its ABI view, its text fields checked for UTF-8.
 ///
 /// # Safety
 /// Every view in `e` is valid for `'a`.
 pub unsafe fn event<'a>(e: &'a SpreadEvent) -> Result<Event<'a>> {
-    Ok(Event {
-        iteration: e.iteration,
-        timestamp: e.timestamp,
-        topic: text(e.topic, "topic")?,
-        payload: bytes(e.payload),
-        origin: text(e.origin, "origin")?,
-        node: text(e.node, "node")?,
-        id: e.id,
-        kind: if e.kind == ffi::KIND_TOMBSTONE {
-            Kind::Tombstone
-        } else {
-            Kind::Value
-        },
-    })
+    text(e.topic, "topic")?;
+    text(e.origin, "origin")?;
+    text(e.node, "node")?;
+    Ok(Event::from_ffi_slice(std::slice::from_ref(e))[0])
 }
 
 unsafe fn open_with<T>(
@@ -363,7 +351,7 @@ unsafe extern "C" fn cursor_next<C: Cursor>(
         state.cursor.next_page(&mut state.page)?;
         state
             .views
-            .extend(state.page.iter().map(|e| e.as_event().to_ffi()));
+            .extend(state.page.iter().map(|e| *e.as_event().as_ffi()));
         *events = state.views.as_ptr();
         *count = state.views.len();
         Ok(())

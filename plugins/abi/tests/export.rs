@@ -26,7 +26,7 @@ impl Sink for Keeper {
 
     fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()> {
         for e in events {
-            match e.topic {
+            match e.topic() {
                 "retry" => return Err(Error::retry("try later")),
                 "panic" => panic!("asked to"),
                 _ => self.0.push(e.to_owned_event()),
@@ -73,16 +73,16 @@ impl Cursor for Pages {
 export_plugin!(name: "keeper", sink: Keeper, archive: Twenty);
 
 fn event(i: u64, topic: &str) -> Event<'_> {
-    Event {
-        iteration: i + 1,
-        timestamp: 1000 + i,
+    Event::new(
+        i + 1,
+        1000 + i,
         topic,
-        payload: b"p",
-        origin: "o",
-        node: "n",
-        id: [i as u8; 16],
-        kind: Kind::Value,
-    }
+        b"p",
+        "o",
+        "n",
+        [i as u8; 16],
+        Kind::Value,
+    )
 }
 
 fn args(config: &'static str) -> SpreadOpenArgs {
@@ -133,7 +133,7 @@ fn sink_calls_errors_and_panics_cross_the_table() {
         let views: Vec<SpreadEvent> = topics
             .iter()
             .enumerate()
-            .map(|(i, t)| event(i as u64, t).to_ffi())
+            .map(|(i, t)| *event(i as u64, t).as_ffi())
             .collect();
         unsafe { (table.sink_write.unwrap())(instance, views.as_ptr(), views.len(), error) }
     };
@@ -187,7 +187,7 @@ fn archive_queries_page_through_a_cursor() {
         assert!(count <= 2);
         for e in unsafe { std::slice::from_raw_parts(events, count) } {
             let e = unsafe { spread_plugin::export::event(e) }.unwrap();
-            got.push((e.topic.to_string(), e.timestamp));
+            got.push((e.topic().to_string(), e.timestamp()));
         }
     }
     let want: Vec<(String, u64)> = (3..8).map(|i| (format!("a/{i}"), 1000 + i)).collect();

@@ -82,13 +82,13 @@ impl Sink for Chaos {
             let _ = writeln!(
                 self.line,
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                e.iteration,
-                e.timestamp,
-                hex(&e.id),
-                e.kind.as_str(),
-                e.origin,
-                e.topic,
-                hex(e.payload)
+                e.iteration(),
+                e.timestamp(),
+                hex(&e.id()),
+                e.kind().as_str(),
+                e.origin(),
+                e.topic(),
+                hex(e.payload())
             );
             out.write_all(self.line.as_bytes()).map_err(Error::retry)?;
         }

@@ -60,7 +60,7 @@ impl Sink for FileSink {
     fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()> {
         for e in events {
             if let Some(seen) = &mut self.seen {
-                if !seen.insert(e.id) {
+                if !seen.insert(e.id()) {
                     continue;
                 }
             }
@@ -68,13 +68,13 @@ impl Sink for FileSink {
             let _ = writeln!(
                 self.line,
                 "{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                e.iteration,
-                e.timestamp,
-                hex(&e.id),
-                e.kind.as_str(),
-                e.origin,
-                e.topic,
-                hex(e.payload)
+                e.iteration(),
+                e.timestamp(),
+                hex(&e.id()),
+                e.kind().as_str(),
+                e.origin(),
+                e.topic(),
+                hex(e.payload())
             );
             self.out
                 .write_all(self.line.as_bytes())
