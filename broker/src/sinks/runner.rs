@@ -26,6 +26,26 @@ use spread_plugin::OpenContext;
 /// sooner whenever the log moves).
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
+/// Niceness of sink threads: below the publish path, so a busy sink takes
+/// only CPU the engine and connections leave.
+const SINK_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: per thread).
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread, no pointers.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, SINK_NICE)
+    };
+    if result != 0 {
+        tracing::debug!(
+            "cannot lower the sink thread's priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// How often a sink that stays behind says so in the log.
 const LAG_NOTE_EVERY: Duration = Duration::from_secs(30);
 
@@ -125,6 +145,7 @@ impl Runner {
     pub fn run(mut self) {
         let span = tracing::info_span!("sink", name = %self.config.name);
         let _entered = span.enter();
+        lower_priority();
         self.delivered = self.shared.checkpoint.load(Ordering::Acquire);
         let Some(mut driver) = self.driver.take().or_else(|| self.open()) else {
             return;
