@@ -1,0 +1,119 @@
+//! Connections: one of three databases, chosen by the URL's scheme, and how
+//! their errors map to the plugin ABI's retryable and fatal errors.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use spread_plugin::Error;
+use sqlx::mysql::MySqlConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL (`postgres://` or `postgresql://`).
+    Postgres,
+    /// MySQL or MariaDB (`mysql://` or `mariadb://`).
+    MySql,
+    /// SQLite (`sqlite://path`), the embedded default.
+    Sqlite,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    pub fn of(url: &str) -> Result<Backend, Error> {
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        match scheme {
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            "mysql" | "mariadb" => Ok(Backend::MySql),
+            "sqlite" => Ok(Backend::Sqlite),
+            _ => Err(Error::fatal(format!(
+                "unsupported archive URL {}: use sqlite://, postgres:// or mysql://",
+                redact(url)
+            ))),
+        }
+    }
+}
+
+/// An open connection.
+pub enum Db {
+    /// PostgreSQL.
+    Pg(PgConnection),
+    /// MySQL / MariaDB.
+    My(MySqlConnection),
+    /// SQLite.
+    Lite(SqliteConnection),
+}
+
+/// The default archive: `<data-dir>/archive.db`.
+pub fn default_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("archive.db").display())
+}
+
+/// `url` with any password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Connects to `url`.
+pub async fn connect(url: &str) -> Result<Db, Error> {
+    let db = match Backend::of(url)? {
+        Backend::Postgres => Db::Pg(PgConnection::connect(url).await.map_err(classify)?),
+        Backend::MySql => {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            Db::My(MySqlConnection::connect(&url).await.map_err(classify)?)
+        }
+        Backend::Sqlite => {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(|e| Error::fatal(format!("archive URL {url}: {e}")))?
+                .create_if_missing(true)
+                // WAL with a sync at every commit: a batch the host
+                // checkpoints is on disk.
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10));
+            Db::Lite(opts.connect().await.map_err(classify)?)
+        }
+    };
+    Ok(db)
+}
+
+/// Maps a database error: configuration mistakes are fatal, everything else
+/// (a server down or restarting, a lost connection, a lock timeout, a full
+/// disk) is retried, so nothing is dropped while the database is away.
+pub fn classify(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Configuration(_) | sqlx::Error::ConfigFile(_) => Error::fatal(e),
+        other => Error::retry(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_by_scheme_and_passwords_redacted() {
+        assert_eq!(Backend::of("sqlite:///x.db").unwrap(), Backend::Sqlite);
+        assert_eq!(Backend::of("postgresql://h/db").unwrap(), Backend::Postgres);
+        assert_eq!(Backend::of("mariadb://h/db").unwrap(), Backend::MySql);
+        assert!(matches!(Backend::of("redis://h"), Err(Error::Fatal(_))));
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(redact("mysql://root@h/test"), "mysql://root@h/test");
+    }
+}

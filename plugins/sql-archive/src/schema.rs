@@ -1,0 +1,220 @@
+//! The archive's schema and its versioned migrations.
+//!
+//! Migrations are applied at every open, under a lock that serialises
+//! brokers sharing one database (PostgreSQL: an advisory transaction lock;
+//! MySQL: `GET_LOCK`; SQLite: `BEGIN IMMEDIATE`), and each is recorded in
+//! `<table>_migrations`, so running them again is a no-op.
+
+use spread_plugin::Error;
+use sqlx::{AssertSqlSafe, Executor, Row};
+
+// Every dynamic statement below interpolates only the table name, which
+// `valid_table` restricts to a plain identifier; values are bound.
+
+use crate::db::{classify, Db};
+
+/// `(version, statements)` per backend, oldest first; `{t}` is the table.
+type Migration = (i64, &'static [&'static str]);
+
+const POSTGRES: &[Migration] = &[(
+    1,
+    &[
+        r#"CREATE TABLE IF NOT EXISTS {t} (
+            id BYTEA PRIMARY KEY,
+            node TEXT NOT NULL,
+            iteration BIGINT NOT NULL,
+            topic TEXT COLLATE "C" NOT NULL,
+            timestamp_us BIGINT NOT NULL,
+            origin TEXT COLLATE "C" NOT NULL,
+            kind SMALLINT NOT NULL,
+            payload BYTEA NOT NULL,
+            archived_at_us BIGINT NOT NULL)"#,
+        "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS {t}_time ON {t} (timestamp_us, origin, id)",
+        "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
+    ],
+)];
+
+const MYSQL: &[Migration] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS {t} (
+            id BINARY(16) NOT NULL PRIMARY KEY,
+            node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            iteration BIGINT UNSIGNED NOT NULL,
+            topic VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            timestamp_us BIGINT UNSIGNED NOT NULL,
+            origin VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            kind TINYINT UNSIGNED NOT NULL,
+            payload LONGBLOB NOT NULL,
+            archived_at_us BIGINT UNSIGNED NOT NULL,
+            KEY {t}_topic_time (topic(500), timestamp_us),
+            KEY {t}_time (timestamp_us, origin, id),
+            KEY {t}_node_iteration (node, iteration)
+        ) ENGINE=InnoDB",
+    ],
+)];
+
+const SQLITE: &[Migration] = &[(
+    1,
+    &[
+        "CREATE TABLE IF NOT EXISTS {t} (
+            id BLOB PRIMARY KEY,
+            node TEXT NOT NULL,
+            iteration INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            timestamp_us INTEGER NOT NULL,
+            origin TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            archived_at_us INTEGER NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS {t}_time ON {t} (timestamp_us, origin, id)",
+        "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
+    ],
+)];
+
+/// The newest schema version.
+pub const VERSION: i64 = 1;
+
+/// Whether `table` is a safe SQL identifier for the archive.
+pub fn valid_table(table: &str) -> bool {
+    let mut bytes = table.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && table.len() <= 48
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn lock_key(table: &str) -> i64 {
+    // FNV-1a: a stable advisory lock key per table.
+    table
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }) as i64
+}
+
+/// Applies the migrations `table` lacks; returns the schema version.
+pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
+    let (migrations, create_log) = match db {
+        Db::Pg(_) => (POSTGRES, "CREATE TABLE IF NOT EXISTS {t}_migrations (version BIGINT PRIMARY KEY, applied_at_us BIGINT NOT NULL)"),
+        Db::My(_) => (MYSQL, "CREATE TABLE IF NOT EXISTS {t}_migrations (version BIGINT PRIMARY KEY, applied_at_us BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"),
+        Db::Lite(_) => (SQLITE, "CREATE TABLE IF NOT EXISTS {t}_migrations (version INTEGER PRIMARY KEY, applied_at_us INTEGER NOT NULL)"),
+    };
+    let sql = |s: &str| s.replace("{t}", table);
+    let now = crate::now_micros() as i64;
+    let key = lock_key(table);
+    match db {
+        Db::Pg(c) => {
+            let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
+            tx.execute(AssertSqlSafe(sql(create_log))).await.map_err(classify)?;
+            let current: i64 = sqlx::query(AssertSqlSafe(sql("SELECT COALESCE(MAX(version), 0) FROM {t}_migrations")))
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(classify)?;
+            for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
+                for s in *statements {
+                    tx.execute(AssertSqlSafe(sql(s))).await.map_err(classify)?;
+                }
+                sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)")))
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify)?;
+            }
+            tx.commit().await.map_err(classify)?;
+        }
+        Db::My(c) => {
+            // DDL commits implicitly in MySQL: a named lock serialises brokers.
+            let name = format!("spread_migrate_{table}");
+            let got: Option<i64> = sqlx::query("SELECT GET_LOCK(?, 60)")
+                .bind(&name)
+                .fetch_one(&mut *c)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(classify)?;
+            if got != Some(1) {
+                return Err(Error::retry("another broker is migrating the archive schema"));
+            }
+            let result = async {
+                c.execute(AssertSqlSafe(sql(create_log))).await?;
+                let current: i64 =
+                    sqlx::query(AssertSqlSafe(sql("SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations")))
+                        .fetch_one(&mut *c)
+                        .await?
+                        .try_get(0)?;
+                for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
+                    for s in *statements {
+                        c.execute(AssertSqlSafe(sql(s))).await?;
+                    }
+                    sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)")))
+                        .bind(version)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok::<(), sqlx::Error>(())
+            }
+            .await;
+            let released = sqlx::query("SELECT RELEASE_LOCK(?)")
+                .bind(&name)
+                .execute(&mut *c)
+                .await;
+            result.map_err(classify)?;
+            released.map_err(classify)?;
+        }
+        Db::Lite(c) => {
+            c.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
+            let result = async {
+                c.execute(AssertSqlSafe(sql(create_log))).await?;
+                let current: i64 = sqlx::query(AssertSqlSafe(sql("SELECT COALESCE(MAX(version), 0) FROM {t}_migrations")))
+                    .fetch_one(&mut *c)
+                    .await?
+                    .try_get(0)?;
+                for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
+                    for s in *statements {
+                        c.execute(AssertSqlSafe(sql(s))).await?;
+                    }
+                    sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)")))
+                        .bind(version)
+                        .bind(now)
+                        .execute(&mut *c)
+                        .await?;
+                }
+                Ok::<(), sqlx::Error>(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    c.execute("COMMIT").await.map_err(classify)?;
+                }
+                Err(e) => {
+                    let _ = c.execute("ROLLBACK").await;
+                    return Err(classify(e));
+                }
+            }
+        }
+    }
+    Ok(VERSION)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        assert!(valid_table("spread_events"));
+        assert!(valid_table("_t1"));
+        assert!(!valid_table("1t"));
+        assert!(!valid_table("t; DROP TABLE x"));
+        assert!(!valid_table(""));
+    }
+}
