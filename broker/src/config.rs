@@ -105,6 +105,9 @@ pub struct Args {
     /// Forget deletes older than this many seconds at checkpoints [default: never].
     #[arg(long, env = "SPREAD_TOMBSTONE_GRACE_SECS")]
     pub tombstone_grace_secs: Option<u64>,
+    /// The SQL archive: sqlite://PATH, postgres://..., mysql://..., or off [default: sqlite://<data-dir>/archive.db].
+    #[arg(long, env = "SPREAD_ARCHIVE")]
+    pub archive: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -129,6 +132,7 @@ struct FileConfig {
     retention_bytes: Option<u64>,
     retention_secs: Option<u64>,
     tombstone_grace_secs: Option<u64>,
+    archive: Option<String>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -254,7 +258,10 @@ impl Config {
                 .tombstone_grace_secs
                 .or(file.tombstone_grace_secs)
                 .map(std::time::Duration::from_secs),
-            sinks: file.sinks,
+            sinks: archive_sink(args.archive.or(file.archive))
+                .into_iter()
+                .chain(file.sinks)
+                .collect(),
         };
         cfg.validate()?;
         Ok(cfg)
@@ -314,6 +321,26 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Name of the built-in archive sink.
+pub const ARCHIVE_SINK: &str = "archive";
+
+/// The built-in SQL archive sink, unless `setting` is `off`.
+fn archive_sink(setting: Option<String>) -> Option<crate::sinks::config::SinkConfig> {
+    let mut settings = toml::Table::new();
+    match setting.as_deref() {
+        Some("off") => return None,
+        Some(url) => {
+            settings.insert("url".into(), toml::Value::String(url.to_owned()));
+        }
+        None => {}
+    }
+    Some(crate::sinks::config::SinkConfig::builtin(
+        ARCHIVE_SINK,
+        "sql-archive",
+        settings,
+    ))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -398,9 +425,26 @@ mod tests {
             ..Args::default()
         })
         .unwrap();
+        // The built-in archive first, then the file's sinks.
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.sinks[0].name, ARCHIVE_SINK);
+        assert_eq!(c.sinks[0].settings_json(), "{}");
+        assert_eq!(c.sinks[1].batch_events, 10);
+        assert_eq!(c.sinks[1].settings_json(), r#"{"path":"a"}"#);
+        let c = Config::resolve(Args {
+            config: Some(path.clone()),
+            archive: Some("postgres://h/db".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.sinks[0].settings_json(), r#"{"url":"postgres://h/db"}"#);
+        let c = Config::resolve(Args {
+            config: Some(path.clone()),
+            archive: Some("off".into()),
+            ..Args::default()
+        })
+        .unwrap();
         assert_eq!(c.sinks.len(), 1);
-        assert_eq!(c.sinks[0].batch_events, 10);
-        assert_eq!(c.sinks[0].settings_json(), r#"{"path":"a"}"#);
         std::fs::write(&path, "[[sinks]]\nname = \"a b\"\nlibrary = \"/x.so\"\n").unwrap();
         let err = Config::resolve(Args {
             config: Some(path),

@@ -15,6 +15,7 @@ pub mod connection;
 pub mod engine;
 pub mod log;
 pub mod node;
+pub mod replay;
 pub mod server;
 pub mod sinks;
 pub mod tls;

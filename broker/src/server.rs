@@ -14,8 +14,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::connection::{self, outbound::Stats};
-use crate::engine::{CheckpointPolicy, EngineHandle, RecentLimits};
-use crate::sinks::{Prepared, Sinks};
+use crate::engine::{CheckpointPolicy, EngineHandle, RecentLimits, Services};
+use crate::sinks::{self, Prepared, Sinks};
 use crate::tls::{self, TlsSource};
 use crate::{node, BrokerError};
 
@@ -69,15 +69,26 @@ impl Server {
             every: config.checkpoint_every,
             tombstone_grace: config.tombstone_grace,
         };
-        let sinks = Prepared::load(&config.sinks, &config.data_dir, node_id.clone())?;
+        // Plugins may run their own async runtimes, which cannot start on a
+        // thread of this one: open them on a plain thread.
+        let sinks = std::thread::scope(|s| {
+            s.spawn(|| Prepared::load(&config.sinks, &config.data_dir, node_id.clone()))
+                .join()
+        })
+        .map_err(|_| {
+            sinks::SinkError::Config("a sink plugin panicked while loading".into())
+        })??;
         let log_options = config.log_options();
         let (log_dir, max_record) = (log_options.dir.clone(), log_options.max_record);
         let (engine, recovery) = EngineHandle::start(
             log_options,
             recent,
             checkpoints,
-            sinks.board(),
-            node_id.clone(),
+            Services {
+                sinks: sinks.board(),
+                replay: sinks.replay(),
+                node_id: node_id.clone(),
+            },
         )?;
         let sinks = sinks.start(engine.committed(), &log_dir, max_record)?;
         tracing::info!(

@@ -110,6 +110,9 @@ error_codes! {
     /// The broker cannot write its event log (for example, the disk is
     /// full); the publish was not applied. Reads still work.
     StorageUnavailable = 15, "storage_unavailable";
+    /// A replay cannot be served: no archive is configured, or it cannot
+    /// be reached (retry later).
+    ArchiveUnavailable = 16, "archive_unavailable";
 }
 
 impl ErrorCode {
@@ -122,6 +125,7 @@ impl ErrorCode {
                 | ErrorCode::DuplicateSubscription
                 | ErrorCode::Internal
                 | ErrorCode::StorageUnavailable
+                | ErrorCode::ArchiveUnavailable
         )
     }
 }

@@ -100,6 +100,33 @@ fn request() -> impl Strategy<Value = Request> {
         (any::<u64>(), any::<u64>())
             .prop_map(|(req_id, sub_id)| Request::Unsubscribe { req_id, sub_id }),
         any::<u64>().prop_map(|req_id| Request::Status { req_id }),
+        (
+            any::<u64>(),
+            proptest::collection::vec("[a-z]{1,5}(/[a-z]{1,5}){0,2}", 0..3),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(
+                |(req_id, prefixes, from_time, to_time, from_iteration, to_iteration, limit)| {
+                    Request::Replay {
+                        req_id,
+                        query: crate::ReplayQuery {
+                            prefixes: prefixes
+                                .iter()
+                                .map(|p| Topic::prefix(p, &TopicRules::default()).unwrap())
+                                .collect(),
+                            from_time,
+                            to_time,
+                            from_iteration,
+                            to_iteration,
+                            limit,
+                        },
+                    }
+                }
+            ),
     ]
 }
 
@@ -141,6 +168,8 @@ fn response() -> impl Strategy<Value = Response> {
             .prop_map(|(sub_id, iteration)| { Response::SnapshotComplete { sub_id, iteration } }),
         any::<u64>().prop_map(|req_id| Response::Unsubscribed { req_id }),
         status_report().prop_map(Response::Status),
+        (any::<u64>(), any::<u64>())
+            .prop_map(|(req_id, count)| Response::ReplayComplete { req_id, count }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(sub_id, skipped)| Response::Conflated { sub_id, skipped }),
         (any::<u64>(), any::<u64>())

@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use crate::error::ProtocolError;
 use crate::event::EventId;
 use crate::frame::{begin_frame, end_frame};
+use crate::replay::ReplayQuery;
 use crate::topic::{Topic, TopicRules};
 use crate::wire::{self, Reader};
 
@@ -28,6 +29,8 @@ pub mod kind {
     pub const UNSUBSCRIBE: u64 = 0x15;
     /// Ask for the broker's status (sinks included).
     pub const STATUS: u64 = 0x16;
+    /// Replay events from the archive.
+    pub const REPLAY: u64 = 0x17;
 }
 
 /// The first frame of every connection.
@@ -123,6 +126,13 @@ pub enum Request {
         /// Request id.
         req_id: u64,
     },
+    /// Replay archived events.
+    Replay {
+        /// Request id, also the `sub_id` of the events that answer it.
+        req_id: u64,
+        /// Which events.
+        query: ReplayQuery,
+    },
 }
 
 /// Appends a publish frame from borrowed parts, without building a
@@ -170,7 +180,8 @@ impl Request {
             | Request::Get { req_id, .. }
             | Request::Subscribe { req_id, .. }
             | Request::Unsubscribe { req_id, .. }
-            | Request::Status { req_id } => Some(*req_id),
+            | Request::Status { req_id }
+            | Request::Replay { req_id, .. } => Some(*req_id),
             Request::Publish(p) => Some(p.req_id),
         }
     }
@@ -235,6 +246,12 @@ impl Request {
                 wire::put_array(dst, 2);
                 wire::put_uint(dst, kind::STATUS);
                 wire::put_uint(dst, *req_id);
+            }
+            Request::Replay { req_id, query } => {
+                wire::put_array(dst, 8);
+                wire::put_uint(dst, kind::REPLAY);
+                wire::put_uint(dst, *req_id);
+                query.encode_fields(dst);
             }
         }
         end_frame(dst, start);
@@ -355,6 +372,13 @@ impl Request {
                 expect(&r, 2)?;
                 Request::Status {
                     req_id: r.uint("status: request id")?,
+                }
+            }
+            kind::REPLAY => {
+                expect(&r, 8)?;
+                Request::Replay {
+                    req_id: r.uint("replay: request id")?,
+                    query: ReplayQuery::read_fields(&mut r, rules)?,
                 }
             }
             other => return Err(ProtocolError::UnknownMessage(other)),

@@ -32,6 +32,8 @@ pub mod kind {
     pub const HISTORY_TRUNCATED: u64 = 0x96;
     /// Answer to a status request.
     pub const STATUS: u64 = 0x97;
+    /// End of a replay.
+    pub const REPLAY_COMPLETE: u64 = 0x98;
     /// An error.
     pub const ERROR: u64 = 0xff;
 }
@@ -372,6 +374,13 @@ pub enum Response {
     },
     /// Answer to a status request.
     Status(StatusReport),
+    /// A replay delivered all its events.
+    ReplayComplete {
+        /// Request id of the replay.
+        req_id: u64,
+        /// Events delivered.
+        count: u64,
+    },
     /// An error.
     Error(ErrorFrame),
 }
@@ -471,6 +480,12 @@ impl Response {
                 wire::put_array(dst, 7);
                 wire::put_uint(dst, kind::STATUS);
                 report.encode_fields(dst);
+            }
+            Response::ReplayComplete { req_id, count } => {
+                wire::put_array(dst, 3);
+                wire::put_uint(dst, kind::REPLAY_COMPLETE);
+                wire::put_uint(dst, *req_id);
+                wire::put_uint(dst, *count);
             }
             Response::Error(e) => {
                 wire::put_array(dst, 4);
@@ -596,6 +611,13 @@ impl Response {
             kind::STATUS => {
                 expect(&r, 7)?;
                 Response::Status(StatusReport::read_fields(&mut r)?)
+            }
+            kind::REPLAY_COMPLETE => {
+                expect(&r, 3)?;
+                Response::ReplayComplete {
+                    req_id: r.uint("replay complete: request id")?,
+                    count: r.uint("replay complete: count")?,
+                }
             }
             kind::ERROR => {
                 expect(&r, 4)?;

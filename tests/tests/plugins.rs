@@ -46,10 +46,11 @@ fn read_lines(path: &Path) -> (Vec<Line>, Vec<(u64, u64)>) {
     (events, missed)
 }
 
-/// Writes a broker config with `sinks` (TOML `[[sinks]]` entries).
+/// Writes a broker config with `sinks` (TOML `[[sinks]]` entries) and
+/// without the built-in archive, so these sinks are the only ones.
 fn config_file(dir: &Path, sinks: &str) -> PathBuf {
     let path = dir.join("spread.toml");
-    std::fs::write(&path, sinks).unwrap();
+    std::fs::write(&path, format!("archive = \"off\"\n{sinks}")).unwrap();
     path
 }
 

@@ -34,6 +34,7 @@ use crate::connection::outbound::{Conn, Outbound};
 use crate::log::committed::Committed;
 use crate::log::sync::{GroupCommit, IntervalSync};
 use crate::log::{Durability, Log, LogError, LogOptions, Recovery};
+use crate::replay::ReplaySource;
 use crate::sinks::status::SinkBoard;
 use clock::{Clock, IdGen};
 use fanout::Fanout;
@@ -97,6 +98,16 @@ struct Subscriber {
     exact: bool,
 }
 
+/// What the engine shares with the rest of the broker.
+pub struct Services {
+    /// Sink status, and how much history sinks still need.
+    pub sinks: Arc<SinkBoard>,
+    /// Where replays are served from.
+    pub replay: Option<Arc<ReplaySource>>,
+    /// This node's id.
+    pub node_id: Arc<str>,
+}
+
 /// When the engine writes a checkpoint of the latest-value table.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointPolicy {
@@ -135,9 +146,13 @@ impl EngineHandle {
         log_options: LogOptions,
         recent: RecentLimits,
         checkpoints: CheckpointPolicy,
-        sinks: Arc<SinkBoard>,
-        node_id: Arc<str>,
+        services: Services,
     ) -> Result<(Self, Recovery), EngineError> {
+        let Services {
+            sinks,
+            replay,
+            node_id,
+        } = services;
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
         let (log, recovery) = Log::open(log_options, |event| tree.restore(event))?;
@@ -169,6 +184,7 @@ impl EngineHandle {
             catchups: HashMap::new(),
             durable: committed.clone(),
             sinks,
+            replay,
             node_id,
             runtime: tokio::runtime::Handle::current(),
             me: tx.downgrade(),
@@ -244,6 +260,8 @@ struct Engine {
     sinks: Arc<SinkBoard>,
     /// This node's id, for status reports.
     node_id: Arc<str>,
+    /// Where replays are served from.
+    replay: Option<Arc<ReplaySource>>,
     /// Where catch-up jobs run.
     runtime: tokio::runtime::Handle,
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
@@ -376,6 +394,17 @@ impl Engine {
                 let report = self.status(req_id);
                 self.answer(conn, Response::Status(report));
             }
+            Request::Replay { req_id, query } => match &self.replay {
+                // The archive is read on a blocking thread, never here.
+                Some(source) => source.start(conn.clone(), req_id, query),
+                None => self.error(
+                    conn,
+                    req_id,
+                    ErrorCode::ArchiveUnavailable,
+                    "this broker has no archive to replay from (see the sinks configuration)"
+                        .into(),
+                ),
+            },
             Request::Hello(_) => self.fanout.push(
                 conn,
                 Outbound::Close(Some(ErrorFrame {

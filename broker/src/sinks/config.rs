@@ -19,8 +19,12 @@ use serde::Deserialize;
 pub struct SinkConfig {
     /// Unique name: letters, digits, `-` and `_`.
     pub name: String,
-    /// Path of the plugin's shared library.
-    pub library: PathBuf,
+    /// Path of the plugin's shared library (or `builtin`).
+    #[serde(default)]
+    pub library: Option<PathBuf>,
+    /// A sink linked into the broker instead of a library: `sql-archive`.
+    #[serde(default)]
+    pub builtin: Option<String>,
     /// A disabled sink is neither loaded nor holds retention back.
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -74,6 +78,24 @@ fn default_checkpoint_ms() -> u64 {
 }
 
 impl SinkConfig {
+    /// A built-in sink with default batching and `settings`.
+    pub fn builtin(name: &str, builtin: &str, settings: toml::Table) -> SinkConfig {
+        SinkConfig {
+            name: name.to_owned(),
+            library: None,
+            builtin: Some(builtin.to_owned()),
+            enabled: true,
+            hold_retention: true,
+            batch_events: default_batch_events(),
+            batch_bytes: default_batch_bytes(),
+            batch_linger_ms: default_linger_ms(),
+            retry_min_ms: default_retry_min_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            checkpoint_ms: default_checkpoint_ms(),
+            settings,
+        }
+    }
+
     /// Checks the values; the message names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         let valid_name = !self.name.is_empty()
@@ -85,6 +107,12 @@ impl SinkConfig {
         if !valid_name {
             return Err(format!(
                 "sink name {:?}: use 1 to 64 letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        if self.library.is_some() == self.builtin.is_some() {
+            return Err(format!(
+                "sink {}: give either `library` (a shared library) or `builtin`",
                 self.name
             ));
         }

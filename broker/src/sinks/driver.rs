@@ -5,7 +5,7 @@
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use spread_plugin::{Error, Event, OpenContext, Sink};
+use spread_plugin::{Archive, Cursor, Error, Event, OpenContext, OwnedEvent, Query, Sink};
 
 /// Opens sink instances of one plugin.
 pub trait Factory: Send + Sync {
@@ -13,6 +13,30 @@ pub trait Factory: Send + Sync {
     fn describe(&self) -> String;
     /// Opens an instance.
     fn open(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error>;
+    /// Whether the plugin can answer archive queries.
+    fn has_archive(&self) -> bool {
+        false
+    }
+    /// Opens its query side, if it has one.
+    fn open_archive(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn ArchiveDriver>, Error> {
+        let _ = ctx;
+        Err(Error::Fatal(format!(
+            "{} cannot answer queries",
+            self.describe()
+        )))
+    }
+}
+
+/// The query side of an archive plugin; queried from several threads.
+pub trait ArchiveDriver: Send + Sync {
+    /// Starts a query.
+    fn query(&self, query: &Query) -> Result<Box<dyn CursorDriver>, Error>;
+}
+
+/// A running archive query.
+pub trait CursorDriver: Send {
+    /// Replaces `page` with the next events; empty at the end.
+    fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<(), Error>;
 }
 
 /// One open sink instance; dropping it closes it.
@@ -29,16 +53,49 @@ pub trait Driver: Send {
 /// an exported plugin.
 pub struct Native<S> {
     name: &'static str,
+    archive: Option<OpenArchiveFn>,
     _sink: PhantomData<fn() -> S>,
 }
+
+type OpenArchiveFn = fn(&OpenContext<'_>) -> Result<Box<dyn ArchiveDriver>, Error>;
 
 impl<S: Sink> Native<S> {
     /// A factory for `S`, reported as `name`.
     pub fn new(name: &'static str) -> Native<S> {
         Native {
             name,
+            archive: None,
             _sink: PhantomData,
         }
+    }
+
+    /// The same, whose queries `A` answers.
+    pub fn with_archive<A: Archive>(name: &'static str) -> Native<S> {
+        Native {
+            name,
+            archive: Some(|ctx| {
+                let archive = guarded(|| A::open(ctx))?;
+                Ok(Box::new(NativeArchive(archive)) as Box<dyn ArchiveDriver>)
+            }),
+            _sink: PhantomData,
+        }
+    }
+}
+
+struct NativeArchive<A>(A);
+
+impl<A: Archive> ArchiveDriver for NativeArchive<A> {
+    fn query(&self, query: &Query) -> Result<Box<dyn CursorDriver>, Error> {
+        let cursor = guarded(|| self.0.query(query))?;
+        Ok(Box::new(NativeCursor(cursor)))
+    }
+}
+
+struct NativeCursor<C>(C);
+
+impl<C: Cursor> CursorDriver for NativeCursor<C> {
+    fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<(), Error> {
+        guarded(|| self.0.next_page(page))
     }
 }
 
@@ -62,6 +119,17 @@ impl<S: Sink> Factory for Native<S> {
     fn open(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
         let sink = guarded(|| S::open(ctx))?;
         Ok(Box::new(NativeSink(Some(sink))))
+    }
+
+    fn has_archive(&self) -> bool {
+        self.archive.is_some()
+    }
+
+    fn open_archive(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn ArchiveDriver>, Error> {
+        match self.archive {
+            Some(open) => open(ctx),
+            None => Err(Error::Fatal(format!("{} cannot answer queries", self.name))),
+        }
     }
 }
 

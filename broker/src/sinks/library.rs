@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use spread_plugin::ffi::{self, SpreadBytes, SpreadEvent, SpreadPlugin};
-use spread_plugin::{Error, Event};
+use spread_plugin::{Error, Event, OwnedEvent, Query};
 
-use super::driver::{Driver, Factory};
+use super::driver::{ArchiveDriver, CursorDriver, Driver, Factory};
 use spread_plugin::OpenContext;
 
 /// Why a plugin library could not be used.
@@ -64,6 +64,8 @@ pub struct Library {
     table: &'static SpreadPlugin,
     name: String,
     version: String,
+    /// Whether the archive functions are all there.
+    archive: bool,
     /// Dropped last: the table and every function point into it.
     _lib: libloading::Library,
 }
@@ -146,11 +148,18 @@ impl Library {
                 ),
             });
         }
+        let archive = caps & ffi::CAP_ARCHIVE != 0
+            && table.archive_open.is_some()
+            && table.archive_query.is_some()
+            && table.cursor_next.is_some()
+            && table.cursor_close.is_some()
+            && table.archive_close.is_some();
         Ok(Arc::new(Library {
             path,
             table,
             name,
             version,
+            archive,
             _lib: lib,
         }))
     }
@@ -206,12 +215,17 @@ fn describe(table: &SpreadPlugin) -> (String, String, u32) {
     (text(info.name), text(info.version), info.capabilities)
 }
 
-impl Factory for Arc<Library> {
-    fn describe(&self) -> String {
-        format!("{} {} ({})", self.name, self.version, self.path.display())
-    }
-
-    fn open(&self, args: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
+impl Library {
+    /// Calls an open function (sink or archive) with `args`.
+    fn open_with(
+        &self,
+        open: Option<ffi::OpenFn>,
+        args: &OpenContext<'_>,
+        call: &str,
+    ) -> Result<*mut c_void, Error> {
+        let Some(open) = open else {
+            return Err(Error::Fatal(format!("no {call}")));
+        };
         let data_dir = args.data_dir.to_string_lossy();
         let open_args = ffi::SpreadOpenArgs {
             name: SpreadBytes::new(args.name.as_bytes()),
@@ -219,21 +233,145 @@ impl Factory for Arc<Library> {
             node: SpreadBytes::new(args.node.as_bytes()),
             data_dir: SpreadBytes::new(data_dir.as_bytes()),
         };
-        let Some(open) = self.table.sink_open else {
-            return Err(Error::Fatal("no sink_open".into()));
-        };
         let mut instance: *mut c_void = std::ptr::null_mut();
         let mut message: *mut c_char = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call; the views borrow
         // locals that outlive it.
         let status = unsafe { open(&open_args, &mut instance, &mut message) };
         if status != ffi::STATUS_OK {
-            return Err(self.error(status, message, "sink_open"));
+            return Err(self.error(status, message, call));
         }
+        Ok(instance)
+    }
+}
+
+impl Factory for Arc<Library> {
+    fn describe(&self) -> String {
+        format!("{} {} ({})", self.name, self.version, self.path.display())
+    }
+
+    fn open(&self, args: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
+        let instance = self.open_with(self.table.sink_open, args, "sink_open")?;
         Ok(Box::new(Instance {
             lib: self.clone(),
             instance,
         }))
+    }
+
+    fn has_archive(&self) -> bool {
+        self.archive
+    }
+
+    fn open_archive(&self, args: &OpenContext<'_>) -> Result<Box<dyn ArchiveDriver>, Error> {
+        if !self.archive {
+            return Err(Error::Fatal(format!("{} cannot answer queries", self.name)));
+        }
+        let instance = self.open_with(self.table.archive_open, args, "archive_open")?;
+        Ok(Box::new(DynArchive {
+            lib: self.clone(),
+            instance,
+        }))
+    }
+}
+
+/// An open archive instance of a library.
+struct DynArchive {
+    lib: Arc<Library>,
+    instance: *mut c_void,
+}
+
+// SAFETY: the ABI lets archive_query run on several threads at once.
+unsafe impl Send for DynArchive {}
+// SAFETY: as above.
+unsafe impl Sync for DynArchive {}
+
+impl ArchiveDriver for DynArchive {
+    fn query(&self, q: &Query) -> Result<Box<dyn CursorDriver>, Error> {
+        let Some(query) = self.lib.table.archive_query else {
+            return Err(Error::Fatal("no archive_query".into()));
+        };
+        let prefixes: Vec<SpreadBytes> = q
+            .prefixes
+            .iter()
+            .map(|p| SpreadBytes::new(p.as_bytes()))
+            .collect();
+        let raw = ffi::SpreadQuery {
+            prefixes: prefixes.as_ptr(),
+            prefix_count: prefixes.len(),
+            node: q
+                .node
+                .as_deref()
+                .map_or(SpreadBytes::EMPTY, |n| SpreadBytes::new(n.as_bytes())),
+            from_time: q.from_time.unwrap_or(0),
+            to_time: q.to_time.unwrap_or(u64::MAX),
+            from_iteration: q.from_iteration.unwrap_or(0),
+            to_iteration: q.to_iteration.unwrap_or(u64::MAX),
+            limit: q.limit.unwrap_or(0),
+        };
+        let mut cursor: *mut c_void = std::ptr::null_mut();
+        let mut message = std::ptr::null_mut();
+        // SAFETY: the query's views borrow `q` and `prefixes`, alive for the call.
+        let status = unsafe { query(self.instance, &raw, &mut cursor, &mut message) };
+        if status != ffi::STATUS_OK {
+            return Err(self.lib.error(status, message, "archive_query"));
+        }
+        Ok(Box::new(DynCursor {
+            lib: self.lib.clone(),
+            cursor,
+        }))
+    }
+}
+
+impl Drop for DynArchive {
+    fn drop(&mut self) {
+        if let Some(close) = self.lib.table.archive_close {
+            // SAFETY: closed exactly once, after every cursor (they hold the library, not this).
+            unsafe { close(self.instance) };
+        }
+    }
+}
+
+/// A running query of a library's archive.
+struct DynCursor {
+    lib: Arc<Library>,
+    cursor: *mut c_void,
+}
+
+// SAFETY: a cursor is used by one thread at a time (`&mut self`).
+unsafe impl Send for DynCursor {}
+
+impl CursorDriver for DynCursor {
+    fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<(), Error> {
+        let Some(next) = self.lib.table.cursor_next else {
+            return Err(Error::Fatal("no cursor_next".into()));
+        };
+        let (mut events, mut count): (*const SpreadEvent, usize) = (std::ptr::null(), 0);
+        let mut message = std::ptr::null_mut();
+        // SAFETY: valid out-pointers; the cursor is live.
+        let status = unsafe { next(self.cursor, &mut events, &mut count, &mut message) };
+        if status != ffi::STATUS_OK {
+            return Err(self.lib.error(status, message, "cursor_next"));
+        }
+        if count == 0 || events.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the plugin returned `count` views valid until the next call.
+        let views = unsafe { std::slice::from_raw_parts(events, count) };
+        for view in views {
+            // SAFETY: as above; text is checked for UTF-8 here.
+            let event = unsafe { spread_plugin::export::event(view) }?;
+            page.push(event.to_owned_event());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DynCursor {
+    fn drop(&mut self) {
+        if let Some(close) = self.lib.table.cursor_close {
+            // SAFETY: closed exactly once.
+            unsafe { close(self.cursor) };
+        }
     }
 }
 

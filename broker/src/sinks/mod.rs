@@ -10,6 +10,7 @@
 //! Operators see each sink's state, checkpoint, lag and errors in status
 //! reports ([`status`]).
 
+pub mod builtin;
 pub mod config;
 pub mod driver;
 pub mod library;
@@ -81,6 +82,7 @@ type Loaded = (
 /// Sinks loaded and opened, not yet running.
 pub struct Prepared {
     sinks: Vec<Loaded>,
+    replay: Option<Arc<crate::replay::ReplaySource>>,
     board: Arc<SinkBoard>,
     data_dir: PathBuf,
     node: Arc<str>,
@@ -96,7 +98,17 @@ impl Prepared {
         node: Arc<str>,
     ) -> Result<Prepared, SinkError> {
         Self::load_with(configs, data_dir, node, |c| {
-            library::Library::load(&c.library)
+            if let Some(name) = &c.builtin {
+                return builtin::factory(name).ok_or_else(|| {
+                    SinkError::Config(format!(
+                        "sink {}: no built-in sink {name:?} (built in: {})",
+                        c.name,
+                        builtin::NAMES.join(", ")
+                    ))
+                });
+            }
+            let path = c.library.clone().unwrap_or_default();
+            library::Library::load(&path)
                 .map(|lib| Arc::new(lib) as Arc<dyn Factory>)
                 .map_err(|source| SinkError::Load {
                     name: c.name.clone(),
@@ -114,6 +126,7 @@ impl Prepared {
     ) -> Result<Prepared, SinkError> {
         let dir = checkpoints_dir(data_dir);
         let mut sinks = Vec::new();
+        let mut replay = None;
         for (i, c) in configs.iter().enumerate() {
             c.validate().map_err(SinkError::Config)?;
             if configs[..i].iter().any(|o| o.name == c.name) {
@@ -162,6 +175,16 @@ impl Prepared {
                 checkpoint,
                 "sink loaded"
             );
+            if replay.is_none() && plugin.has_archive() {
+                tracing::info!(sink = c.name, "replays are served from this sink's archive");
+                replay = Some(Arc::new(crate::replay::ReplaySource::new(
+                    &c.name,
+                    plugin.clone(),
+                    settings.clone(),
+                    node.clone(),
+                    data_dir.to_owned(),
+                )));
+            }
             sinks.push((c.clone(), plugin, driver, shared));
         }
         if !sinks.is_empty() {
@@ -178,10 +201,16 @@ impl Prepared {
         ));
         Ok(Prepared {
             sinks,
+            replay,
             board,
             data_dir: data_dir.to_owned(),
             node,
         })
+    }
+
+    /// Where replays are served from, if a sink has an archive.
+    pub fn replay(&self) -> Option<Arc<crate::replay::ReplaySource>> {
+        self.replay.clone()
     }
 
     /// The status board, shared with the engine.

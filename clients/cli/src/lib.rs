@@ -13,6 +13,9 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use spread_client::{Client, ClientConfig, Event, Item, Outcome, StatusReport};
 
+mod replay;
+mod time;
+
 /// The `spread` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -100,6 +103,35 @@ enum Command {
     },
     /// Measure the round-trip time to the broker.
     Ping,
+    /// Print archived events under PREFIX (from the broker's SQL archive),
+    /// republish them elsewhere, or roll the live state back to a moment.
+    Replay {
+        /// Prefixes to replay ("" for everything).
+        #[arg(default_value = "")]
+        prefixes: Vec<String>,
+        /// Earliest event time: RFC 3339, -15m (relative), now, or µs.
+        #[arg(long)]
+        from: Option<String>,
+        /// Latest event time (exclusive), same forms.
+        #[arg(long)]
+        to: Option<String>,
+        /// At most this many events.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print one JSON object per line (the `sub --json` format).
+        #[arg(long)]
+        json: bool,
+        /// Republish the events under this prefix instead (in their order).
+        #[arg(long, value_name = "OTHER_PREFIX")]
+        to_topic: Option<String>,
+        /// With --restore: the moment to roll back to.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// Republish, for every topic under the prefixes, its value at
+        /// --as-of (or delete it), so the live state is as it was then.
+        #[arg(long)]
+        restore: bool,
+    },
     /// Print the broker's status: iterations, retention and every sink.
     Status {
         /// Print JSON.
@@ -255,6 +287,31 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ping => {
             let rtt = client.ping().await?;
             writeln!(out, "pong from {} in {:?}", client.node_id(), rtt)?;
+        }
+        Command::Replay {
+            prefixes,
+            from,
+            to,
+            limit,
+            json,
+            to_topic,
+            as_of,
+            restore,
+        } => {
+            let args = replay::Args {
+                replay: spread_client::Replay {
+                    prefixes: prefixes.into_iter().filter(|p| !p.is_empty()).collect(),
+                    from_time: from.as_deref().map(time::parse).transpose()?,
+                    to_time: to.as_deref().map(time::parse).transpose()?,
+                    limit,
+                    ..spread_client::Replay::default()
+                },
+                json,
+                to_topic,
+                as_of: as_of.as_deref().map(time::parse).transpose()?,
+                restore,
+            };
+            replay::run(&client, args, &mut out).await?;
         }
         Command::Status { json } => {
             let report = client.status().await?;
@@ -414,7 +471,7 @@ fn print_report(
 }
 
 /// Sets `payload` (UTF-8) or `payload_base64` on a JSON object.
-fn set_payload(v: &mut serde_json::Value, payload: &[u8]) {
+pub(crate) fn set_payload(v: &mut serde_json::Value, payload: &[u8]) {
     match std::str::from_utf8(payload) {
         Ok(s) => v["payload"] = s.into(),
         Err(_) => {
@@ -452,7 +509,7 @@ pub fn event_json(e: &Event, status: Option<&str>) -> serde_json::Value {
 }
 
 /// One human-readable line for an event.
-fn event_line(e: &Event) -> String {
+pub(crate) fn event_line(e: &Event) -> String {
     if e.is_tombstone() {
         return format!(
             "[{}] {} deleted (by {})",

@@ -13,6 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::ClientConfig;
 use crate::driver::{self, Shared, SubState};
+use crate::replay::{Replay, ReplayStream};
 use crate::subscription::Subscription;
 use crate::{tls, Error};
 
@@ -238,7 +239,7 @@ impl Client {
             mode,
         };
         // Deliveries and a refusal both arrive on the subscription's stream.
-        if let Err(e) = self.shared.send(&req) {
+        if let Err(e) = self.shared.send_streamed(&req) {
             self.shared.subs.lock().remove(&id);
             return Err(e);
         }
@@ -262,6 +263,23 @@ impl Client {
             Response::Pong { .. } => Ok(start.elapsed()),
             _ => Err(Error::Unexpected("expected a pong")),
         }
+    }
+
+    /// Replays archived events (from the broker's SQL archive), in CmRDT
+    /// order: timestamp, then origin, then id.
+    pub async fn replay(&self, replay: &Replay) -> Result<ReplayStream, Error> {
+        let query = replay.to_query(&self.shared.rules)?;
+        let id = self.shared.next_id();
+        let (tx, rx) = mpsc::channel(self.shared.config.subscription_buffer.max(1));
+        self.shared.replays.lock().insert(id, tx);
+        if let Err(e) = self
+            .shared
+            .send_streamed(&Request::Replay { req_id: id, query })
+        {
+            self.shared.replays.lock().remove(&id);
+            return Err(e);
+        }
+        Ok(ReplayStream::new(rx, self._guard.clone()))
     }
 
     /// The broker's status: iterations, retention and every sink's state,

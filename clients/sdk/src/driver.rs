@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::FramedRead;
 
 use crate::config::ClientConfig;
+use crate::replay::ReplayItem;
 use crate::subscription::Item;
 use crate::Error;
 
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     out_ready: Notify,
     pub pending: Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>,
     pub subs: Mutex<HashMap<u64, SubState>>,
+    /// Running replays, by request id.
+    pub replays: Mutex<HashMap<u64, mpsc::Sender<Result<ReplayItem, Error>>>>,
     pub node_id: Mutex<String>,
     pub shutdown: watch::Sender<bool>,
     /// Whether a connection is up; observers await changes.
@@ -72,6 +75,7 @@ impl Shared {
             out_ready: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
+            replays: Mutex::new(HashMap::new()),
             node_id: Mutex::new(String::new()),
             shutdown: watch::channel(false).0,
             state: watch::channel(false).0,
@@ -100,6 +104,19 @@ impl Shared {
         Ok(rx)
     }
 
+    /// Queues `req`, whose answers arrive on a stream (a subscription or a
+    /// replay) rather than as one pending answer.
+    pub fn send_streamed(&self, req: &Request) -> Result<(), Error> {
+        let mut out = self.out.lock();
+        if !out.connected {
+            return Err(Error::NotConnected);
+        }
+        req.encode(&mut out.buf);
+        drop(out);
+        self.out_ready.notify_one();
+        Ok(())
+    }
+
     /// Queues `req` without waiting for an answer (its answer is ignored).
     pub fn send_and_forget(&self, req: &Request) {
         let mut out = self.out.lock();
@@ -117,9 +134,14 @@ impl Shared {
         out.connected = false;
         out.buf.clear();
         let pending: Vec<_> = self.pending.lock().drain().collect();
+        let replays: Vec<_> = self.replays.lock().drain().collect();
         drop(out);
         for (_, tx) in pending {
             let _ = tx.send(Err(Error::Disconnected));
+        }
+        // A replay cannot resume by itself: its stream ends with the error.
+        for (_, tx) in replays {
+            let _ = tx.try_send(Err(Error::Disconnected));
         }
         self.state.send_replace(false);
     }
@@ -296,6 +318,23 @@ async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> O
 /// Delivers one broker message; a connection-level error frame is `Err`.
 async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
     let (sub_id, item) = match resp {
+        Response::Event { sub_id, event } if shared.replays.lock().contains_key(&sub_id) => {
+            let tx = shared.replays.lock().get(&sub_id).cloned();
+            if let Some(tx) = tx {
+                // A full buffer makes the reader wait: backpressure to the broker.
+                if tx.send(Ok(ReplayItem::Event(event))).await.is_err() {
+                    shared.replays.lock().remove(&sub_id);
+                }
+            }
+            return Ok(());
+        }
+        Response::ReplayComplete { req_id, count } => {
+            let tx = shared.replays.lock().remove(&req_id);
+            if let Some(tx) = tx {
+                let _ = tx.send(Ok(ReplayItem::Complete(count))).await;
+            }
+            return Ok(());
+        }
         Response::Event { sub_id, event } => {
             let mut subs = shared.subs.lock();
             let Some(sub) = subs.get_mut(&sub_id) else {
@@ -335,10 +374,15 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
                 let _ = tx.send(Err(err));
                 return Ok(());
             }
-            // A refused subscription: end its stream with the error.
+            // A refused subscription or replay: end its stream with the error.
             let refused = shared.subs.lock().remove(&id);
             if let Some(sub) = refused {
                 let _ = sub.tx.send(Err(err)).await;
+                return Ok(());
+            }
+            let replay = shared.replays.lock().remove(&id);
+            if let Some(tx) = replay {
+                let _ = tx.send(Err(err)).await;
             }
             return Ok(());
         }

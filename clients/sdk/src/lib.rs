@@ -30,12 +30,14 @@ mod client;
 mod config;
 mod driver;
 mod error;
+mod replay;
 mod subscription;
 mod tls;
 
 pub use client::{Client, PublishOptions};
 pub use config::{ClientConfig, Trust};
 pub use error::Error;
+pub use replay::{Replay, ReplayStream};
 pub use spread_protocol::{
     ErrorCode, Event, EventId, EventKind, Outcome, PublishStatus, SinkStatus, StatusReport, Summary,
 };

@@ -120,7 +120,11 @@ macro_rules! run_page {
                     origin: r.try_get("origin")?,
                     node: r.try_get("node")?,
                     id: id.as_slice().try_into().unwrap_or([0; 16]),
-                    kind: if kind == 1 { Kind::Tombstone } else { Kind::Value },
+                    kind: if kind == 1 {
+                        Kind::Tombstone
+                    } else {
+                        Kind::Value
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()
@@ -192,7 +196,10 @@ mod tests {
             sql.contains("(topic = $1 OR (topic >= $2 AND topic < $3))"),
             "{sql}"
         );
-        assert!(sql.contains("(timestamp_us, origin, id) > ($5, $6, $7)"), "{sql}");
+        assert!(
+            sql.contains("(timestamp_us, origin, id) > ($5, $6, $7)"),
+            "{sql}"
+        );
         assert!(sql.ends_with("ORDER BY timestamp_us, origin, id LIMIT 10"));
         assert_eq!(binds[1], Bind::Text("a/b/".into()));
         assert_eq!(binds[2], Bind::Text("a/b0".into()));

@@ -37,8 +37,7 @@ const POSTGRES: &[Migration] = &[(
 
 const MYSQL: &[Migration] = &[(
     1,
-    &[
-        "CREATE TABLE IF NOT EXISTS {t} (
+    &["CREATE TABLE IF NOT EXISTS {t} (
             id BINARY(16) NOT NULL PRIMARY KEY,
             node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
             iteration BIGINT UNSIGNED NOT NULL,
@@ -51,8 +50,7 @@ const MYSQL: &[Migration] = &[(
             KEY {t}_topic_time (topic(500), timestamp_us),
             KEY {t}_time (timestamp_us, origin, id),
             KEY {t}_node_iteration (node, iteration)
-        ) ENGINE=InnoDB",
-    ],
+        ) ENGINE=InnoDB"],
 )];
 
 const SQLITE: &[Migration] = &[(
@@ -87,11 +85,9 @@ pub fn valid_table(table: &str) -> bool {
 
 fn lock_key(table: &str) -> i64 {
     // FNV-1a: a stable advisory lock key per table.
-    table
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        }) as i64
+    table.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) as i64
 }
 
 /// Applies the migrations `table` lacks; returns the schema version.
@@ -112,22 +108,28 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-            tx.execute(AssertSqlSafe(sql(create_log))).await.map_err(classify)?;
-            let current: i64 = sqlx::query(AssertSqlSafe(sql("SELECT COALESCE(MAX(version), 0) FROM {t}_migrations")))
-                .fetch_one(&mut *tx)
+            tx.execute(AssertSqlSafe(sql(create_log)))
                 .await
-                .and_then(|r| r.try_get(0))
                 .map_err(classify)?;
+            let current: i64 = sqlx::query(AssertSqlSafe(sql(
+                "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
+            )))
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(classify)?;
             for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
                 for s in *statements {
                     tx.execute(AssertSqlSafe(sql(s))).await.map_err(classify)?;
                 }
-                sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)")))
-                    .bind(version)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?;
+                sqlx::query(AssertSqlSafe(sql(
+                    "INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)",
+                )))
+                .bind(version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?;
             }
             tx.commit().await.map_err(classify)?;
         }
@@ -141,24 +143,29 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 .and_then(|r| r.try_get(0))
                 .map_err(classify)?;
             if got != Some(1) {
-                return Err(Error::retry("another broker is migrating the archive schema"));
+                return Err(Error::retry(
+                    "another broker is migrating the archive schema",
+                ));
             }
             let result = async {
                 c.execute(AssertSqlSafe(sql(create_log))).await?;
-                let current: i64 =
-                    sqlx::query(AssertSqlSafe(sql("SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations")))
-                        .fetch_one(&mut *c)
-                        .await?
-                        .try_get(0)?;
+                let current: i64 = sqlx::query(AssertSqlSafe(sql(
+                    "SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations",
+                )))
+                .fetch_one(&mut *c)
+                .await?
+                .try_get(0)?;
                 for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
                     for s in *statements {
                         c.execute(AssertSqlSafe(sql(s))).await?;
                     }
-                    sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)")))
-                        .bind(version)
-                        .bind(now)
-                        .execute(&mut *c)
-                        .await?;
+                    sqlx::query(AssertSqlSafe(sql(
+                        "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
+                    )))
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
                 }
                 Ok::<(), sqlx::Error>(())
             }
@@ -174,19 +181,23 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
             c.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
             let result = async {
                 c.execute(AssertSqlSafe(sql(create_log))).await?;
-                let current: i64 = sqlx::query(AssertSqlSafe(sql("SELECT COALESCE(MAX(version), 0) FROM {t}_migrations")))
-                    .fetch_one(&mut *c)
-                    .await?
-                    .try_get(0)?;
+                let current: i64 = sqlx::query(AssertSqlSafe(sql(
+                    "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
+                )))
+                .fetch_one(&mut *c)
+                .await?
+                .try_get(0)?;
                 for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
                     for s in *statements {
                         c.execute(AssertSqlSafe(sql(s))).await?;
                     }
-                    sqlx::query(AssertSqlSafe(sql("INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)")))
-                        .bind(version)
-                        .bind(now)
-                        .execute(&mut *c)
-                        .await?;
+                    sqlx::query(AssertSqlSafe(sql(
+                        "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
+                    )))
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
                 }
                 Ok::<(), sqlx::Error>(())
             }

@@ -58,9 +58,8 @@ pub async fn insert(db: &mut Db, table: &str, events: &[Event<'_>]) -> Result<u6
             let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
             let mut inserted = 0;
             for chunk in chunks(events) {
-                let mut q = QueryBuilder::<MySql>::new(format!(
-                    "INSERT IGNORE INTO {table} ({COLUMNS}) "
-                ));
+                let mut q =
+                    QueryBuilder::<MySql>::new(format!("INSERT IGNORE INTO {table} ({COLUMNS}) "));
                 q.push_values(chunk, |mut row, e| {
                     row.push_bind(e.id().to_vec())
                         .push_bind(e.node())
@@ -123,8 +122,7 @@ fn chunks<'b, 'e>(events: &'b [Event<'e>]) -> impl Iterator<Item = &'b [Event<'e
         }
         let mut bytes = 0;
         let mut n = 0;
-        while n < rest.len() && n < ROWS_PER_STATEMENT && (n == 0 || bytes < BYTES_PER_STATEMENT)
-        {
+        while n < rest.len() && n < ROWS_PER_STATEMENT && (n == 0 || bytes < BYTES_PER_STATEMENT) {
             bytes += rest[n].payload().len() + rest[n].topic().len() + 64;
             n += 1;
         }

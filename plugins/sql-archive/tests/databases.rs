@@ -92,7 +92,11 @@ fn events(n: u64) -> Vec<OwnedEvent> {
                 origin: format!("origin-{}", i % 3),
                 node: "node-a".into(),
                 id,
-                kind: if i % 10 == 9 { Kind::Tombstone } else { Kind::Value },
+                kind: if i % 10 == 9 {
+                    Kind::Tombstone
+                } else {
+                    Kind::Value
+                },
             }
         })
         .collect()
@@ -112,9 +116,7 @@ fn query_all(archive: &SqlArchive, q: &Query) -> Vec<OwnedEvent> {
 }
 
 fn cmrdt_order(events: &mut [OwnedEvent]) {
-    events.sort_by(|a, b| {
-        (a.timestamp, &a.origin, a.id).cmp(&(b.timestamp, &b.origin, b.id))
-    });
+    events.sort_by(|a, b| (a.timestamp, &a.origin, a.id).cmp(&(b.timestamp, &b.origin, b.id)));
 }
 
 #[test]
@@ -132,7 +134,11 @@ fn every_event_once_and_queries_in_order_with_whole_segment_prefixes() {
             inserted += sink.insert(chunk).unwrap();
         }
         assert_eq!(inserted, 12_000, "{name}");
-        assert_eq!(sink.insert(&views[4000..9000]).unwrap(), 0, "{name}: duplicates");
+        assert_eq!(
+            sink.insert(&views[4000..9000]).unwrap(),
+            0,
+            "{name}: duplicates"
+        );
         sink.flush().unwrap();
         drop(sink);
 
