@@ -75,9 +75,7 @@ impl Server {
             s.spawn(|| Prepared::load(&config.sinks, &config.data_dir, node_id.clone()))
                 .join()
         })
-        .map_err(|_| {
-            sinks::SinkError::Config("a sink plugin panicked while loading".into())
-        })??;
+        .map_err(|_| sinks::SinkError::Config("a sink plugin panicked while loading".into()))??;
         let log_options = config.log_options();
         let (log_dir, max_record) = (log_options.dir.clone(), log_options.max_record);
         let (engine, recovery) = EngineHandle::start(

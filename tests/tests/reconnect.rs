@@ -3,62 +3,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use spread_client::{Client, Error, Item};
-use support::{snapshot, Broker, PATIENCE};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-/// A TCP proxy whose connections the test can cut, and which can refuse
-/// new connections for a while.
-struct Proxy {
-    addr: SocketAddr,
-    generation: watch::Sender<u64>,
-    open: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (generation, _) = watch::channel(0u64);
-        let open = Arc::new(AtomicBool::new(true));
-        let (gen_tx, open2) = (generation.clone(), open.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut down, _)) = listener.accept().await else {
-                    return;
-                };
-                if !open2.load(Ordering::SeqCst) {
-                    continue; // dropped: the client sees a failed handshake
-                }
-                let mut cut = gen_tx.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            generation,
-            open,
-        }
-    }
-
-    /// Drops every proxied connection.
-    fn cut(&self) {
-        self.generation.send_modify(|g| *g += 1);
-    }
-}
+use support::{snapshot, Broker, Proxy, PATIENCE};
 
 /// A client reaching `broker` through `proxy`.
 async fn through(broker: &Broker, proxy: &Proxy, reconnect: bool) -> Client {
