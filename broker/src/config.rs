@@ -323,6 +323,9 @@ impl Config {
     }
 }
 
+/// Most events per archive transaction.
+pub const ARCHIVE_BATCH_EVENTS: usize = 16_384;
+
 /// Name of the built-in archive sink.
 pub const ARCHIVE_SINK: &str = "archive";
 
@@ -336,11 +339,12 @@ fn archive_sink(setting: Option<String>) -> Option<crate::sinks::config::SinkCon
         }
         None => {}
     }
-    Some(crate::sinks::config::SinkConfig::builtin(
-        ARCHIVE_SINK,
-        "sql-archive",
-        settings,
-    ))
+    let mut sink = crate::sinks::config::SinkConfig::builtin(ARCHIVE_SINK, "sql-archive", settings);
+    // One transaction per batch: large batches when the archive is behind
+    // make each commit (and each index page touched) serve more events.
+    sink.batch_events = ARCHIVE_BATCH_EVENTS;
+    sink.batch_bytes = 16 * 1024 * 1024;
+    Some(sink)
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {

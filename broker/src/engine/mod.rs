@@ -508,7 +508,7 @@ impl Engine {
             iteration: self.tree.iteration(),
             committed,
             retained_from: self.log.retained_from(),
-            sinks: self.sinks.reports(committed),
+            sinks: self.sinks.reports(&self.durable),
         }
     }
 

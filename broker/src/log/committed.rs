@@ -1,18 +1,27 @@
 //! The committed iteration: the highest one whose record is durable under
 //! the durability policy, and the point up to which readers of the log
 //! (history catch-ups, sinks) may read. Advanced once per engine round;
-//! readers can wait for it to move.
+//! readers can wait for it to move. It also remembers when it moved (a
+//! sample every 10 ms, the last 64 Ki of them), so a reader's lag can be
+//! told in time: how long ago the first event it has not consumed was
+//! committed.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+/// How often the value is sampled with its time.
+const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// Samples kept (about 11 minutes at one per 10 ms).
+const SAMPLES: usize = 65_536;
+
 /// A watermark that only grows, with waiting.
 #[derive(Debug, Default)]
 pub struct Committed {
     value: AtomicU64,
-    lock: Mutex<()>,
+    lock: Mutex<VecDeque<(u64, Instant)>>,
     moved: Condvar,
 }
 
@@ -34,8 +43,30 @@ impl Committed {
     pub fn advance(&self, to: u64) {
         self.value.fetch_max(to, Ordering::AcqRel);
         // Taking the lock orders this store before a waiter's check-then-wait.
-        drop(self.lock.lock());
+        let mut samples = self.lock.lock();
+        let now = Instant::now();
+        if samples
+            .back()
+            .is_none_or(|(_, at)| now.duration_since(*at) >= SAMPLE_EVERY)
+        {
+            if samples.len() == SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back((to, now));
+        }
+        drop(samples);
         self.moved.notify_all();
+    }
+
+    /// About when the value first reached `iteration` (within 10 ms; the
+    /// oldest sample kept when it was earlier); `None` if it has not yet.
+    pub fn reached_at(&self, iteration: u64) -> Option<Instant> {
+        let samples = self.lock.lock();
+        let i = samples.partition_point(|(v, _)| *v < iteration);
+        samples
+            .get(i)
+            .or(samples.front().filter(|_| i == 0))
+            .map(|(_, at)| *at)
     }
 
     /// Waits until the value exceeds `seen`, `timeout` passes or
@@ -84,5 +115,17 @@ mod tests {
         stop.store(true, Ordering::Release);
         c.interrupt();
         assert_eq!(waiter.join().unwrap(), 7);
+    }
+
+    #[test]
+    fn it_remembers_when_it_moved() {
+        let c = Committed::new(0);
+        assert_eq!(c.reached_at(1), None);
+        let before = Instant::now();
+        c.advance(10);
+        let at = c.reached_at(5).unwrap();
+        assert!(at >= before);
+        assert_eq!(c.reached_at(10), Some(at));
+        assert_eq!(c.reached_at(11), None);
     }
 }

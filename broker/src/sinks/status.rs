@@ -149,7 +149,10 @@ impl SinkBoard {
     }
 
     /// Every sink's status, lag measured against `committed`.
-    pub fn reports(&self, committed: u64) -> Vec<SinkStatus> {
+    pub fn reports(&self, committed: &crate::log::committed::Committed) -> Vec<SinkStatus> {
+        let now = Instant::now();
+        let committed_at = |it: u64| committed.reached_at(it);
+        let committed = committed.get();
         self.sinks
             .iter()
             .map(|s| {
@@ -162,9 +165,11 @@ impl SinkBoard {
                     state: live.state.as_str().to_string(),
                     checkpoint,
                     lag_events,
-                    lag_ms: match (lag_events, live.behind_since) {
-                        (0, _) | (_, None) => 0,
-                        (_, Some(since)) => since.elapsed().as_millis() as u64,
+                    // How long ago the first event it lacks was committed.
+                    lag_ms: match lag_events {
+                        0 => 0,
+                        _ => committed_at(checkpoint.saturating_add(1))
+                            .map_or(0, |at| now.duration_since(at).as_millis() as u64),
                     },
                     delivered: live.delivered,
                     errors: live.errors,

@@ -105,14 +105,17 @@ fn config(name: &str, settings: &str) -> SinkConfig {
     c
 }
 
-fn run(dir: &Path, config: SinkConfig, last: u64) -> super::Sinks {
+fn run(dir: &Path, config: SinkConfig, last: u64) -> (super::Sinks, Arc<Committed>) {
     let prepared = Prepared::load_with(&[config], dir, "node".into(), |_| {
         Ok(Arc::new(Native::<TestSink>::new("test")) as Arc<dyn Factory>)
     })
     .unwrap();
-    prepared
-        .start(Arc::new(Committed::new(last)), &dir.join("log"), 1 << 20)
-        .unwrap()
+    let committed = Arc::new(Committed::new(0));
+    committed.advance(last);
+    let sinks = prepared
+        .start(committed.clone(), &dir.join("log"), 1 << 20)
+        .unwrap();
+    (sinks, committed)
 }
 
 fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -127,10 +130,12 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 fn retries_then_delivers_everything_once_and_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 1..=100);
-    let sinks = run(dir.path(), config("retry", "fail = 3"), 100);
+    let (sinks, committed) = run(dir.path(), config("retry", "fail = 3"), 100);
     let board = sinks.board().clone();
-    wait_for("checkpoint 100", || board.reports(100)[0].checkpoint == 100);
-    let report = &board.reports(100)[0];
+    wait_for("checkpoint 100", || {
+        board.reports(&committed)[0].checkpoint == 100
+    });
+    let report = &board.reports(&committed)[0];
     assert_eq!(report.errors, 3);
     assert_eq!(report.state, "running");
     assert_eq!(report.lag_events, 0);
@@ -142,9 +147,11 @@ fn retries_then_delivers_everything_once_and_resumes_from_its_checkpoint() {
     assert_eq!(received("retry"), (1..=100).collect::<Vec<_>>());
     // Restarted over a longer log: only what follows the checkpoint.
     write_log(dir.path(), 101..=150);
-    let sinks = run(dir.path(), config("retry", "fail = 0"), 150);
+    let (sinks, committed) = run(dir.path(), config("retry", "fail = 0"), 150);
     let board = sinks.board().clone();
-    wait_for("checkpoint 150", || board.reports(150)[0].checkpoint == 150);
+    wait_for("checkpoint 150", || {
+        board.reports(&committed)[0].checkpoint == 150
+    });
     sinks.stop(Duration::from_secs(5));
     assert_eq!(received("retry"), (1..=150).collect::<Vec<_>>());
 }
@@ -153,10 +160,11 @@ fn retries_then_delivers_everything_once_and_resumes_from_its_checkpoint() {
 fn a_panicking_sink_is_stopped_and_keeps_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     write_log(dir.path(), 1..=100);
-    let sinks = run(dir.path(), config("panics", "panic_at = 60"), 100);
+    let (sinks, committed) = run(dir.path(), config("panics", "panic_at = 60"), 100);
     let board = sinks.board().clone();
-    wait_for("failure", || board.reports(100)[0].state == "failed");
-    let report = &board.reports(100)[0];
+    wait_for("failure", || board.reports(&committed)[0].state == "failed");
+    let report = &board.reports(&committed)[0];
+    assert!(report.lag_ms < 60_000, "{report:?}");
     assert!(
         report.last_error.as_deref().unwrap().contains("boom at 60"),
         "{report:?}"

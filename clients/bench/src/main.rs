@@ -6,6 +6,7 @@
 //! against both and prints a Markdown table of results and ratios.
 
 mod acked;
+mod archive;
 mod nats;
 mod restart;
 mod servers;
@@ -72,6 +73,12 @@ struct Args {
     /// Instead of the workloads: the sink benchmark with this many publishes.
     #[arg(long, default_value_t = 0)]
     sink_events: u64,
+    /// Instead of the workloads: the archive benchmark with this many events per measurement.
+    #[arg(long, default_value_t = 0)]
+    archive_events: u64,
+    /// Publish rate of the archive lag measurement.
+    #[arg(long, default_value_t = 100_000)]
+    archive_rate: u64,
     /// The no-op sink plugin [default: deps/libspread_example_null_sink.so next to this executable].
     #[arg(long)]
     sink_lib: Option<PathBuf>,
@@ -121,6 +128,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
+    if args.archive_events > 0 {
+        drop(broker);
+        let tls = connector(&tls_dir.join("ca.pem"))?;
+        let result = archive::run(
+            &broker_bin,
+            &data,
+            tls,
+            args.archive_events,
+            args.archive_rate,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
     if args.sink_events > 0 {
         drop(broker);
         let nats_server = servers::start_nats(

@@ -76,13 +76,20 @@ pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Re
     start_spread_with(bin, data_dir, durability, &[])
 }
 
-/// As [`start_spread`], with `extra` flags.
+/// As [`start_spread`], with `extra` flags. The built-in archive is off
+/// unless `extra` sets `--archive`: these workloads measure the broker and
+/// its log; the archive has a benchmark of its own (`--archive-events`).
 pub fn start_spread_with(
     bin: &Path,
     data_dir: &Path,
     durability: &str,
     extra: &[&str],
 ) -> anyhow::Result<Server> {
+    let archive: &[&str] = if extra.contains(&"--archive") {
+        &[]
+    } else {
+        &["--archive", "off"]
+    };
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -90,6 +97,7 @@ pub fn start_spread_with(
         // (64 MiB) before it acts on a slow consumer.
         .args(["--subscriber-buffer", "67108864"])
         .args(["--durability", durability])
+        .args(archive)
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -54,7 +54,8 @@ async fn drained(spread: &Spread) -> anyhow::Result<Instant> {
     }
 }
 
-fn fresh(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
+/// A fresh data dir under `base` sharing `base`'s TLS material.
+pub fn fresh(base: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let dir = base.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -48,10 +48,30 @@ impl Conn {
     }
 }
 
-/// A connection that asks the broker for its status.
+/// A connection for status requests and replays.
 pub struct StatusProbe(Conn);
 
 impl StatusProbe {
+    /// Replays `query` and returns how many events arrived.
+    pub async fn replay(&mut self, query: spread_protocol::ReplayQuery) -> anyhow::Result<u64> {
+        let mut out = BytesMut::new();
+        Request::Replay { req_id: 2, query }.encode(&mut out);
+        self.0.wr.write_all(&out).await?;
+        self.0.wr.flush().await?;
+        let mut events = 0u64;
+        loop {
+            match self.0.recv().await? {
+                Response::Event { sub_id: 2, .. } => events += 1,
+                Response::ReplayComplete { count, .. } => {
+                    anyhow::ensure!(count == events, "{events} events for a count of {count}");
+                    return Ok(events);
+                }
+                Response::Error(e) => bail!("replay refused: {}", e.message),
+                _ => {}
+            }
+        }
+    }
+
     /// The status report.
     pub async fn status(&mut self) -> anyhow::Result<spread_protocol::StatusReport> {
         let mut out = BytesMut::new();

@@ -110,6 +110,20 @@ impl SqlSink {
     }
 }
 
+impl SqlSink {
+    /// Drops the archive's tables (for scratch tables in tools and tests).
+    pub fn drop_table(&mut self) -> Result<()> {
+        let SqlSink { target, rt, db } = self;
+        rt.block_on(async {
+            let conn = match db {
+                Some(c) => c,
+                None => db.insert(db::connect(&target.url).await?),
+            };
+            schema::drop(conn, &target.table).await
+        })
+    }
+}
+
 impl Sink for SqlSink {
     fn open(ctx: &OpenContext<'_>) -> Result<Self> {
         let target = Target::from(ctx)?;

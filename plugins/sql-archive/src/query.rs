@@ -77,12 +77,17 @@ fn page_sql(
         conds.push(format!("iteration < {}", bind(Bind::Int(clamp(i)))));
     }
     if let Some((ts, origin, id)) = &pos.after {
-        let (a, b, c) = (
-            bind(Bind::Int(*ts)),
-            bind(Bind::Text(origin.clone())),
-            bind(Bind::Blob(id.clone())),
-        );
-        conds.push(format!("(timestamp_us, origin, id) > ({a}, {b}, {c})"));
+        // `(timestamp_us, origin, id) > (a, b, c)`, spelled out: MySQL and
+        // MariaDB do not turn a row comparison into an index range, which
+        // made every page a scan.
+        let a = bind(Bind::Int(*ts));
+        let a2 = bind(Bind::Int(*ts));
+        let b = bind(Bind::Text(origin.clone()));
+        let b2 = bind(Bind::Text(origin.clone()));
+        let c = bind(Bind::Blob(id.clone()));
+        conds.push(format!(
+            "timestamp_us >= {a} AND (timestamp_us > {a2} OR origin > {b} OR (origin = {b2} AND id > {c}))"
+        ));
     }
     let filter = if conds.is_empty() {
         String::new()
@@ -197,7 +202,9 @@ mod tests {
             "{sql}"
         );
         assert!(
-            sql.contains("(timestamp_us, origin, id) > ($5, $6, $7)"),
+            sql.contains(
+                "timestamp_us >= $5 AND (timestamp_us > $6 OR origin > $7 OR (origin = $8 AND id > $9))"
+            ),
             "{sql}"
         );
         assert!(sql.ends_with("ORDER BY timestamp_us, origin, id LIMIT 10"));

@@ -1,5 +1,12 @@
 //! The archive's schema and its versioned migrations.
 //!
+//! The primary key is the CmRDT order `(timestamp_us, origin, id)`: an
+//! event's id fixes its timestamp and origin, so the key is unique exactly
+//! when the id is (redelivered events are skipped), and it is the order
+//! replays read in (clustered in MySQL and SQLite). Two more indexes serve
+//! prefix queries (`topic, timestamp_us`) and iteration ranges (`node,
+//! iteration`).
+//!
 //! Migrations are applied at every open, under a lock that serialises
 //! brokers sharing one database (PostgreSQL: an advisory transaction lock;
 //! MySQL: `GET_LOCK`; SQLite: `BEGIN IMMEDIATE`), and each is recorded in
@@ -20,7 +27,7 @@ const POSTGRES: &[Migration] = &[(
     1,
     &[
         r#"CREATE TABLE IF NOT EXISTS {t} (
-            id BYTEA PRIMARY KEY,
+            id BYTEA NOT NULL,
             node TEXT NOT NULL,
             iteration BIGINT NOT NULL,
             topic TEXT COLLATE "C" NOT NULL,
@@ -28,9 +35,9 @@ const POSTGRES: &[Migration] = &[(
             origin TEXT COLLATE "C" NOT NULL,
             kind SMALLINT NOT NULL,
             payload BYTEA NOT NULL,
-            archived_at_us BIGINT NOT NULL)"#,
+            archived_at_us BIGINT NOT NULL,
+            PRIMARY KEY (timestamp_us, origin, id))"#,
         "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
-        "CREATE INDEX IF NOT EXISTS {t}_time ON {t} (timestamp_us, origin, id)",
         "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
     ],
 )];
@@ -38,7 +45,7 @@ const POSTGRES: &[Migration] = &[(
 const MYSQL: &[Migration] = &[(
     1,
     &["CREATE TABLE IF NOT EXISTS {t} (
-            id BINARY(16) NOT NULL PRIMARY KEY,
+            id BINARY(16) NOT NULL,
             node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
             iteration BIGINT UNSIGNED NOT NULL,
             topic VARCHAR(1024) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
@@ -47,8 +54,8 @@ const MYSQL: &[Migration] = &[(
             kind TINYINT UNSIGNED NOT NULL,
             payload LONGBLOB NOT NULL,
             archived_at_us BIGINT UNSIGNED NOT NULL,
+            PRIMARY KEY (timestamp_us, origin, id),
             KEY {t}_topic_time (topic(500), timestamp_us),
-            KEY {t}_time (timestamp_us, origin, id),
             KEY {t}_node_iteration (node, iteration)
         ) ENGINE=InnoDB"],
 )];
@@ -57,7 +64,7 @@ const SQLITE: &[Migration] = &[(
     1,
     &[
         "CREATE TABLE IF NOT EXISTS {t} (
-            id BLOB PRIMARY KEY,
+            id BLOB NOT NULL,
             node TEXT NOT NULL,
             iteration INTEGER NOT NULL,
             topic TEXT NOT NULL,
@@ -65,9 +72,9 @@ const SQLITE: &[Migration] = &[(
             origin TEXT NOT NULL,
             kind INTEGER NOT NULL,
             payload BLOB NOT NULL,
-            archived_at_us INTEGER NOT NULL)",
+            archived_at_us INTEGER NOT NULL,
+            PRIMARY KEY (timestamp_us, origin, id)) WITHOUT ROWID",
         "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
-        "CREATE INDEX IF NOT EXISTS {t}_time ON {t} (timestamp_us, origin, id)",
         "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
     ],
 )];
@@ -214,6 +221,20 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
         }
     }
     Ok(VERSION)
+}
+
+/// Drops the archive's table and its migration log.
+pub async fn drop(db: &mut Db, table: &str) -> Result<(), Error> {
+    for t in [table.to_string(), format!("{table}_migrations")] {
+        let sql = AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}"));
+        match db {
+            Db::Pg(c) => c.execute(sql).await.map(|_| ()),
+            Db::My(c) => c.execute(sql).await.map(|_| ()),
+            Db::Lite(c) => c.execute(sql).await.map(|_| ()),
+        }
+        .map_err(classify)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

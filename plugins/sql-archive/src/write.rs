@@ -15,7 +15,7 @@ pub const COLUMNS: &str =
 
 /// Rows per multi-row statement (9 parameters each stays far below every
 /// backend's parameter limit).
-const ROWS_PER_STATEMENT: usize = 2000;
+const ROWS_PER_STATEMENT: usize = 3600;
 /// Payload bytes per multi-row statement (below MySQL's default packet).
 const BYTES_PER_STATEMENT: usize = 8 * 1024 * 1024;
 
@@ -36,23 +36,33 @@ pub async fn insert(db: &mut Db, table: &str, events: &[Event<'_>]) -> Result<u6
     let now = crate::now_micros() as i64;
     match db {
         Db::Pg(c) => {
-            let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
-            let mut copy = tx
-                .copy_in_raw(&format!(
-                    "COPY {table}_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"
-                ))
-                .await
-                .map_err(classify)?;
-            copy.send(pg_binary(events, now)).await.map_err(classify)?;
-            copy.finish().await.map_err(classify)?;
-            let done = tx
-                .execute(AssertSqlSafe(format!(
-                    "INSERT INTO {table} SELECT * FROM {table}_stage ON CONFLICT (id) DO NOTHING"
-                )))
-                .await
-                .map_err(classify)?;
-            tx.commit().await.map_err(classify)?;
-            Ok(done.rows_affected())
+            let data = pg_binary(events, now);
+            // Fast path: COPY straight into the table. A row already there
+            // (a redelivery after a crash) fails the whole COPY, which rolls
+            // back; the batch then goes through the staging table, skipping
+            // what is there.
+            match pg_copy(
+                c,
+                &format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"),
+                &data,
+                None,
+            )
+            .await
+            {
+                Ok(n) => return Ok(n),
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                Err(e) => return Err(classify(e)),
+            }
+            let merge =
+                format!("INSERT INTO {table} SELECT * FROM {table}_stage ON CONFLICT DO NOTHING");
+            pg_copy(
+                c,
+                &format!("COPY {table}_stage ({COLUMNS}) FROM STDIN (FORMAT binary)"),
+                &data,
+                Some(&merge),
+            )
+            .await
+            .map_err(classify)
         }
         Db::My(c) => {
             let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
@@ -111,6 +121,28 @@ pub async fn insert(db: &mut Db, table: &str, events: &[Event<'_>]) -> Result<u6
             Ok(inserted)
         }
     }
+}
+
+/// One transaction: a binary COPY, then `then` if given; returns the rows
+/// the last statement wrote.
+async fn pg_copy(
+    c: &mut sqlx::PgConnection,
+    copy: &str,
+    data: &[u8],
+    then: Option<&str>,
+) -> Result<u64, sqlx::Error> {
+    let mut tx = sqlx::Connection::begin(c).await?;
+    let mut sink = tx.copy_in_raw(copy).await?;
+    sink.send(data).await?;
+    let mut rows = sink.finish().await?;
+    if let Some(sql) = then {
+        rows = tx
+            .execute(AssertSqlSafe(sql.to_owned()))
+            .await?
+            .rows_affected();
+    }
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// Splits a batch so each statement stays within rows and bytes limits.
