@@ -96,7 +96,7 @@ fn page_sql(
     };
     let sql = format!(
         "SELECT {columns} FROM {table}{filter} \
-         ORDER BY timestamp_us, origin, id LIMIT {limit}"
+         ORDER BY {table}.timestamp_us, {table}.origin, {table}.id LIMIT {limit}"
     );
     (sql, binds)
 }
@@ -207,7 +207,9 @@ mod tests {
             ),
             "{sql}"
         );
-        assert!(sql.ends_with("ORDER BY timestamp_us, origin, id LIMIT 10"));
+        // Qualified: in MySQL an unqualified name would sort by the CAST
+        // alias of the same name, not the indexed column.
+        assert!(sql.ends_with("ORDER BY t.timestamp_us, t.origin, t.id LIMIT 10"));
         assert_eq!(binds[1], Bind::Text("a/b/".into()));
         assert_eq!(binds[2], Bind::Text("a/b0".into()));
         assert_eq!(binds[3], Bind::Int(5));
