@@ -343,7 +343,7 @@ fn archive_sink(setting: Option<String>) -> Option<crate::sinks::config::SinkCon
     // One transaction per batch: large batches when the archive is behind
     // make each commit (and each index page touched) serve more events.
     sink.batch_events = ARCHIVE_BATCH_EVENTS;
-    sink.batch_bytes = 16 * 1024 * 1024;
+    sink.batch_bytes = 8 * 1024 * 1024;
     Some(sink)
 }
 

@@ -343,6 +343,65 @@ async fn the_archive_catches_up_after_the_database_comes_back() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_loaded_as_a_shared_library_archives_and_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = support::built_plugin("spread-sql-archive-plugin");
+    let path = dir.path().join("spread.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "archive = \"off\"\n[[sinks]]\nname = \"archive\"\nlibrary = \"{}\"\n",
+            lib.display()
+        ),
+    )
+    .unwrap();
+    let broker = Broker::start_in(dir, &["--config", path.to_str().unwrap()]);
+    let client = broker.client().await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status.sinks[0].plugin.starts_with("sql-archive"),
+        "{status:?}"
+    );
+    let all = publish(&client, writes("dyn", 300)).await;
+    archived(&client).await;
+    // Through the library's archive functions and cursor pages.
+    assert_eq!(
+        replayed(&client, &Replay::default()).await,
+        ordered(all.clone())
+    );
+    let r = Replay {
+        prefixes: vec!["a/bc".into(), "other".into()],
+        limit: Some(25),
+        ..Replay::default()
+    };
+    let want: Vec<Applied> = ordered(all)
+        .into_iter()
+        .filter(|a| a.topic.starts_with("a/bc/") || a.topic.starts_with("other/"))
+        .take(25)
+        .collect();
+    assert_eq!(replayed(&client, &r).await, want);
+    drop(client);
+    broker.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_without_an_archive_is_refused_clearly() {
+    let broker = Broker::start(&["--archive", "off"]);
+    let client = broker.client().await;
+    let mut stream = client.replay(&Replay::default()).await.unwrap();
+    match stream.next().await {
+        Some(Err(e)) => assert_eq!(
+            e.code(),
+            Some(spread_protocol::ErrorCode::ArchiveUnavailable),
+            "{e}"
+        ),
+        other => panic!("expected archive_unavailable, got {other:?}"),
+    }
+    // The connection still serves.
+    client.ping().await.unwrap();
+}
+
 fn upstream_url(scheme: &str, upstream: &str) -> String {
     format!("{scheme}@{upstream}/test")
 }
