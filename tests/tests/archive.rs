@@ -45,17 +45,10 @@ fn config(dir: &Path, url: Option<&str>, table: &str) -> PathBuf {
 
 /// Drops the test's tables.
 async fn drop_tables(url: &str, table: &str) {
-    use sqlx::Executor;
     let mut conn = spread_sql_archive::db::connect(url).await.unwrap();
-    for t in [table.to_string(), format!("{table}_migrations")] {
-        let sql = sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}"));
-        match &mut conn {
-            spread_sql_archive::db::Db::Pg(c) => c.execute(sql).await.map(|_| ()),
-            spread_sql_archive::db::Db::My(c) => c.execute(sql).await.map(|_| ()),
-            spread_sql_archive::db::Db::Lite(c) => c.execute(sql).await.map(|_| ()),
-        }
+    spread_sql_archive::schema::drop(&mut conn, table)
+        .await
         .unwrap();
-    }
 }
 
 /// What a publish applied: the event as the archive must hold it.

@@ -41,19 +41,12 @@ fn archive_config(dir: &Path, url: Option<&str>, table: &str) -> anyhow::Result<
 }
 
 async fn drop_tables(url: &str, table: &str) -> anyhow::Result<()> {
-    use sqlx::Executor;
     let mut conn = spread_sql_archive::db::connect(url)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    for t in [table.to_string(), format!("{table}_migrations")] {
-        let sql = sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}"));
-        match &mut conn {
-            spread_sql_archive::db::Db::Pg(c) => c.execute(sql).await.map(|_| ())?,
-            spread_sql_archive::db::Db::My(c) => c.execute(sql).await.map(|_| ())?,
-            spread_sql_archive::db::Db::Lite(c) => c.execute(sql).await.map(|_| ())?,
-        }
-    }
-    Ok(())
+    spread_sql_archive::schema::drop(&mut conn, table)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Publishes `n` acknowledged events of `size` bytes over 1000 topics.

@@ -97,6 +97,33 @@ fn lock_key(table: &str) -> i64 {
     }) as i64
 }
 
+/// Creates the migration log, reads the version and applies (and records)
+/// every newer migration on connection or transaction `$c`; evaluates to
+/// `Result<(), sqlx::Error>`.
+macro_rules! apply {
+    ($c:expr, $sql:expr, $create_log:expr, $migrations:expr, $now:expr, $current:literal, $insert:literal) => {
+        async {
+            $c.execute(AssertSqlSafe($sql($create_log))).await?;
+            let current: i64 = sqlx::query(AssertSqlSafe($sql($current)))
+                .fetch_one(&mut *$c)
+                .await?
+                .try_get(0)?;
+            for (version, statements) in $migrations.iter().filter(|(v, _)| *v > current) {
+                for s in *statements {
+                    $c.execute(AssertSqlSafe($sql(s))).await?;
+                }
+                sqlx::query(AssertSqlSafe($sql($insert)))
+                    .bind(version)
+                    .bind($now)
+                    .execute(&mut *$c)
+                    .await?;
+            }
+            Ok::<(), sqlx::Error>(())
+        }
+        .await
+    };
+}
+
 /// Applies the migrations `table` lacks; returns the schema version.
 pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
     let (migrations, create_log) = match db {
@@ -115,29 +142,17 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 .execute(&mut *tx)
                 .await
                 .map_err(classify)?;
-            tx.execute(AssertSqlSafe(sql(create_log)))
-                .await
-                .map_err(classify)?;
-            let current: i64 = sqlx::query(AssertSqlSafe(sql(
+            let conn: &mut sqlx::PgConnection = &mut tx;
+            apply!(
+                conn,
+                sql,
+                create_log,
+                migrations,
+                now,
                 "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
-            )))
-            .fetch_one(&mut *tx)
-            .await
-            .and_then(|r| r.try_get(0))
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)"
+            )
             .map_err(classify)?;
-            for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
-                for s in *statements {
-                    tx.execute(AssertSqlSafe(sql(s))).await.map_err(classify)?;
-                }
-                sqlx::query(AssertSqlSafe(sql(
-                    "INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)",
-                )))
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?;
-            }
             tx.commit().await.map_err(classify)?;
         }
         Db::My(c) => {
@@ -154,29 +169,15 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                     "another broker is migrating the archive schema",
                 ));
             }
-            let result = async {
-                c.execute(AssertSqlSafe(sql(create_log))).await?;
-                let current: i64 = sqlx::query(AssertSqlSafe(sql(
-                    "SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations",
-                )))
-                .fetch_one(&mut *c)
-                .await?
-                .try_get(0)?;
-                for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
-                    for s in *statements {
-                        c.execute(AssertSqlSafe(sql(s))).await?;
-                    }
-                    sqlx::query(AssertSqlSafe(sql(
-                        "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
-                    )))
-                    .bind(version)
-                    .bind(now)
-                    .execute(&mut *c)
-                    .await?;
-                }
-                Ok::<(), sqlx::Error>(())
-            }
-            .await;
+            let result = apply!(
+                &mut *c,
+                sql,
+                create_log,
+                migrations,
+                now,
+                "SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations",
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)"
+            );
             let released = sqlx::query("SELECT RELEASE_LOCK(?)")
                 .bind(&name)
                 .execute(&mut *c)
@@ -186,29 +187,15 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
         }
         Db::Lite(c) => {
             c.execute("BEGIN IMMEDIATE").await.map_err(classify)?;
-            let result = async {
-                c.execute(AssertSqlSafe(sql(create_log))).await?;
-                let current: i64 = sqlx::query(AssertSqlSafe(sql(
-                    "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
-                )))
-                .fetch_one(&mut *c)
-                .await?
-                .try_get(0)?;
-                for (version, statements) in migrations.iter().filter(|(v, _)| *v > current) {
-                    for s in *statements {
-                        c.execute(AssertSqlSafe(sql(s))).await?;
-                    }
-                    sqlx::query(AssertSqlSafe(sql(
-                        "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
-                    )))
-                    .bind(version)
-                    .bind(now)
-                    .execute(&mut *c)
-                    .await?;
-                }
-                Ok::<(), sqlx::Error>(())
-            }
-            .await;
+            let result = apply!(
+                &mut *c,
+                sql,
+                create_log,
+                migrations,
+                now,
+                "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)"
+            );
             match result {
                 Ok(()) => {
                     c.execute("COMMIT").await.map_err(classify)?;

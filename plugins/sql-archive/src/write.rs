@@ -31,6 +31,28 @@ pub async fn prepare(db: &mut Db, table: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Multi-row inserts of `$events` in chunks, in one transaction on `$c`;
+/// evaluates to the rows inserted.
+macro_rules! multi_row {
+    ($c:expr, $db:ty, $verb:literal, $cache:expr, $table:expr, $events:expr, |$row:ident, $e:ident| $push:block) => {{
+        let mut tx = sqlx::Connection::begin($c).await.map_err(classify)?;
+        let mut inserted = 0;
+        for chunk in chunks($events) {
+            let mut q = QueryBuilder::<$db>::new(format!("{} INTO {} ({COLUMNS}) ", $verb, $table));
+            q.push_values(chunk, |mut $row, $e| $push);
+            inserted += q
+                .build()
+                .persistent($cache)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(inserted)
+    }};
+}
+
 /// Writes `events` in one transaction; returns the rows inserted.
 pub async fn insert(db: &mut Db, table: &str, events: &[Event<'_>]) -> Result<u64, Error> {
     let now = crate::now_micros() as i64;
@@ -64,62 +86,37 @@ pub async fn insert(db: &mut Db, table: &str, events: &[Event<'_>]) -> Result<u6
             .await
             .map_err(classify)
         }
-        Db::My(c) => {
-            let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
-            let mut inserted = 0;
-            for chunk in chunks(events) {
-                let mut q =
-                    QueryBuilder::<MySql>::new(format!("INSERT IGNORE INTO {table} ({COLUMNS}) "));
-                q.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.id().to_vec())
-                        .push_bind(e.node())
-                        .push_bind(e.iteration())
-                        .push_bind(e.topic())
-                        .push_bind(e.timestamp())
-                        .push_bind(e.origin())
-                        .push_bind(e.kind().to_byte())
-                        .push_bind(e.payload())
-                        .push_bind(now);
-                });
-                inserted += q
-                    .build()
-                    .persistent(false)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .rows_affected();
+        Db::My(c) => multi_row!(c, MySql, "INSERT IGNORE", false, table, events, |row, e| {
+            row.push_bind(e.id().to_vec())
+                .push_bind(e.node())
+                .push_bind(e.iteration())
+                .push_bind(e.topic())
+                .push_bind(e.timestamp())
+                .push_bind(e.origin())
+                .push_bind(e.kind().to_byte())
+                .push_bind(e.payload())
+                .push_bind(now);
+        }),
+        // SQLite's statement cache keeps the full-size statement prepared.
+        Db::Lite(c) => multi_row!(
+            c,
+            Sqlite,
+            "INSERT OR IGNORE",
+            true,
+            table,
+            events,
+            |row, e| {
+                row.push_bind(e.id().to_vec())
+                    .push_bind(e.node())
+                    .push_bind(e.iteration() as i64)
+                    .push_bind(e.topic())
+                    .push_bind(e.timestamp() as i64)
+                    .push_bind(e.origin())
+                    .push_bind(i64::from(e.kind().to_byte()))
+                    .push_bind(e.payload())
+                    .push_bind(now);
             }
-            tx.commit().await.map_err(classify)?;
-            Ok(inserted)
-        }
-        Db::Lite(c) => {
-            let mut tx = sqlx::Connection::begin(c).await.map_err(classify)?;
-            let mut inserted = 0;
-            for chunk in chunks(events) {
-                let mut q = QueryBuilder::<Sqlite>::new(format!(
-                    "INSERT OR IGNORE INTO {table} ({COLUMNS}) "
-                ));
-                q.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.id().to_vec())
-                        .push_bind(e.node())
-                        .push_bind(e.iteration() as i64)
-                        .push_bind(e.topic())
-                        .push_bind(e.timestamp() as i64)
-                        .push_bind(e.origin())
-                        .push_bind(i64::from(e.kind().to_byte()))
-                        .push_bind(e.payload())
-                        .push_bind(now);
-                });
-                inserted += q
-                    .build()
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .rows_affected();
-            }
-            tx.commit().await.map_err(classify)?;
-            Ok(inserted)
-        }
+        ),
     }
 }
 

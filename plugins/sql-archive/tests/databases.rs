@@ -52,17 +52,10 @@ fn drop_tables(url: &str, table: &str) {
         .build()
         .unwrap();
     rt.block_on(async {
-        use sqlx::Executor;
         let mut conn = db::connect(url).await.unwrap();
-        for t in [table.to_string(), format!("{table}_migrations")] {
-            let sql = sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {t}"));
-            match &mut conn {
-                db::Db::Pg(c) => c.execute(sql).await.map(|_| ()),
-                db::Db::My(c) => c.execute(sql).await.map(|_| ()),
-                db::Db::Lite(c) => c.execute(sql).await.map(|_| ()),
-            }
+        spread_sql_archive::schema::drop(&mut conn, table)
+            .await
             .unwrap();
-        }
     });
 }
 
