@@ -454,3 +454,54 @@ async fn cli_status_shows_each_sink() {
     );
     let _ = PublishOptions::default();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_sink_rotates_json_lines_without_losing_or_splitting_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(
+        dir.path(),
+        "[[sinks]]\nname = \"events\"\nbuiltin = \"log\"\nbatch_events = 200\n\
+         [sinks.settings]\ndir = \"shipped\"\nmax_bytes = 16384\nkeep = 10000\n",
+    );
+    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let client = broker.client().await;
+    let expected = publish_load(&client, 5000, "log").await;
+    caught_up(&client, "events").await;
+    drop(client);
+    let dir = broker.stop();
+    let shipped = dir.path().join("shipped");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    // Rotated files sort by name, the active one last.
+    let active = files.remove(
+        files
+            .iter()
+            .position(|p| p.ends_with("events.jsonl"))
+            .unwrap(),
+    );
+    files.push(active);
+    assert!(files.len() > 20, "{} files", files.len());
+    let mut got = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.len() <= 16384, "{}: {} bytes", f.display(), text.len());
+        assert!(text.is_empty() || text.ends_with('\n'));
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("whole JSON lines");
+            got.push((
+                v["iteration"].as_u64().unwrap(),
+                v["id"].as_str().unwrap().to_string(),
+                v["node"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let want: Vec<u64> = expected.keys().copied().collect();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), want);
+    for (it, id, node) in &got {
+        assert_eq!(id, &expected[it].id);
+        assert!(node.starts_with("node-"));
+    }
+}

@@ -22,7 +22,7 @@ pub struct SinkConfig {
     /// Path of the plugin's shared library (or `builtin`).
     #[serde(default)]
     pub library: Option<PathBuf>,
-    /// A sink linked into the broker instead of a library: `sql-archive`.
+    /// A sink linked into the broker instead of a library: `sql-archive` or `log`.
     #[serde(default)]
     pub builtin: Option<String>,
     /// A disabled sink is neither loaded nor holds retention back.
