@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use spread_client::{Client, ClientConfig, Event, Item, Outcome, StatusReport};
 
 mod replay;
+mod tail;
 mod time;
 
 /// The `spread` command line.
@@ -132,6 +133,38 @@ enum Command {
         #[arg(long)]
         restore: bool,
     },
+    /// Follow events live; with --since, from the past first (the log, or
+    /// the archive), then live with no gap and no duplicate.
+    Tail {
+        /// Prefixes to follow (none: everything).
+        prefixes: Vec<String>,
+        /// Start at an ITERATION (a bare number), a TIME (RFC 3339) or a
+        /// DURATION ago (15m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        /// Stop at an ITERATION, TIME, DURATION ago, or `now` (what existed
+        /// when the tail started) instead of following.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only events from these origins (repeatable).
+        #[arg(long)]
+        origin: Vec<String>,
+        /// Only events whose payload matches this regular expression.
+        #[arg(long)]
+        grep: Option<String>,
+        /// Only `value` or `tombstone` events.
+        #[arg(long, value_parser = ["value", "tombstone"])]
+        kind: Option<String>,
+        /// One JSON object per line (the `sub --json` format).
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// Payloads only, one per line.
+        #[arg(long)]
+        raw: bool,
+        /// A line per second: events/s and bytes/s per top-level prefix, and sink lags.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Print the broker's status: iterations, retention and every sink.
     Status {
         /// Print JSON.
@@ -195,7 +228,7 @@ fn client_config(args: &ConnArgs) -> ClientConfig {
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut cfg = client_config(&cli.conn);
-    cfg.reconnect = matches!(cli.command, Command::Sub { .. });
+    cfg.reconnect = matches!(cli.command, Command::Sub { .. } | Command::Tail { .. });
     let client = Client::connect(cfg)
         .await
         .with_context(|| format!("cannot reach the broker at {}", cli.conn.server))?;
@@ -312,6 +345,43 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 restore,
             };
             replay::run(&client, args, &mut out).await?;
+        }
+        Command::Tail {
+            prefixes,
+            since,
+            until,
+            origin,
+            grep,
+            kind,
+            json,
+            raw,
+            stats,
+        } => {
+            use std::io::IsTerminal;
+            let format = if json {
+                tail::Format::Json
+            } else if raw {
+                tail::Format::Raw
+            } else {
+                tail::Format::Human {
+                    color: std::io::stdout().is_terminal(),
+                }
+            };
+            let args = tail::Args {
+                prefixes: prefixes.into_iter().filter(|p| !p.is_empty()).collect(),
+                since: since.as_deref().map(tail::Point::parse).transpose()?,
+                until: until.as_deref().map(tail::Point::parse).transpose()?,
+                origins: origin,
+                grep: grep
+                    .as_deref()
+                    .map(regex::bytes::Regex::new)
+                    .transpose()
+                    .context("--grep")?,
+                kind,
+                format,
+                stats,
+            };
+            tail::run(&client, args, &mut out).await?;
         }
         Command::Status { json } => {
             let report = client.status().await?;

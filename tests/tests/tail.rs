@@ -1,0 +1,209 @@
+//! `spread tail`: the seam between past and live (from the log, and from the
+//! archive), `--until now`, filters and formats.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use spread_client::{Client, Outcome};
+use support::{cli, eventually, Broker, PATIENCE};
+
+async fn publish(
+    client: &Client,
+    topic_of: impl Fn(usize) -> String,
+    n: usize,
+    tag: &str,
+) -> Vec<u64> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (client, topic) = (client.clone(), topic_of(i));
+            let payload = format!("{tag}-{i}");
+            tokio::spawn(async move {
+                let outcome = if i % 9 == 8 {
+                    client.delete(&topic).await
+                } else {
+                    client.publish(&topic, payload).await
+                }
+                .expect("acknowledged");
+                match outcome {
+                    Outcome::New { event, .. } => event.iteration(),
+                    other => panic!("not applied: {other:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out.sort_unstable();
+    out
+}
+
+fn iterations(stdout: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["iteration"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_then_live_with_no_gap_and_no_duplicate_at_the_seam() {
+    let broker = Broker::start(&["--archive", "off"]);
+    let client = broker.client().await;
+    let before = client.status().await.unwrap().iteration;
+    let mut want = publish(&client, |i| format!("s/{}", i % 10), 500, "past").await;
+    // The tail starts in the past while publishes go on.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-spread"))
+        .args(["--server", &broker.addr.to_string(), "--ca"])
+        .arg(broker.ca())
+        .args(["tail", "s", "--json", "--since", &before.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut got = Vec::new();
+        while got.len() < 1000 {
+            let Some(Ok(line)) = lines.next() else { break };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            got.push(v["iteration"].as_u64().unwrap());
+        }
+        got
+    });
+    want.extend(publish(&client, |i| format!("s/{}", i % 10), 500, "live").await);
+    let got = tokio::task::spawn_blocking(move || reader.join().unwrap());
+    let got = tokio::time::timeout(PATIENCE, got).await.unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    want.sort_unstable();
+    assert_eq!(got, want, "every event once, in iteration order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_now_filters_and_formats() {
+    let broker = Broker::start(&["--archive", "off"]);
+    let client = broker.client().await;
+    let before = client.status().await.unwrap().iteration.to_string();
+    let topic = |i: usize| {
+        if i % 2 == 0 {
+            format!("a/{}", i % 5)
+        } else {
+            format!("ab/{}", i % 5)
+        }
+    };
+    let all = publish(&client, topic, 90, "p").await;
+    let under_a: Vec<u64> = {
+        // Even publishes went under a/ (whole segments: not ab/).
+        let out = cli(
+            &broker,
+            &["tail", "a", "--since", &before, "--until", "now", "--json"],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        iterations(&out.stdout)
+    };
+    assert_eq!(under_a.len(), 45);
+    assert!(under_a.iter().all(|it| all.contains(it)));
+    // --kind, --grep, --origin.
+    let out = cli(
+        &broker,
+        &[
+            "tail",
+            "--since",
+            &before,
+            "--until",
+            "now",
+            "--json",
+            "--kind",
+            "tombstone",
+        ],
+        None,
+    );
+    assert_eq!(iterations(&out.stdout).len(), 10);
+    let out = cli(
+        &broker,
+        &[
+            "tail",
+            "--since",
+            &before,
+            "--until",
+            "now",
+            "--raw",
+            "--grep",
+            "^p-1[0-9]$",
+        ],
+        None,
+    );
+    let raw = String::from_utf8(out.stdout).unwrap();
+    let mut lines: Vec<&str> = raw.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        (10..20)
+            .filter(|i| i % 9 != 8)
+            .map(|i| format!("p-{i}"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    let out = cli(
+        &broker,
+        &[
+            "tail", "--since", &before, "--until", "now", "--json", "--origin", "nobody",
+        ],
+        None,
+    );
+    assert!(out.stdout.is_empty());
+    // Piped, the human format has no colors and escapes control bytes.
+    client.publish("ctl/x", "bell\u{7}tab\t").await.unwrap();
+    let out = cli(
+        &broker,
+        &["tail", "ctl", "--since", &before, "--until", "now"],
+        None,
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    assert!(
+        text.contains("ctl/x") && text.contains("bell\\u{7}tab\\t"),
+        "{text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_a_time_reads_the_archive_then_the_log_without_a_seam() {
+    let broker = Broker::start(&[]);
+    let client = broker.client().await;
+    let mut want = publish(&client, |i| format!("z/{}", i % 7), 300, "old").await;
+    eventually("the archive to catch up", || async {
+        let r = client.status().await.ok()?;
+        (r.sinks.iter().find(|s| s.name == "archive")?.lag_events == 0).then_some(())
+    })
+    .await;
+    want.extend(publish(&client, |i| format!("z/{}", i % 7), 300, "new").await);
+    let out = cli(
+        &broker,
+        &["tail", "z", "--since", "1h", "--until", "now", "--json"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got = iterations(&out.stdout);
+    got.sort_unstable();
+    want.sort_unstable();
+    assert_eq!(got, want);
+}
