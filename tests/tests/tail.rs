@@ -207,3 +207,70 @@ async fn since_a_time_reads_the_archive_then_the_log_without_a_seam() {
     want.sort_unstable();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_resumed_after_the_last_event_shown() {
+    let broker = Broker::start(&["--archive", "off"]);
+    let proxy = support::Proxy::start(broker.addr).await;
+    let client = broker.client().await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_e2e-spread"))
+        .args(["--server", &proxy.addr.to_string(), "--ca"])
+        .arg(broker.ca())
+        .args(["tail", "r", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if tx.send(v["iteration"].as_u64().unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = etx.send(line);
+        }
+    });
+    // The tail is live once it shows an event published after it started.
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    loop {
+        let first = publish(&client, |_| "r/probe".to_string(), 1, "probe").await;
+        want.extend(&first);
+        if let Ok(it) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            got.push(it);
+            break;
+        }
+    }
+    let before = publish(&client, |i| format!("r/{i}"), 100, "before").await;
+    let last_before = *before.last().unwrap();
+    want.extend(before);
+    while got.last() < Some(&last_before) {
+        got.push(rx.recv_timeout(PATIENCE).expect("a tailed event"));
+    }
+    // Cut: the tail reconnects and resumes after the last event it showed.
+    proxy.cut();
+    want.extend(publish(&client, |i| format!("r/{i}"), 100, "after").await);
+    // Every probe from the first shown on, and every later event, once.
+    want.retain(|it| *it >= got[0]);
+    want.sort_unstable();
+    while got.len() < want.len() {
+        got.push(rx.recv_timeout(PATIENCE).expect("a tailed event"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(got, want);
+    let notices: Vec<String> = erx.try_iter().collect();
+    assert!(
+        notices.iter().any(|l| l.contains("connection lost")),
+        "{notices:?}"
+    );
+}

@@ -126,8 +126,7 @@ pub fn render(e: &Event, format: Format) -> Vec<u8> {
             v
         }
         Format::Human { color } => {
-            let at = time::format(e.timestamp());
-            let clock = at.get(11..23).unwrap_or(&at);
+            let clock = time::local_clock(e.timestamp());
             let (dim, bold, red, reset) = if color {
                 ("\x1b[2m", "\x1b[1m", "\x1b[31m", "\x1b[0m")
             } else {
@@ -303,6 +302,9 @@ pub async fn run(client: &Client, args: Args, out: &mut impl Write) -> anyhow::R
                     for s in r.sinks {
                         line.push_str(&format!("[{} lag {} ev, {:.1} s] ", s.name, s.lag_events, s.lag_ms as f64 / 1000.0));
                     }
+                }
+                if line.is_empty() {
+                    line.push_str("no events");
                 }
                 writeln!(out, "{}", line.trim_end())?;
                 out.flush()?;

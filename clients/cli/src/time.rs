@@ -39,6 +39,28 @@ pub fn format(us: u64) -> String {
     humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(us)).to_string()
 }
 
+/// The local wall-clock time of `us` as `HH:MM:SS.mmm`.
+#[allow(unsafe_code)]
+pub fn local_clock(us: u64) -> String {
+    let secs = (us / 1_000_000) as libc::time_t;
+    // SAFETY: localtime_r fills the `tm` we own from a valid time_t; the
+    // zeroed `tm` is a valid initial value.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return format(us).get(11..23).unwrap_or("").to_string();
+        }
+        tm
+    };
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        us % 1_000_000 / 1000
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +77,7 @@ mod tests {
         assert_eq!(at("2026-11-26T12:00:00.5Z"), 1_795_694_400_500_000);
         assert!(parse_at("yesterday-ish", now).is_err());
         assert_eq!(format(1_795_694_400_500_000), "2026-11-26T12:00:00.500000Z");
+        // Local time keeps the minutes and below of UTC in whole-hour zones.
+        assert!(local_clock(1_795_694_400_500_000).ends_with(":00:00.500"));
     }
 }
