@@ -7,7 +7,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use spread_client::{Client, Outcome, PublishOptions, StatusReport};
+use spread_client::{Client, Outcome, StatusReport};
 use support::{build_c_plugin, built_plugin, eventually, fail_to_start, Broker};
 
 /// One event as the example sinks write it.
@@ -452,7 +452,6 @@ async fn cli_status_shows_each_sink() {
         text.contains("nothing") && text.contains("running") && text.contains("null-sink"),
         "{text}"
     );
-    let _ = PublishOptions::default();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
