@@ -108,6 +108,24 @@ pub struct Args {
     /// The SQL archive: sqlite://PATH, postgres://..., mysql://..., or off [default: sqlite://<data-dir>/archive.db].
     #[arg(long, env = "SPREAD_ARCHIVE")]
     pub archive: Option<String>,
+    /// HS256 secret that verifies client tokens (repeatable).
+    #[arg(long, env = "SPREAD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Vec<String>,
+    /// RS256 or ES256 public key (PEM file) that verifies client tokens (repeatable).
+    #[arg(long, env = "SPREAD_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Vec<PathBuf>,
+    /// JWKS file of keys that verify client tokens (chosen by `kid`).
+    #[arg(long, env = "SPREAD_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "SPREAD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "SPREAD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Refuse clients without a valid token.
+    #[arg(long, env = "SPREAD_REQUIRE_AUTH")]
+    pub require_auth: bool,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -133,6 +151,14 @@ struct FileConfig {
     retention_secs: Option<u64>,
     tombstone_grace_secs: Option<u64>,
     archive: Option<String>,
+    #[serde(default)]
+    jwt_secrets: Vec<String>,
+    #[serde(default)]
+    jwt_public_keys: Vec<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    require_auth: Option<bool>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -172,6 +198,8 @@ pub struct Config {
     pub tombstone_grace: Option<std::time::Duration>,
     /// Sink plugins (from the file's `[[sinks]]` entries).
     pub sinks: Vec<crate::sinks::config::SinkConfig>,
+    /// Client authentication.
+    pub auth: crate::auth::AuthSettings,
 }
 
 impl Config {
@@ -258,6 +286,22 @@ impl Config {
                 .tombstone_grace_secs
                 .or(file.tombstone_grace_secs)
                 .map(std::time::Duration::from_secs),
+            auth: crate::auth::AuthSettings {
+                secrets: if args.jwt_secret.is_empty() {
+                    file.jwt_secrets
+                } else {
+                    args.jwt_secret
+                },
+                public_keys: if args.jwt_public_key.is_empty() {
+                    file.jwt_public_keys
+                } else {
+                    args.jwt_public_key
+                },
+                jwks_file: args.jwks_file.or(file.jwks_file),
+                issuer: args.jwt_issuer.or(file.jwt_issuer),
+                audience: args.jwt_audience.or(file.jwt_audience),
+                require: args.require_auth || file.require_auth.unwrap_or(false),
+            },
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)

@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod engine;
@@ -54,6 +55,9 @@ pub enum BrokerError {
     /// The engine could not start (log recovery included).
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    /// The authentication keys are unusable.
+    #[error("authentication: {0}")]
+    Auth(#[from] auth::AuthConfigError),
     /// A sink plugin could not be loaded or opened.
     #[error(transparent)]
     Sinks(#[from] sinks::SinkError),

@@ -27,7 +27,6 @@ fn main() -> anyhow::Result<()> {
                 ca_file.display()
             );
         }
-        tracing::warn!("no authentication configured: accepting anonymous clients");
         tracing::info!(node = server.node_id(), "listening on {addr}");
         // A stable line on stdout for scripts and tests.
         println!("spread-broker listening on {addr}");

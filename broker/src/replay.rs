@@ -136,8 +136,14 @@ impl ReplaySource {
             if page.is_empty() {
                 return Ok(Some(count));
             }
-            count += page.len() as u64;
-            let events: Vec<Event> = page.iter().map(encode).collect();
+            // Rights: only what this connection may read (the writer checks
+            // again); the count is what it receives.
+            let events: Vec<Event> = page
+                .iter()
+                .filter(|e| conn.may_read(&e.topic))
+                .map(encode)
+                .collect();
+            count += events.len() as u64;
             conn.wait_for_history_room(QUEUED_LIMIT);
             if !conn.push_history(req_id, events, &never) {
                 return Ok(None);

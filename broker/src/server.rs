@@ -29,6 +29,8 @@ pub struct Shared {
     pub node_id: Arc<str>,
     /// Delivery counters.
     pub stats: Arc<Stats>,
+    /// Verifies client tokens.
+    pub auth: crate::auth::Authenticator,
     iteration: Arc<AtomicU64>,
 }
 
@@ -106,7 +108,14 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let auth = crate::auth::Authenticator::new(&config.auth)?;
+        if !auth.has_keys() {
+            tracing::warn!(
+                "no authentication configured: accepting anonymous clients (--jwt-secret, --jwt-public-key or --jwks-file to require tokens)"
+            );
+        }
         let shared = Arc::new(Shared {
+            auth,
             tls: TlsAcceptor::from(tls_config),
             node_id,
             stats: Arc::default(),

@@ -113,6 +113,8 @@ error_codes! {
     /// A replay cannot be served: no archive is configured, or it cannot
     /// be reached (retry later).
     ArchiveUnavailable = 16, "archive_unavailable";
+    /// The connection's token expired: reconnect with a fresh one.
+    TokenExpired = 17, "token_expired";
 }
 
 impl ErrorCode {

@@ -8,7 +8,7 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -40,7 +40,13 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("conn", id, %peer, client = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "conn",
+        id,
+        %peer,
+        client = tracing::field::Empty,
+        subject = tracing::field::Empty
+    );
     async move {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
@@ -71,6 +77,18 @@ pub async fn serve(
             return refuse(&mut wr, ErrorCode::UnsupportedVersion, msg).await;
         }
         tracing::Span::current().record("client", hello.client_name.as_str());
+        let identity = match shared.auth.verify(hello.token.as_deref()) {
+            Ok(identity) => identity,
+            Err(e) => return refuse(&mut wr, ErrorCode::Unauthorized, e.to_string()).await,
+        };
+        let origin: Arc<str> = match &identity {
+            Some(i) => {
+                tracing::Span::current().record("subject", i.subject.as_str());
+                i.subject.as_str().into()
+            }
+            None => shared.node_id.clone(),
+        };
+        let expires = identity.as_ref().map(|i| i.expires);
 
         let mut buf = BytesMut::new();
         Response::Welcome {
@@ -84,13 +102,16 @@ pub async fn serve(
         }
         tracing::debug!("connected");
 
-        let conn = Arc::new(Conn::new(
-            id,
-            shared.node_id.clone(),
-            shared.config.max_inflight,
-            shared.config.subscriber_buffer,
-            shared.stats.clone(),
-        ));
+        let conn = Arc::new(
+            Conn::new(
+                id,
+                origin,
+                shared.config.max_inflight,
+                shared.config.subscriber_buffer,
+                shared.stats.clone(),
+            )
+            .with_rights(identity.and_then(|i| i.rights)),
+        );
         let writer_conn = conn.clone();
         let writer = tokio::spawn(
             async move {
@@ -103,7 +124,24 @@ pub async fn serve(
             .in_current_span(),
         );
 
-        let stop = reader::run(&mut framed, &conn, &engine, &mut shutdown).await;
+        // The connection lives as long as its token.
+        let expiry = async {
+            match expires {
+                Some(at) => {
+                    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    tokio::time::sleep(left).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let stop = tokio::select! {
+            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown) => stop,
+            _ = expiry => Stop::Fatal(ErrorFrame {
+                req_id: None,
+                code: ErrorCode::TokenExpired,
+                message: "the token expired: reconnect with a fresh one".into(),
+            }),
+        };
         let error = match stop {
             Stop::Ended => None,
             Stop::Fatal(e) => {

@@ -263,6 +263,8 @@ pub struct Conn {
     pub id: u64,
     /// Origin stamped on events this connection publishes.
     pub origin: Arc<str>,
+    /// What its token lets it do; `None`: everything.
+    pub rights: Option<crate::auth::rights::Rights>,
     queue: Mutex<Queue>,
     ready: Notify,
     /// Signalled whenever the writer takes the queue (history readers wait
@@ -294,6 +296,7 @@ impl Conn {
         Conn {
             id,
             origin,
+            rights: None,
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             drained: Condvar::new(),
@@ -301,6 +304,30 @@ impl Conn {
             event_budget,
             stats,
         }
+    }
+
+    /// The same connection, limited to `rights`.
+    pub fn with_rights(mut self, rights: Option<crate::auth::rights::Rights>) -> Self {
+        self.rights = rights;
+        self
+    }
+
+    /// Whether events of `topic` may be delivered to this connection (every
+    /// delivery passes here, so a broader subscription never leaks).
+    pub fn may_read(&self, topic: &str) -> bool {
+        self.rights.as_ref().is_none_or(|r| r.can_read(topic))
+    }
+
+    /// Whether this connection may publish to `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.rights.as_ref().is_none_or(|r| r.can_publish(topic))
+    }
+
+    /// Whether a subscription or replay of `prefix` may reach any topic.
+    pub fn may_read_under(&self, prefix: &str) -> bool {
+        self.rights
+            .as_ref()
+            .is_none_or(|r| r.may_read_under(prefix))
     }
 
     /// Appends a batch (leaving it empty) and wakes the writer once.

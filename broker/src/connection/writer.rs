@@ -41,15 +41,17 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
             match item {
                 Outbound::Answers { frames, .. } => buf.extend_from_slice(&frames),
                 Outbound::Event { sub_id, event, .. } => {
-                    encode_event(&mut buf, sub_id, &event);
-                    delivered += 1;
+                    if conn.may_read(event.topic()) {
+                        encode_event(&mut buf, sub_id, &event);
+                        delivered += 1;
+                    }
                 }
                 Outbound::History { sub_id, events } => {
-                    for e in &events {
+                    for e in events.iter().filter(|e| conn.may_read(e.topic())) {
                         encode_event(&mut buf, sub_id, e);
+                        delivered += 1;
                         spill(&mut wr, &mut buf).await?;
                     }
-                    delivered += events.len() as u64;
                 }
                 Outbound::Truncated { sub_id, oldest } => {
                     Response::HistoryTruncated { sub_id, oldest }.encode(&mut buf)
@@ -65,11 +67,11 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
                     // Iteration order lets a client that loses the connection
                     // mid-snapshot resume from the last iteration it saw.
                     events.sort_unstable_by_key(|e| e.iteration());
-                    for e in &events {
+                    for e in events.iter().filter(|e| conn.may_read(e.topic())) {
                         encode_event(&mut buf, sub_id, e);
+                        delivered += 1;
                         spill(&mut wr, &mut buf).await?;
                     }
-                    delivered += events.len() as u64;
                     Response::SnapshotComplete { sub_id, iteration }.encode(&mut buf);
                 }
                 Outbound::Unsubscribed { req_id, .. } => {
@@ -84,11 +86,15 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
             }
             spill(&mut wr, &mut buf).await?;
         }
-        for c in &taken.conflated {
+        for c in taken
+            .conflated
+            .iter()
+            .filter(|c| conn.may_read(c.event.topic()))
+        {
             encode_event(&mut buf, c.sub_id, &c.event);
+            delivered += 1;
             spill(&mut wr, &mut buf).await?;
         }
-        delivered += taken.conflated.len() as u64;
         for (sub_id, skipped) in taken.skipped {
             Response::Conflated { sub_id, skipped }.encode(&mut buf);
         }

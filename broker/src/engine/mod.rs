@@ -356,11 +356,31 @@ impl Engine {
                         count: 1,
                     });
                 }
+                None if !conn.may_publish(p.topic.as_str()) => self.error(
+                    conn,
+                    p.req_id,
+                    ErrorCode::Forbidden,
+                    format!("this token may not publish to {}", p.topic.as_str()),
+                ),
                 None => self.publish(conn, p),
             },
+            Request::Get { req_id, topic } if !conn.may_read(topic.as_str()) => self.error(
+                conn,
+                req_id,
+                ErrorCode::Forbidden,
+                format!("this token may not read {}", topic.as_str()),
+            ),
             Request::Get { req_id, topic } => {
                 let event = self.tree.get(topic.as_str()).cloned();
                 self.answer(conn, Response::Value { req_id, event });
+            }
+            Request::Subscribe { req_id, prefix, .. } if !conn.may_read_under(prefix.as_str()) => {
+                self.error(
+                    conn,
+                    req_id,
+                    ErrorCode::Forbidden,
+                    format!("this token may not read under {:?}", prefix.as_str()),
+                )
             }
             Request::Subscribe {
                 req_id,
@@ -393,6 +413,23 @@ impl Engine {
             Request::Status { req_id } => {
                 let report = self.status(req_id);
                 self.answer(conn, Response::Status(report));
+            }
+            Request::Replay { req_id, query }
+                if !(if query.prefixes.is_empty() {
+                    conn.may_read_under("")
+                } else {
+                    query
+                        .prefixes
+                        .iter()
+                        .all(|p| conn.may_read_under(p.as_str()))
+                }) =>
+            {
+                self.error(
+                    conn,
+                    req_id,
+                    ErrorCode::Forbidden,
+                    "this token may not read under every prefix of this replay".into(),
+                )
             }
             Request::Replay { req_id, query } => match &self.replay {
                 // The archive is read on a blocking thread, never here.

@@ -16,6 +16,7 @@ use spread_client::{Client, ClientConfig, Event, Item, Outcome, StatusReport};
 mod replay;
 mod tail;
 mod time;
+mod token;
 
 /// The `spread` command line.
 #[derive(Debug, Parser)]
@@ -165,6 +166,8 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Mint an HS256 token for development (no broker needed).
+    Token(token::Args),
     /// Print the broker's status: iterations, retention and every sink.
     Status {
         /// Print JSON.
@@ -227,6 +230,10 @@ fn client_config(args: &ConnArgs) -> ClientConfig {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Token(args) = &cli.command {
+        println!("{}", token::mint(args)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut cfg = client_config(&cli.conn);
     cfg.reconnect = matches!(cli.command, Command::Sub { .. } | Command::Tail { .. });
     let client = Client::connect(cfg)
@@ -383,6 +390,7 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             tail::run(&client, args, &mut out).await?;
         }
+        Command::Token(_) => bail!("spread token does not connect to a broker"),
         Command::Status { json } => {
             let report = client.status().await?;
             print_status(&mut out, &report, json)?;

@@ -1,0 +1,244 @@
+//! Authentication: JWTs presented in the hello frame, verified against the
+//! configured keys (HS256 secrets, RS256/ES256 public keys in PEM, a JWKS
+//! file; several at once, chosen by the token's `kid`). The subject becomes
+//! the origin of what the connection publishes, and the token's `rights`
+//! claim limits what it may publish and read ([`rights`]).
+//!
+//! Without keys the broker accepts anonymous clients (publishing as the
+//! node) unless `--require-auth`; with keys, every client needs a token.
+
+pub mod rights;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, AlgorithmFamily, DecodingKey, Validation};
+use rights::{Rights, RightsClaim};
+
+/// Clock skew tolerated on `exp` (and `nbf`).
+pub const LEEWAY: Duration = Duration::from_secs(30);
+
+/// Why the authentication settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    /// A key file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A key is not valid.
+    #[error("{what}: {reason}")]
+    Key {
+        /// Which key.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Anonymous clients refused but no key configured.
+    #[error(
+        "--require-auth needs at least one key (--jwt-secret, --jwt-public-key or --jwks-file)"
+    )]
+    NoKeys,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// HS256 shared secrets.
+    pub secrets: Vec<String>,
+    /// RS256 or ES256 public keys (PEM files).
+    pub public_keys: Vec<PathBuf>,
+    /// A JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Refuse clients without a token even when no key is configured.
+    pub require: bool,
+}
+
+struct Key {
+    kid: Option<String>,
+    family: AlgorithmFamily,
+    key: DecodingKey,
+}
+
+/// Who a connection is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The token's subject (the origin of what it publishes).
+    pub subject: String,
+    /// When the token expires.
+    pub expires: SystemTime,
+    /// Its rights; `None` when the token has no `rights` claim (all rights).
+    pub rights: Option<Rights>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is required.
+    #[error("a token is required")]
+    Missing,
+    /// The token is not valid.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+#[derive(serde::Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    rights: Option<RightsClaim>,
+}
+
+/// Verifies tokens.
+pub struct Authenticator {
+    keys: Vec<Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    require: bool,
+}
+
+impl Authenticator {
+    /// Loads the keys of `settings`.
+    pub fn new(settings: &AuthSettings) -> Result<Authenticator, AuthConfigError> {
+        let mut keys: Vec<Key> = settings
+            .secrets
+            .iter()
+            .map(|s| Key {
+                kid: None,
+                family: AlgorithmFamily::Hmac,
+                key: DecodingKey::from_secret(s.as_bytes()),
+            })
+            .collect();
+        for path in &settings.public_keys {
+            let pem = std::fs::read(path).map_err(|source| AuthConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let (family, key) = match DecodingKey::from_rsa_pem(&pem) {
+                Ok(k) => (AlgorithmFamily::Rsa, k),
+                Err(_) => (
+                    AlgorithmFamily::Ec,
+                    DecodingKey::from_ec_pem(&pem).map_err(|e| AuthConfigError::Key {
+                        what: path.display().to_string(),
+                        reason: format!("neither an RSA nor an EC public key: {e}"),
+                    })?,
+                ),
+            };
+            keys.push(Key {
+                kid: None,
+                family,
+                key,
+            });
+        }
+        if let Some(path) = &settings.jwks_file {
+            let text = std::fs::read_to_string(path).map_err(|source| AuthConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let set: JwkSet = serde_json::from_str(&text).map_err(|e| AuthConfigError::Key {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            for jwk in &set.keys {
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthConfigError::Key {
+                    what: format!("{} kid {:?}", path.display(), jwk.common.key_id),
+                    reason: e.to_string(),
+                })?;
+                let family = key.family();
+                keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    family,
+                    key,
+                });
+            }
+        }
+        if settings.require && keys.is_empty() {
+            return Err(AuthConfigError::NoKeys);
+        }
+        Ok(Authenticator {
+            keys,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            require: settings.require,
+        })
+    }
+
+    /// Whether any key is configured.
+    pub fn has_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    /// Checks the hello's token: `Ok(None)` for an accepted anonymous client.
+    pub fn verify(&self, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
+        let Some(token) = token else {
+            return if self.require || self.has_keys() {
+                Err(AuthError::Missing)
+            } else {
+                Ok(None)
+            };
+        };
+        if !self.has_keys() {
+            return Err(AuthError::Invalid(
+                "this broker has no keys to verify tokens".into(),
+            ));
+        }
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let family = header.alg.family();
+        let by_kid: Vec<&Key> = self
+            .keys
+            .iter()
+            .filter(|k| k.kid.is_some() && k.kid == header.kid)
+            .collect();
+        let candidates: Vec<&Key> = if by_kid.is_empty() {
+            self.keys
+                .iter()
+                .filter(|k| k.kid.is_none() && k.family == family)
+                .collect()
+        } else {
+            by_kid
+        };
+        if candidates.is_empty() {
+            return Err(AuthError::Invalid(format!(
+                "no key for algorithm {:?} and kid {:?}",
+                header.alg, header.kid
+            )));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY.as_secs();
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        let mut last = String::new();
+        for key in candidates {
+            match decode::<Claims>(token, &key.key, &validation) {
+                Ok(data) => {
+                    let c = data.claims;
+                    if c.sub.is_empty() {
+                        return Err(AuthError::Invalid("empty subject".into()));
+                    }
+                    return Ok(Some(Identity {
+                        rights: c.rights.as_ref().map(|r| Rights::new(r, &c.sub)),
+                        expires: UNIX_EPOCH + Duration::from_secs(c.exp),
+                        subject: c.sub,
+                    }));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(AuthError::Invalid(last))
+    }
+}

@@ -1,0 +1,257 @@
+//! JWT authentication and per-prefix rights against a real broker: tokens
+//! minted by `spread token` (HS256) and an ES256 key, every refusal with
+//! its code, origins taken from the subject, and subscriptions that never
+//! deliver outside the rights.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use spread_client::{Client, ErrorCode, Item, Outcome};
+use spread_protocol::{Hello, Request, PROTOCOL_VERSION};
+use support::{Broker, PATIENCE};
+
+const SECRET: &str = "test-secret-of-enough-length";
+
+/// A token minted by `spread token` with `extra` flags.
+fn mint(broker: &Broker, subject: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "--secret", SECRET, "--subject", subject];
+    args.extend_from_slice(extra);
+    let out = support::cli(broker, &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn client(broker: &Broker, token: &str) -> Result<Client, spread_client::Error> {
+    Client::connect(broker.config().token(token)).await
+}
+
+fn refused_with(result: Result<Client, spread_client::Error>, code: ErrorCode) {
+    match result {
+        Err(e) => assert_eq!(e.code(), Some(code), "{e}"),
+        Ok(_) => panic!("connected"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_limit_publishes_reads_and_deliveries() {
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    let admin = client(&broker, &mint(&broker, "admin", &[])).await.unwrap();
+    let token = mint(
+        &broker,
+        "alice",
+        &[
+            "--pub",
+            "sensors/site-7",
+            "--pub",
+            "users/{sub}",
+            "--read",
+            "sensors",
+            "--read",
+            "config",
+            "--deny",
+            "config/secrets",
+        ],
+    );
+    let alice = client(&broker, &token).await.unwrap();
+    // The subject is the origin of what it publishes.
+    let Outcome::New { event, .. } = alice.publish("sensors/site-7/t1", "21").await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(event.origin(), "alice");
+    alice.publish("users/alice/prefs", "dark").await.unwrap();
+    // Outside the rights: forbidden, and whole segments only.
+    for topic in ["sensors/site-70/t1", "users/bob/prefs", "config/app"] {
+        let e = alice.publish(topic, "x").await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{topic}: {e}");
+    }
+    let e = alice.get("config/secrets/db").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden));
+    let e = alice.get("billing/x").await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden));
+    // A subscription outside the rights is refused; a broader one is
+    // filtered event by event.
+    let mut refused = alice.subscribe("billing").await.unwrap();
+    match tokio::time::timeout(PATIENCE, refused.next())
+        .await
+        .unwrap()
+    {
+        Some(Err(e)) => assert_eq!(e.code(), Some(ErrorCode::Forbidden)),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+    admin.publish("config/secrets/db", "hunter2").await.unwrap();
+    admin.publish("config/app", "v1").await.unwrap();
+    let mut all = alice.subscribe("").await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, all.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Item::Event(e) => seen.push(e.topic().to_string()),
+            Item::Synced { .. } => break,
+            _ => {}
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["config/app", "sensors/site-7/t1"]);
+    // Live: only what it may read arrives.
+    admin.publish("config/secrets/api", "k").await.unwrap();
+    admin.publish("billing/inv-1", "9").await.unwrap();
+    admin.publish("sensors/site-9/t2", "17").await.unwrap();
+    match tokio::time::timeout(PATIENCE, all.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Item::Event(e) => assert_eq!(e.topic(), "sensors/site-9/t2"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_with_a_clear_code() {
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://auth.test",
+        "--jwt-audience",
+        "spread",
+    ]);
+    let good = ["--issuer", "https://auth.test", "--audience", "spread"];
+    client(&broker, &mint(&broker, "ok", &good)).await.unwrap();
+    // No token at all.
+    refused_with(
+        Client::connect(broker.config()).await,
+        ErrorCode::Unauthorized,
+    );
+    // Another secret.
+    let out = support::cli(
+        &broker,
+        &[
+            "token",
+            "--secret",
+            "not-the-secret",
+            "--subject",
+            "eve",
+            "--issuer",
+            "https://auth.test",
+            "--audience",
+            "spread",
+        ],
+        None,
+    );
+    let forged = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    refused_with(client(&broker, &forged).await, ErrorCode::Unauthorized);
+    // Wrong issuer, wrong audience, expired beyond the leeway.
+    let wrong_iss = mint(
+        &broker,
+        "x",
+        &["--issuer", "https://evil.test", "--audience", "spread"],
+    );
+    refused_with(client(&broker, &wrong_iss).await, ErrorCode::Unauthorized);
+    let wrong_aud = mint(
+        &broker,
+        "x",
+        &["--issuer", "https://auth.test", "--audience", "other"],
+    );
+    refused_with(client(&broker, &wrong_aud).await, ErrorCode::Unauthorized);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "late", "exp": now - 120, "iss": "https://auth.test", "aud": "spread"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    refused_with(client(&broker, &expired).await, ErrorCode::Unauthorized);
+    // The broker keeps serving good clients.
+    let c = client(&broker, &mint(&broker, "ok2", &good)).await.unwrap();
+    c.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    // exp 1 s from now: accepted (within the leeway anyway), closed at exp.
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"sub": "brief", "exp": now + 1}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut raw = broker.raw_unhandshaken().await;
+    raw.send(&Request::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "brief".into(),
+        token: Some(token),
+    }))
+    .await;
+    assert!(matches!(
+        raw.recv().await,
+        Some(spread_protocol::Response::Welcome { .. })
+    ));
+    let closed = tokio::time::timeout(
+        Duration::from_secs(30),
+        raw.expect_fatal(ErrorCode::TokenExpired),
+    );
+    closed.await.expect("closed at expiry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn es256_public_keys_verify_tokens() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let public = dir.path().join("es256.pem");
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--jwt-public-key",
+        public.to_str().unwrap(),
+    ]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &serde_json::json!({"sub": "device-42", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let c = client(&broker, &token).await.unwrap();
+    let Outcome::New { event, .. } = c.publish("devices/42", "on").await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(event.origin(), "device-42");
+    // An HS256 token is not accepted by an ES256-only broker.
+    let hs = mint(&broker, "x", &[]);
+    refused_with(client(&broker, &hs).await, ErrorCode::Unauthorized);
+}
+
+#[test]
+fn requiring_auth_without_keys_stops_the_start() {
+    let stderr = support::fail_to_start(&["--require-auth"]);
+    assert!(
+        stderr.contains("--require-auth needs at least one key"),
+        "{stderr}"
+    );
+}
