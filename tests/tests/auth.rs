@@ -255,3 +255,51 @@ fn requiring_auth_without_keys_stops_the_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_refresher_reconnects_past_expiry_without_losing_events() {
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    let admin = client(&broker, &mint(&broker, "admin", &[])).await.unwrap();
+    let minted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count = minted.clone();
+    // Tokens that live two seconds: the connection is closed at expiry and
+    // the SDK reconnects with a fresh one.
+    let cfg = broker.config().token_refresher(move || {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "short-lived", "exp": now + 2}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .ok()
+    });
+    let reader = Client::connect(cfg).await.unwrap();
+    let mut sub = reader.subscribe("r").await.unwrap();
+    support::snapshot(&mut sub).await;
+    let mut want = Vec::new();
+    let mut got = Vec::new();
+    // Publish until the reader has reconnected at least twice.
+    let mut round = 0;
+    while minted.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        admin
+            .publish(&format!("r/{round}"), format!("{round}"))
+            .await
+            .unwrap();
+        want.push(format!("r/{round}"));
+        round += 1;
+        while got.len() < want.len() {
+            match tokio::time::timeout(PATIENCE, sub.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+            {
+                Item::Event(e) => got.push(e.topic().to_string()),
+                Item::Synced { .. } | Item::Conflated { .. } | Item::Truncated { .. } => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, want);
+}

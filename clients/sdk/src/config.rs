@@ -16,8 +16,11 @@ pub enum Trust {
     Insecure,
 }
 
+/// Supplies a fresh token at every (re)connection.
+pub type TokenRefresher = std::sync::Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// Connection settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// `host:port` of the broker.
     pub server: String,
@@ -27,6 +30,10 @@ pub struct ClientConfig {
     pub trust: Trust,
     /// Bearer token sent in the handshake.
     pub token: Option<String>,
+    /// Called at every (re)connection for the token to send, instead of
+    /// `token`: a connection closed because its token expired reconnects
+    /// with a fresh one.
+    pub token_refresher: Option<TokenRefresher>,
     /// Name reported to the broker, for its logs.
     pub client_name: String,
     /// Reconnect automatically after a lost connection.
@@ -42,6 +49,20 @@ pub struct ClientConfig {
     pub subscription_buffer: usize,
 }
 
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("server_name", &self.server_name)
+            .field("trust", &self.trust)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_refresher", &self.token_refresher.is_some())
+            .field("client_name", &self.client_name)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ClientConfig {
     /// Settings for `server` with defaults for everything else.
     pub fn new(server: impl Into<String>) -> Self {
@@ -50,6 +71,7 @@ impl ClientConfig {
             server_name: None,
             trust: Trust::System,
             token: None,
+            token_refresher: None,
             client_name: format!("spread-client/{}", env!("CARGO_PKG_VERSION")),
             reconnect: true,
             min_backoff: Duration::from_millis(100),
@@ -75,6 +97,23 @@ impl ClientConfig {
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// Asks `refresh` for the token at every (re)connection.
+    pub fn token_refresher(
+        mut self,
+        refresh: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.token_refresher = Some(std::sync::Arc::new(refresh));
+        self
+    }
+
+    /// The token for the next connection.
+    pub(crate) fn current_token(&self) -> Option<String> {
+        match &self.token_refresher {
+            Some(refresh) => refresh(),
+            None => self.token.clone(),
+        }
     }
 
     /// The host part of `server` (without brackets for IPv6).

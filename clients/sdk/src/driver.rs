@@ -195,7 +195,7 @@ pub(crate) async fn establish(shared: &Shared) -> Result<(Reader, Writer), Error
         Request::Hello(Hello {
             version: PROTOCOL_VERSION,
             client_name: cfg.client_name.clone(),
-            token: cfg.token.clone(),
+            token: cfg.current_token(),
         })
         .encode(&mut buf);
         wr.write_all(&buf).await.map_err(|source| Error::Connect {
