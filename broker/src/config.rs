@@ -126,6 +126,18 @@ pub struct Args {
     /// Refuse clients without a valid token.
     #[arg(long, env = "SPREAD_REQUIRE_AUTH")]
     pub require_auth: bool,
+    /// Most simultaneous connections from one IP address [default: 1000].
+    #[arg(long, env = "SPREAD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Most live subscriptions per connection [default: 10000].
+    #[arg(long, env = "SPREAD_MAX_SUBSCRIPTIONS")]
+    pub max_subscriptions: Option<usize>,
+    /// Publishes per second allowed per connection, bursts of one second [default: unlimited].
+    #[arg(long, env = "SPREAD_MAX_PUBLISH_RATE")]
+    pub max_publish_rate: Option<u32>,
+    /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
+    #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -159,6 +171,10 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     require_auth: Option<bool>,
+    max_connections_per_ip: Option<usize>,
+    max_subscriptions: Option<usize>,
+    max_publish_rate: Option<u32>,
+    handshake_timeout_ms: Option<u64>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -200,6 +216,14 @@ pub struct Config {
     pub sinks: Vec<crate::sinks::config::SinkConfig>,
     /// Client authentication.
     pub auth: crate::auth::AuthSettings,
+    /// Simultaneous connections allowed from one IP address.
+    pub max_connections_per_ip: usize,
+    /// Live subscriptions allowed per connection.
+    pub max_subscriptions: usize,
+    /// Publishes per second per connection (`None`: unlimited).
+    pub max_publish_rate: Option<u32>,
+    /// Time allowed for the TLS handshake and the hello.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -302,6 +326,20 @@ impl Config {
                 audience: args.jwt_audience.or(file.jwt_audience),
                 require: args.require_auth || file.require_auth.unwrap_or(false),
             },
+            max_connections_per_ip: args
+                .max_connections_per_ip
+                .or(file.max_connections_per_ip)
+                .unwrap_or(1000),
+            max_subscriptions: args
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(10_000),
+            max_publish_rate: args.max_publish_rate.or(file.max_publish_rate),
+            handshake_timeout: std::time::Duration::from_millis(
+                args.handshake_timeout_ms
+                    .or(file.handshake_timeout_ms)
+                    .unwrap_or(10_000),
+            ),
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)
@@ -339,6 +377,16 @@ impl Config {
         positive("max_topic_depth", self.topic_rules.max_depth)?;
         positive("max_inflight", self.max_inflight)?;
         positive("max_connections", self.max_connections)?;
+        positive("max_connections_per_ip", self.max_connections_per_ip)?;
+        positive("max_subscriptions", self.max_subscriptions)?;
+        positive(
+            "max_publish_rate",
+            self.max_publish_rate.unwrap_or(1) as usize,
+        )?;
+        positive(
+            "handshake_timeout_ms",
+            self.handshake_timeout.as_millis() as usize,
+        )?;
         if self.segment_bytes < 4096 {
             return Err(ConfigError::Invalid {
                 name: "segment_bytes",

@@ -1,8 +1,11 @@
 //! The listener: accepts connections, caps their number, and shuts down
 //! gracefully.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,40 @@ impl Shared {
     /// The broker's current iteration.
     pub fn iteration(&self) -> u64 {
         self.iteration.load(Ordering::Acquire)
+    }
+}
+
+/// One connection counted against its address's limit while it lives.
+struct PerIp {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, unless it already has `max`.
+    fn enter(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
+        let mut map = counts.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIp {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIp {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -88,6 +125,7 @@ impl Server {
                 sinks: sinks.board(),
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
+                max_subscriptions: config.max_subscriptions,
             },
         )?;
         let sinks = sinks.start(engine.committed(), &log_dir, max_record)?;
@@ -159,6 +197,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let per_ip_counts: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let sender = engine.sender();
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(5);
@@ -187,9 +226,20 @@ impl Server {
                     continue;
                 }
             };
+            let max_per_ip = shared.config.max_connections_per_ip;
+            let Some(per_ip) = PerIp::enter(&per_ip_counts, peer.ip(), max_per_ip) else {
+                tracker.spawn(connection::refuse_busy(
+                    stream,
+                    peer,
+                    shared.clone(),
+                    max_per_ip,
+                ));
+                continue;
+            };
             let (shared, sender, shutdown) = (shared.clone(), sender.clone(), shutdown_rx.clone());
             tracker.spawn(async move {
                 connection::serve(stream, peer, shared, sender, shutdown).await;
+                drop(per_ip);
                 drop(permit);
             });
         }
@@ -218,6 +268,9 @@ impl Server {
             delivered = stats.delivered.load(Ordering::Relaxed),
             conflated = stats.conflated.load(Ordering::Relaxed),
             closed_slow_history = stats.closed_slow.load(Ordering::Relaxed),
+            refused_connections = stats.refused_connections.load(Ordering::Relaxed),
+            refused_subscriptions = stats.refused_subscriptions.load(Ordering::Relaxed),
+            rate_limited = stats.rate_limited.load(Ordering::Relaxed),
             "stopped"
         );
     }

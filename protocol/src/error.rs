@@ -115,6 +115,12 @@ error_codes! {
     ArchiveUnavailable = 16, "archive_unavailable";
     /// The connection's token expired: reconnect with a fresh one.
     TokenExpired = 17, "token_expired";
+    /// The connection has as many live subscriptions as allowed.
+    TooManySubscriptions = 18, "too_many_subscriptions";
+    /// Too many connections from this address.
+    TooManyConnections = 19, "too_many_connections";
+    /// The connection publishes faster than allowed; the publish was not applied.
+    RateLimited = 20, "rate_limited";
 }
 
 impl ErrorCode {
@@ -128,6 +134,8 @@ impl ErrorCode {
                 | ErrorCode::Internal
                 | ErrorCode::StorageUnavailable
                 | ErrorCode::ArchiveUnavailable
+                | ErrorCode::TooManySubscriptions
+                | ErrorCode::RateLimited
         )
     }
 }

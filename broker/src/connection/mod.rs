@@ -8,7 +8,7 @@ mod writer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -25,9 +25,6 @@ use crate::engine::Command;
 use crate::server::Shared;
 use outbound::{Conn, Outbound};
 use reader::Stop;
-
-/// Time allowed for the TLS handshake and the hello frame together.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -51,7 +48,8 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
         }
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, shared.tls.accept(stream)).await {
+        let handshake = shared.config.handshake_timeout;
+        let tls = match tokio::time::timeout(handshake, shared.tls.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -60,7 +58,7 @@ pub async fn serve(
         let codec = ServerCodec::new(shared.config.topic_rules, shared.config.max_frame);
         let mut framed = FramedRead::with_capacity(rd, codec, 64 * 1024);
 
-        let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, framed.next()).await {
+        let hello = match tokio::time::timeout(handshake, framed.next()).await {
             Ok(Some(Ok(Request::Hello(h)))) => h,
             Ok(Some(Ok(_))) => {
                 return refuse(&mut wr, ErrorCode::HandshakeRequired, "the first frame must be hello".into()).await
@@ -134,8 +132,9 @@ pub async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let rate = shared.config.max_publish_rate;
         let stop = tokio::select! {
-            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown) => stop,
+            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate) => stop,
             _ = expiry => Stop::Fatal(ErrorFrame {
                 req_id: None,
                 code: ErrorCode::TokenExpired,
@@ -172,6 +171,24 @@ pub async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// Completes the TLS handshake only to tell the client it is one connection
+/// too many from its address, then closes.
+pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, max: usize) {
+    shared
+        .stats
+        .refused_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let handshake = shared.config.handshake_timeout;
+    if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.tls.accept(stream)).await {
+        let (_, mut wr) = tokio::io::split(tls);
+        let message = format!(
+            "{} already has {max} connections, the most allowed",
+            peer.ip()
+        );
+        refuse(&mut wr, ErrorCode::TooManyConnections, message).await;
+    }
 }
 
 /// Sends an error frame during the handshake and closes.

@@ -255,6 +255,12 @@ pub struct Stats {
     pub conflated: AtomicU64,
     /// Events written to subscribers.
     pub delivered: AtomicU64,
+    /// Subscriptions refused: too many on their connection.
+    pub refused_subscriptions: AtomicU64,
+    /// Connections refused: too many from their address.
+    pub refused_connections: AtomicU64,
+    /// Publishes refused: over their connection's rate.
+    pub rate_limited: AtomicU64,
 }
 
 /// State shared by the engine and one connection's tasks.
@@ -429,6 +435,18 @@ impl Conn {
     /// Counts events written to subscribers.
     pub fn count_delivered(&self, n: u64) {
         self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a subscription refused for being one too many.
+    pub fn count_refused_subscription(&self) {
+        self.stats
+            .refused_subscriptions
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts publishes refused for exceeding the rate.
+    pub fn count_rate_limited(&self, n: u64) {
+        self.stats.rate_limited.fetch_add(n, Ordering::Relaxed);
     }
 }
 

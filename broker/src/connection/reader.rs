@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
+use std::time::Instant;
+
+use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
-use spread_protocol::{ErrorFrame, ProtocolError, ServerCodec};
+use spread_protocol::{ErrorCode, ErrorFrame, ProtocolError, Request, Response, ServerCodec};
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
-use super::outbound::Conn;
+use super::outbound::{Conn, Outbound};
 use crate::engine::Command;
 
 /// Most requests handed to the engine in one command.
@@ -39,13 +42,71 @@ fn fatal(e: ProtocolError) -> Stop {
     }
 }
 
+/// A publish budget: `rate` per second, bursts of one second.
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: Instant::now(),
+        }
+    }
+
+    /// Takes one publish from the budget, if there is one.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Replaces the publishes of `batch` beyond the budget with `rate_limited`
+/// answers; returns them (already encoded) and how many.
+fn limit(batch: &mut Vec<Request>, bucket: &mut Bucket) -> (BytesMut, u32) {
+    let mut refused = BytesMut::new();
+    let mut n = 0;
+    batch.retain(|req| match req {
+        Request::Publish(p) if !bucket.take() => {
+            Response::Error(ErrorFrame {
+                req_id: Some(p.req_id),
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "more than {} publishes per second on this connection",
+                    bucket.rate
+                ),
+            })
+            .encode(&mut refused);
+            n += 1;
+            false
+        }
+        _ => true,
+    });
+    (refused, n)
+}
+
 /// Reads until the peer stops, sends garbage, or shutdown is signalled.
+/// With `rate`, publishes beyond that many per second are refused.
 pub async fn run<R: AsyncRead + Unpin>(
     framed: &mut FramedRead<R, ServerCodec>,
     conn: &Arc<Conn>,
     engine: &mpsc::Sender<Command>,
     shutdown: &mut watch::Receiver<bool>,
+    rate: Option<u32>,
 ) -> Stop {
+    let mut bucket = rate.map(Bucket::new);
     loop {
         let first = tokio::select! {
             r = framed.next() => r,
@@ -78,6 +139,22 @@ pub async fn run<R: AsyncRead + Unpin>(
         match conn.credits.acquire_many(batch.len() as u32).await {
             Ok(permit) => permit.forget(),
             Err(_) => return Stop::Ended,
+        }
+        if let Some(bucket) = &mut bucket {
+            let (frames, count) = limit(&mut batch, bucket);
+            if count > 0 {
+                conn.count_rate_limited(u64::from(count));
+                conn.push(Outbound::Answers {
+                    frames: frames.freeze(),
+                    count,
+                });
+            }
+            if batch.is_empty() {
+                if let Some(stop) = stop {
+                    return stop;
+                }
+                continue;
+            }
         }
         let cmd = Command::Requests {
             conn: conn.clone(),

@@ -106,6 +106,8 @@ pub struct Services {
     pub replay: Option<Arc<ReplaySource>>,
     /// This node's id.
     pub node_id: Arc<str>,
+    /// Live subscriptions allowed per connection.
+    pub max_subscriptions: usize,
 }
 
 /// When the engine writes a checkpoint of the latest-value table.
@@ -152,6 +154,7 @@ impl EngineHandle {
             sinks,
             replay,
             node_id,
+            max_subscriptions,
         } = services;
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
@@ -186,6 +189,7 @@ impl EngineHandle {
             sinks,
             replay,
             node_id,
+            max_subscriptions,
             runtime: tokio::runtime::Handle::current(),
             me: tx.downgrade(),
             checkpoints,
@@ -262,6 +266,8 @@ struct Engine {
     node_id: Arc<str>,
     /// Where replays are served from.
     replay: Option<Arc<ReplaySource>>,
+    /// Live subscriptions allowed per connection.
+    max_subscriptions: usize,
     /// Where catch-up jobs run.
     runtime: tokio::runtime::Handle,
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
@@ -492,6 +498,16 @@ impl Engine {
         mode: SubscribeMode,
     ) {
         let subs = self.subs.entry(conn.id).or_default();
+        if subs.len() >= self.max_subscriptions {
+            conn.count_refused_subscription();
+            let max = self.max_subscriptions;
+            return self.error(
+                conn,
+                req_id,
+                ErrorCode::TooManySubscriptions,
+                format!("this connection already has {max} subscriptions, the most allowed"),
+            );
+        }
         if subs.contains_key(&req_id) {
             return self.error(
                 conn,
