@@ -303,3 +303,47 @@ async fn a_token_refresher_reconnects_past_expiry_without_losing_events() {
     }
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_respect_rights() {
+    let broker = Broker::start(&["--jwt-secret", SECRET]);
+    let admin = client(&broker, &mint(&broker, "admin", &[])).await.unwrap();
+    for topic in ["sensors/a", "config/app", "config/secrets/db", "billing/1"] {
+        admin.publish(topic, "v").await.unwrap();
+    }
+    support::eventually("the archive to catch up", || async {
+        let r = admin.status().await.ok()?;
+        (r.sinks.iter().find(|s| s.name == "archive")?.lag_events == 0).then_some(())
+    })
+    .await;
+    let token = mint(
+        &broker,
+        "bob",
+        &[
+            "--read",
+            "sensors",
+            "--read",
+            "config",
+            "--deny",
+            "config/secrets",
+        ],
+    );
+    let bob = client(&broker, &token).await.unwrap();
+    // Everything: only what bob may read comes back.
+    let mut all = bob.replay(&spread_client::Replay::default()).await.unwrap();
+    let mut topics = Vec::new();
+    while let Some(e) = all.next().await {
+        topics.push(e.unwrap().topic().to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["config/app", "sensors/a"]);
+    // A prefix outside the rights is refused.
+    let mut billing = bob
+        .replay(&spread_client::Replay::prefix("billing"))
+        .await
+        .unwrap();
+    match billing.next().await {
+        Some(Err(e)) => assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}"),
+        other => panic!("expected forbidden, got {other:?}"),
+    }
+}
