@@ -138,6 +138,9 @@ pub struct Args {
     /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
     #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Also listen WITHOUT TLS on this loopback address (benchmarking only).
+    #[arg(long, env = "SPREAD_PLAIN_LISTEN")]
+    pub plain_listen: Option<SocketAddr>,
 }
 
 /// The TOML file: the same settings as the flags, in snake_case.
@@ -175,6 +178,7 @@ struct FileConfig {
     max_subscriptions: Option<usize>,
     max_publish_rate: Option<u32>,
     handshake_timeout_ms: Option<u64>,
+    plain_listen: Option<SocketAddr>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -224,6 +228,8 @@ pub struct Config {
     pub max_publish_rate: Option<u32>,
     /// Time allowed for the TLS handshake and the hello.
     pub handshake_timeout: std::time::Duration,
+    /// An unencrypted loopback listener, for benchmarks.
+    pub plain_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -340,6 +346,7 @@ impl Config {
                     .or(file.handshake_timeout_ms)
                     .unwrap_or(10_000),
             ),
+            plain_listen: args.plain_listen.or(file.plain_listen),
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)
@@ -398,6 +405,14 @@ impl Config {
                 name: "max_frame",
                 reason: format!("must be at most {}", u32::MAX),
             });
+        }
+        if let Some(addr) = self.plain_listen {
+            if !addr.ip().is_loopback() {
+                return Err(ConfigError::Invalid {
+                    name: "plain_listen",
+                    reason: format!("{addr} is not a loopback address: plain TCP is for local benchmarking only"),
+                });
+            }
         }
         for sink in &self.sinks {
             sink.validate().map_err(|reason| ConfigError::Invalid {

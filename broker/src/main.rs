@@ -1,5 +1,7 @@
 //! `spread-broker`: starts the broker with flags, environment and config file.
 
+use std::io::Write;
+
 use anyhow::Context;
 use clap::Parser;
 use spread_broker::tls::TlsSource;
@@ -29,7 +31,13 @@ fn main() -> anyhow::Result<()> {
         }
         tracing::info!(node = server.node_id(), "listening on {addr}");
         // A stable line on stdout for scripts and tests.
-        println!("spread-broker listening on {addr}");
+        // Stdout may be a pipe its reader already closed: never fail on it.
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "spread-broker listening on {addr}");
+        if let Some(plain) = server.plain_addr() {
+            let _ = writeln!(out, "spread-broker listening WITHOUT TLS on {plain}");
+        }
+        let _ = out.flush();
         server.run(shutdown_signal()).await;
         Ok(())
     })

@@ -44,6 +44,16 @@ impl Shared {
     }
 }
 
+/// Accepts on the plain listener, or never when there is none.
+async fn accept_plain(
+    plain: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match plain {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One connection counted against its address's limit while it lives.
 struct PerIp {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -81,6 +91,8 @@ impl Drop for PerIp {
 /// A bound, not yet serving, broker.
 pub struct Server {
     listener: TcpListener,
+    /// The unencrypted loopback listener, when explicitly enabled.
+    plain: Option<TcpListener>,
     shared: Arc<Shared>,
     engine: EngineHandle,
     sinks: Sinks,
@@ -146,6 +158,19 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let plain = match config.plain_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| BrokerError::Bind { addr, source })?;
+                tracing::warn!(
+                    addr = %l.local_addr().unwrap_or(addr),
+                    "PLAIN TCP LISTENER ENABLED: traffic on it is unencrypted (loopback benchmarking only)"
+                );
+                Some(l)
+            }
+            None => None,
+        };
         let auth = crate::auth::Authenticator::new(&config.auth)?;
         if !auth.has_keys() {
             tracing::warn!(
@@ -162,11 +187,17 @@ impl Server {
         });
         Ok(Server {
             listener,
+            plain,
             shared,
             engine,
             sinks,
             tls_source,
         })
+    }
+
+    /// The plain-TCP loopback listener's address, when enabled.
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (useful with port 0).
@@ -189,6 +220,7 @@ impl Server {
     pub async fn run(self, signal: impl Future<Output = ()>) {
         let Server {
             listener,
+            plain,
             shared,
             engine,
             sinks,
@@ -210,10 +242,11 @@ impl Server {
                 _ = &mut signal => break,
             };
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = listener.accept() => a.map(|(s, p)| (s, p, true)),
+                a = accept_plain(plain.as_ref()) => a.map(|(s, p)| (s, p, false)),
                 _ = &mut signal => break,
             };
-            let (stream, peer) = match accepted {
+            let (stream, peer, tls) = match accepted {
                 Ok(a) => {
                     backoff = Duration::from_millis(5);
                     a
@@ -238,13 +271,14 @@ impl Server {
             };
             let (shared, sender, shutdown) = (shared.clone(), sender.clone(), shutdown_rx.clone());
             tracker.spawn(async move {
-                connection::serve(stream, peer, shared, sender, shutdown).await;
+                connection::serve(stream, peer, tls, shared, sender, shutdown).await;
                 drop(per_ip);
                 drop(permit);
             });
         }
         tracing::info!("shutting down: closing {} connections", tracker.len());
         drop(listener);
+        drop(plain);
         let _ = shutdown_tx.send(true);
         tracker.close();
         if tokio::time::timeout(Duration::from_secs(10), tracker.wait())

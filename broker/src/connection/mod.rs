@@ -28,13 +28,15 @@ use reader::Stop;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one accepted TCP connection to the end.
+/// Serves one accepted TCP connection to the end: over TLS, or in plain
+/// text when it came from the explicitly enabled loopback listener.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
+    tls: bool,
     shared: Arc<Shared>,
     engine: mpsc::Sender<Command>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!(
@@ -48,20 +50,46 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
         }
+        if !tls {
+            return session(stream, id, shared, engine, shutdown).await;
+        }
         let handshake = shared.config.handshake_timeout;
         let tls = match tokio::time::timeout(handshake, shared.tls.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
         };
-        let (rd, mut wr) = tokio::io::split(tls);
+        session(tls, id, shared, engine, shutdown).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// The protocol over an established stream: hello, then reader and writer.
+async fn session<S>(
+    stream: S,
+    id: u64,
+    shared: Arc<Shared>,
+    engine: mpsc::Sender<Command>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    {
+        let handshake = shared.config.handshake_timeout;
+        let (rd, mut wr) = tokio::io::split(stream);
         let codec = ServerCodec::new(shared.config.topic_rules, shared.config.max_frame);
         let mut framed = FramedRead::with_capacity(rd, codec, 64 * 1024);
 
         let hello = match tokio::time::timeout(handshake, framed.next()).await {
             Ok(Some(Ok(Request::Hello(h)))) => h,
             Ok(Some(Ok(_))) => {
-                return refuse(&mut wr, ErrorCode::HandshakeRequired, "the first frame must be hello".into()).await
+                return refuse(
+                    &mut wr,
+                    ErrorCode::HandshakeRequired,
+                    "the first frame must be hello".into(),
+                )
+                .await
             }
             Ok(Some(Err(e))) => return refuse(&mut wr, e.code(), e.to_string()).await,
             Ok(None) => return,
@@ -169,8 +197,6 @@ pub async fn serve(
         }
         tracing::debug!("disconnected");
     }
-    .instrument(span)
-    .await
 }
 
 /// Completes the TLS handshake only to tell the client it is one connection
