@@ -26,8 +26,8 @@ use crate::{node, BrokerError};
 pub struct Shared {
     /// The resolved configuration.
     pub config: Config,
-    /// TLS acceptor.
-    pub tls: TlsAcceptor,
+    /// TLS acceptor; replaced when the certificate is reloaded.
+    pub tls: parking_lot::RwLock<TlsAcceptor>,
     /// This node's id, also the origin of anonymous publishes.
     pub node_id: Arc<str>,
     /// Delivery counters.
@@ -38,9 +38,61 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The current TLS acceptor.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.tls.read().clone()
+    }
+
+    /// Reads the certificate and key again; new connections use them,
+    /// established ones keep theirs. On error the old ones stay.
+    pub fn reload_tls(&self) {
+        match tls::server_config(self.config.tls_files.as_ref(), &self.config.data_dir) {
+            Ok((config, _)) => {
+                *self.tls.write() = TlsAcceptor::from(config);
+                tracing::info!("TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::error!("cannot reload the TLS certificate, keeping the old one: {e}")
+            }
+        }
+    }
+
     /// The broker's current iteration.
     pub fn iteration(&self) -> u64 {
         self.iteration.load(Ordering::Acquire)
+    }
+}
+
+/// SIGHUP: reload the TLS certificate and key.
+struct Reload {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Reload {
+    fn new() -> Reload {
+        #[cfg(unix)]
+        {
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!("cannot listen for SIGHUP (no certificate reload): {e}")
+                })
+                .ok();
+            Reload { hup }
+        }
+        #[cfg(not(unix))]
+        Reload {}
+    }
+
+    /// Completes at each SIGHUP.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(hup) = &mut self.hup {
+            if hup.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
     }
 }
 
@@ -179,7 +231,7 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             auth,
-            tls: TlsAcceptor::from(tls_config),
+            tls: parking_lot::RwLock::new(TlsAcceptor::from(tls_config)),
             node_id,
             stats: Arc::default(),
             iteration: engine.iteration_handle(),
@@ -230,6 +282,7 @@ impl Server {
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let per_ip_counts: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+        let mut reload = Reload::new();
         let sender = engine.sender();
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(5);
@@ -242,6 +295,10 @@ impl Server {
                 _ = &mut signal => break,
             };
             let accepted = tokio::select! {
+                _ = reload.recv() => {
+                    shared.reload_tls();
+                    continue;
+                }
                 a = listener.accept() => a.map(|(s, p)| (s, p, true)),
                 a = accept_plain(plain.as_ref()) => a.map(|(s, p)| (s, p, false)),
                 _ = &mut signal => break,

@@ -54,7 +54,7 @@ pub async fn serve(
             return session(stream, id, shared, engine, shutdown).await;
         }
         let handshake = shared.config.handshake_timeout;
-        let tls = match tokio::time::timeout(handshake, shared.tls.accept(stream)).await {
+        let tls = match tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -207,7 +207,7 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
         .refused_connections
         .fetch_add(1, Ordering::Relaxed);
     let handshake = shared.config.handshake_timeout;
-    if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.tls.accept(stream)).await {
+    if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
         let (_, mut wr) = tokio::io::split(tls);
         let message = format!(
             "{} already has {max} connections, the most allowed",
