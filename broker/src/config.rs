@@ -66,6 +66,9 @@ pub struct Args {
     /// PEM private key of the certificate.
     #[arg(long, env = "SPREAD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); their subject is the client's identity.
+    #[arg(long, env = "SPREAD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Largest frame accepted, in bytes [default: 8388608].
     #[arg(long, env = "SPREAD_MAX_FRAME")]
     pub max_frame: Option<usize>,
@@ -152,6 +155,7 @@ struct FileConfig {
     node_id: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
     max_frame: Option<usize>,
     max_topic_len: Option<usize>,
     max_topic_depth: Option<usize>,
@@ -194,6 +198,8 @@ pub struct Config {
     pub node_id: Option<String>,
     /// Certificate chain and key files, if given.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// CA that client certificates must chain to (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
     /// Largest frame accepted.
     pub max_frame: usize,
     /// Topic limits.
@@ -265,6 +271,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             node_id: args.node_id.or(file.node_id),
             tls_files,
+            tls_client_ca: args.tls_client_ca.or(file.tls_client_ca),
             max_frame: args
                 .max_frame
                 .or(file.max_frame)

@@ -46,7 +46,11 @@ impl Shared {
     /// Reads the certificate and key again; new connections use them,
     /// established ones keep theirs. On error the old ones stay.
     pub fn reload_tls(&self) {
-        match tls::server_config(self.config.tls_files.as_ref(), &self.config.data_dir) {
+        match tls::server_config(
+            self.config.tls_files.as_ref(),
+            &self.config.data_dir,
+            self.config.tls_client_ca.as_deref(),
+        ) {
             Ok((config, _)) => {
                 *self.tls.write() = TlsAcceptor::from(config);
                 tracing::info!("TLS certificate reloaded");
@@ -162,8 +166,11 @@ impl Server {
             Some(id) => id.as_str().into(),
             None => node::load_or_create(&config.data_dir)?.into(),
         };
-        let (tls_config, tls_source) =
-            tls::server_config(config.tls_files.as_ref(), &config.data_dir)?;
+        let (tls_config, tls_source) = tls::server_config(
+            config.tls_files.as_ref(),
+            &config.data_dir,
+            config.tls_client_ca.as_deref(),
+        )?;
         let recent = RecentLimits {
             events: config.recent_events,
             bytes: 64 * 1024 * 1024,

@@ -63,6 +63,7 @@ pub enum TlsSource {
 pub fn server_config(
     files: Option<&(PathBuf, PathBuf)>,
     data_dir: &Path,
+    client_ca: Option<&Path>,
 ) -> Result<(Arc<ServerConfig>, TlsSource), TlsError> {
     let (cert_path, key_path, source) = match files {
         Some((c, k)) => (c.clone(), k.clone(), TlsSource::Files),
@@ -84,10 +85,29 @@ pub fn server_config(
         reason: format!("no private key: {e}"),
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    // Mutual TLS: clients must present a certificate the CA signed.
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(path)? {
+                roots.add(cert)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::Pem {
+                path: path.to_owned(),
+                reason: format!("unusable client CA: {e}"),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"spread/1".to_vec()];
     Ok((Arc::new(config), source))
 }
@@ -186,13 +206,13 @@ mod tests {
     fn generates_once_and_reuses() {
         let dir = std::env::temp_dir().join(format!("spread-tls-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        let (_, source) = server_config(None, &dir).unwrap();
+        let (_, source) = server_config(None, &dir, None).unwrap();
         let ca = match source {
             TlsSource::Generated { ca_file } => ca_file,
             TlsSource::Files => panic!("expected generated"),
         };
         let first = fs::read(&ca).unwrap();
-        server_config(None, &dir).unwrap();
+        server_config(None, &dir, None).unwrap();
         assert_eq!(fs::read(&ca).unwrap(), first, "the CA must not change");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -203,7 +223,78 @@ mod tests {
             PathBuf::from("/nonexistent/c.pem"),
             PathBuf::from("/nonexistent/k.pem"),
         );
-        let err = server_config(Some(&files), Path::new("/tmp")).unwrap_err();
+        let err = server_config(Some(&files), Path::new("/tmp"), None).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/c.pem"), "{err}");
+    }
+}
+
+/// One DER element: (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |l, b| (l << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject's common name (or, lacking one, its first attribute) of a
+/// DER certificate: the identity of a client authenticated by mutual TLS.
+pub fn subject_name(cert: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
+    let (_, certificate, _) = der(cert).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let (_, tbs, _) = der(certificate).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let mut rest = tbs;
+    // [0] version (optional), serial, signature, issuer, validity, subject.
+    if rest.first() == Some(&0xa0) {
+        rest = der(rest)?.2;
+    }
+    for _ in 0..4 {
+        rest = der(rest)?.2;
+    }
+    let (_, mut names, _) = der(rest).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let mut first = None;
+    while !names.is_empty() {
+        let (_, set, next) = der(names)?;
+        names = next;
+        let (_, attribute, _) = der(set)?;
+        let (_, oid, value) = der(attribute)?;
+        let (_, text, _) = der(value)?;
+        let text = String::from_utf8_lossy(text).into_owned();
+        if oid == COMMON_NAME {
+            return Some(text);
+        }
+        first.get_or_insert(text);
+    }
+    first
+}
+
+#[cfg(test)]
+mod subject_tests {
+    use super::*;
+
+    #[test]
+    fn the_common_name_of_a_generated_certificate() {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec!["device-9.local".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "device-9");
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(subject_name(cert.der()).as_deref(), Some("device-9"));
+        assert_eq!(subject_name(b"\x30\x03\x02\x01"), None);
     }
 }

@@ -73,8 +73,8 @@ struct Key {
 pub struct Identity {
     /// The token's subject (the origin of what it publishes).
     pub subject: String,
-    /// When the token expires.
-    pub expires: SystemTime,
+    /// When its token expires (`None`: a client certificate, checked at the handshake).
+    pub expires: Option<SystemTime>,
     /// Its rights; `None` when the token has no `rights` claim (all rights).
     pub rights: Option<Rights>,
 }
@@ -232,7 +232,7 @@ impl Authenticator {
                     }
                     return Ok(Some(Identity {
                         rights: c.rights.as_ref().map(|r| Rights::new(r, &c.sub)),
-                        expires: UNIX_EPOCH + Duration::from_secs(c.exp),
+                        expires: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
                         subject: c.sub,
                     }));
                 }

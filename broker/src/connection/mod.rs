@@ -51,7 +51,7 @@ pub async fn serve(
             tracing::debug!("set_nodelay: {e}");
         }
         if !tls {
-            return session(stream, id, shared, engine, shutdown).await;
+            return session(stream, id, None, shared, engine, shutdown).await;
         }
         let handshake = shared.config.handshake_timeout;
         let tls = match tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
@@ -59,7 +59,14 @@ pub async fn serve(
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
         };
-        session(tls, id, shared, engine, shutdown).await
+        // With mutual TLS, the verified certificate's subject names the client.
+        let cert_subject = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| crate::tls::subject_name(cert));
+        session(tls, id, cert_subject, shared, engine, shutdown).await
     }
     .instrument(span)
     .await
@@ -69,6 +76,7 @@ pub async fn serve(
 async fn session<S>(
     stream: S,
     id: u64,
+    cert_subject: Option<String>,
     shared: Arc<Shared>,
     engine: mpsc::Sender<Command>,
     mut shutdown: watch::Receiver<bool>,
@@ -103,9 +111,17 @@ async fn session<S>(
             return refuse(&mut wr, ErrorCode::UnsupportedVersion, msg).await;
         }
         tracing::Span::current().record("client", hello.client_name.as_str());
-        let identity = match shared.auth.verify(hello.token.as_deref()) {
-            Ok(identity) => identity,
-            Err(e) => return refuse(&mut wr, ErrorCode::Unauthorized, e.to_string()).await,
+        let identity = match (hello.token.as_deref(), cert_subject) {
+            // A client certificate the CA signed is an identity of its own.
+            (None, Some(subject)) => Some(crate::auth::Identity {
+                subject,
+                expires: None,
+                rights: None,
+            }),
+            (token, _) => match shared.auth.verify(token) {
+                Ok(identity) => identity,
+                Err(e) => return refuse(&mut wr, ErrorCode::Unauthorized, e.to_string()).await,
+            },
         };
         let origin: Arc<str> = match &identity {
             Some(i) => {
@@ -114,7 +130,7 @@ async fn session<S>(
             }
             None => shared.node_id.clone(),
         };
-        let expires = identity.as_ref().map(|i| i.expires);
+        let expires = identity.as_ref().and_then(|i| i.expires);
 
         let mut buf = BytesMut::new();
         Response::Welcome {

@@ -64,7 +64,10 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
-        let tls = TlsConnector::from(tls::client_config(&config.trust)?);
+        let tls = TlsConnector::from(tls::client_config(
+            &config.trust,
+            config.client_cert.as_ref(),
+        )?);
         let shared = Arc::new(Shared::new(config, tls));
         let first = driver::establish(&shared).await?;
         shared.connected();

@@ -34,6 +34,9 @@ pub struct ClientConfig {
     /// `token`: a connection closed because its token expired reconnects
     /// with a fresh one.
     pub token_refresher: Option<TokenRefresher>,
+    /// A client certificate chain and its key (PEM files), for brokers
+    /// that require mutual TLS.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// Name reported to the broker, for its logs.
     pub client_name: String,
     /// Reconnect automatically after a lost connection.
@@ -72,6 +75,7 @@ impl ClientConfig {
             trust: Trust::System,
             token: None,
             token_refresher: None,
+            client_cert: None,
             client_name: format!("spread-client/{}", env!("CARGO_PKG_VERSION")),
             reconnect: true,
             min_backoff: Duration::from_millis(100),
@@ -96,6 +100,12 @@ impl ClientConfig {
     /// Sends `token` in the handshake.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Presents the certificate chain in `cert` and the key in `key` (PEM).
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client_cert = Some((cert.into(), key.into()));
         self
     }
 

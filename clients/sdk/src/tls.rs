@@ -11,17 +11,20 @@ use rustls_pki_types::pem::PemObject;
 use crate::config::Trust;
 use crate::Error;
 
-/// Builds the rustls configuration for `trust`.
-pub fn client_config(trust: &Trust) -> Result<Arc<RustlsConfig>, Error> {
+/// Builds the rustls configuration for `trust`, presenting `client_cert`
+/// (certificate chain and key, PEM files) when the broker asks for one.
+pub fn client_config(
+    trust: &Trust,
+    client_cert: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Arc<RustlsConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = RustlsConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let mut config = match trust {
+    let wants_cert = match trust {
         Trust::Insecure => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
         Trust::CaFile(path) => {
             let mut roots = RootCertStore::empty();
             let certs = CertificateDer::pem_file_iter(path)
@@ -35,7 +38,7 @@ pub fn client_config(trust: &Trust) -> Result<Arc<RustlsConfig>, Error> {
             if roots.is_empty() {
                 return Err(Error::Tls(format!("{}: no certificate", path.display())));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
         }
         Trust::System => {
             let mut roots = RootCertStore::empty();
@@ -49,7 +52,20 @@ pub fn client_config(trust: &Trust) -> Result<Arc<RustlsConfig>, Error> {
                     "no system root certificates found; pass a CA file".into(),
                 ));
             }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder.with_root_certificates(roots)
+        }
+    };
+    let mut config = match client_cert {
+        None => wants_cert.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
+            wants_cert
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Tls(e.to_string()))?
         }
     };
     config.alpn_protocols = vec![b"spread/1".to_vec()];
