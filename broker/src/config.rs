@@ -141,6 +141,9 @@ pub struct Args {
     /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
     #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Close connections that send nothing for this many seconds [default: never].
+    #[arg(long, env = "SPREAD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Also listen WITHOUT TLS on this loopback address (benchmarking only).
     #[arg(long, env = "SPREAD_PLAIN_LISTEN")]
     pub plain_listen: Option<SocketAddr>,
@@ -183,6 +186,7 @@ struct FileConfig {
     max_publish_rate: Option<u32>,
     handshake_timeout_ms: Option<u64>,
     plain_listen: Option<SocketAddr>,
+    idle_timeout_secs: Option<u64>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -236,6 +240,8 @@ pub struct Config {
     pub handshake_timeout: std::time::Duration,
     /// An unencrypted loopback listener, for benchmarks.
     pub plain_listen: Option<SocketAddr>,
+    /// Connections that send nothing this long are closed.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -354,6 +360,11 @@ impl Config {
                     .unwrap_or(10_000),
             ),
             plain_listen: args.plain_listen.or(file.plain_listen),
+            idle_timeout: args
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)

@@ -294,13 +294,6 @@ impl Server {
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(5);
         loop {
-            let permit = tokio::select! {
-                p = limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                _ = &mut signal => break,
-            };
             let accepted = tokio::select! {
                 _ = reload.recv() => {
                     shared.reload_tls();
@@ -322,6 +315,12 @@ impl Server {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
+            };
+            // Over the broker-wide limit: told so, not left hanging.
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                let max = shared.config.max_connections;
+                tracker.spawn(connection::refuse_busy(stream, peer, shared.clone(), max));
+                continue;
             };
             let max_per_ip = shared.config.max_connections_per_ip;
             let Some(per_ip) = PerIp::enter(&per_ip_counts, peer.ip(), max_per_ip) else {
@@ -367,8 +366,10 @@ impl Server {
             conflated = stats.conflated.load(Ordering::Relaxed),
             closed_slow_history = stats.closed_slow.load(Ordering::Relaxed),
             refused_connections = stats.refused_connections.load(Ordering::Relaxed),
+            closed_for_bad_input = stats.closed_for_bad_input.load(Ordering::Relaxed),
             refused_subscriptions = stats.refused_subscriptions.load(Ordering::Relaxed),
             rate_limited = stats.rate_limited.load(Ordering::Relaxed),
+            idle_closed = stats.idle_closed.load(Ordering::Relaxed),
             "stopped"
         );
     }

@@ -42,6 +42,13 @@ async fn connections_per_address_are_capped() {
         Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyConnections), "{e}"),
         Ok(_) => panic!("a fourth connection was accepted"),
     }
+    // The broker-wide limit refuses the same way.
+    let small = Broker::start(&["--archive", "off", "--max-connections", "1"]);
+    let _only = small.client().await;
+    match Client::connect(small.config()).await {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyConnections), "{e}"),
+        Ok(_) => panic!("a second connection was accepted"),
+    }
     // One leaves: a new one gets in.
     drop(clients.pop());
     let fresh = eventually("a connection slot to free up", || async {
@@ -99,4 +106,26 @@ async fn slowloris_and_ten_thousand_dropped_connections_do_not_hurt() {
         client.get("ok/1").await.unwrap().unwrap().payload_bytes(),
         b"1"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_keepalives_keep_quiet_subscribers() {
+    let broker = Broker::start(&["--archive", "off", "--idle-timeout-secs", "1"]);
+    // A subscriber that only listens, with keepalives and no reconnection:
+    // if it were closed, its subscription would end.
+    let mut cfg = broker.config();
+    cfg.reconnect = false;
+    cfg.keepalive = Some(std::time::Duration::from_millis(200));
+    let listener = Client::connect(cfg).await.unwrap();
+    let mut sub = listener.subscribe("quiet").await.unwrap();
+    support::snapshot(&mut sub).await;
+    // A raw connection that says nothing after its hello is closed.
+    let mut raw = broker.raw().await;
+    tokio::time::timeout(PATIENCE, raw.expect_fatal(ErrorCode::Timeout))
+        .await
+        .expect("closed for idleness");
+    // More than the idle time has passed: the listener is still there.
+    let publisher = broker.client().await;
+    publisher.publish("quiet/1", "still here").await.unwrap();
+    assert_eq!(support::next_event(&mut sub).await.topic(), "quiet/1");
 }

@@ -178,7 +178,7 @@ async fn session<S>(
         };
         let rate = shared.config.max_publish_rate;
         let stop = tokio::select! {
-            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate) => stop,
+            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate, shared.config.idle_timeout) => stop,
             _ = expiry => Stop::Fatal(ErrorFrame {
                 req_id: None,
                 code: ErrorCode::TokenExpired,
@@ -188,6 +188,12 @@ async fn session<S>(
         let error = match stop {
             Stop::Ended => None,
             Stop::Fatal(e) => {
+                if !matches!(e.code, ErrorCode::Timeout | ErrorCode::TokenExpired) {
+                    shared
+                        .stats
+                        .closed_for_bad_input
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(code = %e.code, "closing: {}", e.message);
                 Some(e)
             }
@@ -216,7 +222,7 @@ async fn session<S>(
 }
 
 /// Completes the TLS handshake only to tell the client it is one connection
-/// too many from its address, then closes.
+/// too many (from its address, or in all), then closes.
 pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, max: usize) {
     shared
         .stats
@@ -226,7 +232,7 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
     if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
         let (_, mut wr) = tokio::io::split(tls);
         let message = format!(
-            "{} already has {max} connections, the most allowed",
+            "too many connections: at most {max} (from {} or in all)",
             peer.ip()
         );
         refuse(&mut wr, ErrorCode::TooManyConnections, message).await;

@@ -261,6 +261,11 @@ pub struct Stats {
     pub refused_connections: AtomicU64,
     /// Publishes refused: over their connection's rate.
     pub rate_limited: AtomicU64,
+    /// Connections closed for being idle.
+    pub idle_closed: AtomicU64,
+    /// Connections closed for bad input (malformed or oversized frames and
+    /// the like; the log names the code of each).
+    pub closed_for_bad_input: AtomicU64,
 }
 
 /// State shared by the engine and one connection's tasks.
@@ -442,6 +447,11 @@ impl Conn {
         self.stats
             .refused_subscriptions
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed for being idle.
+    pub fn count_idle_closed(&self) {
+        self.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts publishes refused for exceeding the rate.

@@ -105,11 +105,29 @@ pub async fn run<R: AsyncRead + Unpin>(
     engine: &mpsc::Sender<Command>,
     shutdown: &mut watch::Receiver<bool>,
     rate: Option<u32>,
+    idle: Option<std::time::Duration>,
 ) -> Stop {
     let mut bucket = rate.map(Bucket::new);
     loop {
+        let quiet = async {
+            match idle {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
             r = framed.next() => r,
+            _ = quiet => {
+                conn.count_idle_closed();
+                return Stop::Fatal(ErrorFrame {
+                    req_id: None,
+                    code: spread_protocol::ErrorCode::Timeout,
+                    message: format!(
+                        "nothing received for {} s: closing an idle connection (clients ping to stay)",
+                        idle.map_or(0, |d| d.as_secs())
+                    ),
+                });
+            }
             _ = shutdown.changed() => return Stop::Shutdown,
         };
         let mut batch = Vec::with_capacity(16);

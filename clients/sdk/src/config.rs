@@ -50,6 +50,9 @@ pub struct ClientConfig {
     /// Events buffered per subscription before the client stops reading
     /// (and the broker starts conflating).
     pub subscription_buffer: usize,
+    /// Ping the broker this often, so that a broker with an idle timeout
+    /// keeps a quiet connection (a subscriber that only listens) open.
+    pub keepalive: Option<Duration>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -82,6 +85,7 @@ impl ClientConfig {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             subscription_buffer: 8192,
+            keepalive: Some(Duration::from_secs(30)),
         }
     }
 

@@ -309,9 +309,22 @@ async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> O
         }
         None
     };
+    // Keepalive pings, for brokers that close idle connections.
+    let keepalive = async {
+        match shared.config.keepalive {
+            Some(every) => loop {
+                tokio::time::sleep(every).await;
+                shared.send_and_forget(&Request::Ping {
+                    req_id: shared.next_id(),
+                });
+            },
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         f = read => f,
         _ = write => None,
+        _ = keepalive => None,
     }
 }
 
