@@ -347,3 +347,53 @@ async fn replays_respect_rights() {
         other => panic!("expected forbidden, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwks_file_rotates_keys_by_kid() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let (old, new) = ("old-secret-0123456789abcdef", "new-secret-0123456789abcdef");
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(
+        &jwks,
+        serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "2026-10", "alg": "HS256", "k": b64(old)},
+            {"kty": "oct", "kid": "2026-11", "alg": "HS256", "k": b64(new)},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let broker = Broker::start(&["--archive", "off", "--jwks-file", jwks.to_str().unwrap()]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |kid: &str, secret: &str| {
+        let mut header = jsonwebtoken::Header::default();
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": format!("holder-of-{kid}"), "exp": now + 600}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    // Both keys verify their own tokens during the rotation.
+    for (kid, secret) in [("2026-10", old), ("2026-11", new)] {
+        let c = client(&broker, &token(kid, secret)).await.unwrap();
+        let Outcome::New { event, .. } = c.publish("k/x", "1").await.unwrap() else {
+            panic!("not applied")
+        };
+        assert_eq!(event.origin(), format!("holder-of-{kid}"));
+    }
+    // A token naming one key but signed with the other is refused.
+    refused_with(
+        client(&broker, &token("2026-11", old)).await,
+        ErrorCode::Unauthorized,
+    );
+    refused_with(
+        client(&broker, &token("unknown", new)).await,
+        ErrorCode::Unauthorized,
+    );
+}
