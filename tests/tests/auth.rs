@@ -370,8 +370,10 @@ async fn a_jwks_file_rotates_keys_by_kid() {
         .unwrap()
         .as_secs();
     let token = |kid: &str, secret: &str| {
-        let mut header = jsonwebtoken::Header::default();
-        header.kid = Some(kid.to_string());
+        let header = jsonwebtoken::Header {
+            kid: Some(kid.to_string()),
+            ..jsonwebtoken::Header::default()
+        };
         jsonwebtoken::encode(
             &header,
             &serde_json::json!({"sub": format!("holder-of-{kid}"), "exp": now + 600}),
