@@ -27,6 +27,24 @@ fn mint(broker: &Broker, subject: &str, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Seconds since the epoch.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `claims` signed with the brokers' HS256 secret.
+fn hs256(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 async fn client(broker: &Broker, token: &str) -> Result<Client, spread_client::Error> {
     Client::connect(broker.config().token(token)).await
 }
@@ -167,16 +185,9 @@ async fn bad_tokens_are_refused_with_a_clear_code() {
         &["--issuer", "https://auth.test", "--audience", "other"],
     );
     refused_with(client(&broker, &wrong_aud).await, ErrorCode::Unauthorized);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "late", "exp": now - 120, "iss": "https://auth.test", "aud": "spread"}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let expired = hs256(
+        serde_json::json!({"sub": "late", "exp": now() - 120, "iss": "https://auth.test", "aud": "spread"}),
+    );
     refused_with(client(&broker, &expired).await, ErrorCode::Unauthorized);
     // The broker keeps serving good clients.
     let c = client(&broker, &mint(&broker, "ok2", &good)).await.unwrap();
@@ -187,16 +198,7 @@ async fn bad_tokens_are_refused_with_a_clear_code() {
 async fn a_connection_is_closed_when_its_token_expires() {
     let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
     // exp 1 s from now: accepted (within the leeway anyway), closed at exp.
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"sub": "brief", "exp": now + 1}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap();
+    let token = hs256(serde_json::json!({"sub": "brief", "exp": now() + 1}));
     let mut raw = broker.raw_unhandshaken().await;
     raw.send(&Request::Hello(Hello {
         version: PROTOCOL_VERSION,
@@ -266,13 +268,9 @@ async fn a_token_refresher_reconnects_past_expiry_without_losing_events() {
     // the SDK reconnects with a fresh one.
     let cfg = broker.config().token_refresher(move || {
         count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::default(),
-            &serde_json::json!({"sub": "short-lived", "exp": now + 2}),
-            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-        )
-        .ok()
+        Some(hs256(
+            serde_json::json!({"sub": "short-lived", "exp": now() + 2}),
+        ))
     });
     let reader = Client::connect(cfg).await.unwrap();
     let mut sub = reader.subscribe("r").await.unwrap();
