@@ -107,12 +107,7 @@ async fn rights_limit_publishes_reads_and_deliveries() {
     let mut all = alice.subscribe("").await.unwrap();
     let mut seen = Vec::new();
     loop {
-        match tokio::time::timeout(PATIENCE, all.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap()
-        {
+        match support::next_item(&mut all).await {
             Item::Event(e) => seen.push(e.topic().to_string()),
             Item::Synced { .. } => break,
             _ => {}
@@ -124,12 +119,7 @@ async fn rights_limit_publishes_reads_and_deliveries() {
     admin.publish("config/secrets/api", "k").await.unwrap();
     admin.publish("billing/inv-1", "9").await.unwrap();
     admin.publish("sensors/site-9/t2", "17").await.unwrap();
-    match tokio::time::timeout(PATIENCE, all.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap()
-    {
+    match support::next_item(&mut all).await {
         Item::Event(e) => assert_eq!(e.topic(), "sensors/site-9/t2"),
         other => panic!("{other:?}"),
     }
@@ -287,12 +277,7 @@ async fn a_token_refresher_reconnects_past_expiry_without_losing_events() {
         want.push(format!("r/{round}"));
         round += 1;
         while got.len() < want.len() {
-            match tokio::time::timeout(PATIENCE, sub.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-            {
+            match support::next_item(&mut sub).await {
                 Item::Event(e) => got.push(e.topic().to_string()),
                 Item::Synced { .. } | Item::Conflated { .. } | Item::Truncated { .. } => {}
             }

@@ -41,6 +41,19 @@ async fn publish(
     out
 }
 
+/// `spread tail --since BEFORE --until now` with `extra` arguments.
+fn tail_past(broker: &Broker, before: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["tail", "--since", before, "--until", "now"];
+    args.extend_from_slice(extra);
+    let out = cli(broker, &args, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn iterations(stdout: &[u8]) -> Vec<u64> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -101,50 +114,14 @@ async fn until_now_filters_and_formats() {
     let all = publish(&client, topic, 90, "p").await;
     let under_a: Vec<u64> = {
         // Even publishes went under a/ (whole segments: not ab/).
-        let out = cli(
-            &broker,
-            &["tail", "a", "--since", &before, "--until", "now", "--json"],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        iterations(&out.stdout)
+        iterations(&tail_past(&broker, &before, &["a", "--json"]).stdout)
     };
     assert_eq!(under_a.len(), 45);
     assert!(under_a.iter().all(|it| all.contains(it)));
     // --kind, --grep, --origin.
-    let out = cli(
-        &broker,
-        &[
-            "tail",
-            "--since",
-            &before,
-            "--until",
-            "now",
-            "--json",
-            "--kind",
-            "tombstone",
-        ],
-        None,
-    );
+    let out = tail_past(&broker, &before, &["--json", "--kind", "tombstone"]);
     assert_eq!(iterations(&out.stdout).len(), 10);
-    let out = cli(
-        &broker,
-        &[
-            "tail",
-            "--since",
-            &before,
-            "--until",
-            "now",
-            "--raw",
-            "--grep",
-            "^p-1[0-9]$",
-        ],
-        None,
-    );
+    let out = tail_past(&broker, &before, &["--raw", "--grep", "^p-1[0-9]$"]);
     let raw = String::from_utf8(out.stdout).unwrap();
     let mut lines: Vec<&str> = raw.lines().collect();
     lines.sort_unstable();
@@ -158,21 +135,11 @@ async fn until_now_filters_and_formats() {
             .map(String::as_str)
             .collect::<Vec<_>>()
     );
-    let out = cli(
-        &broker,
-        &[
-            "tail", "--since", &before, "--until", "now", "--json", "--origin", "nobody",
-        ],
-        None,
-    );
+    let out = tail_past(&broker, &before, &["--json", "--origin", "nobody"]);
     assert!(out.stdout.is_empty());
     // Piped, the human format has no colors and escapes control bytes.
     client.publish("ctl/x", "bell\u{7}tab\t").await.unwrap();
-    let out = cli(
-        &broker,
-        &["tail", "ctl", "--since", &before, "--until", "now"],
-        None,
-    );
+    let out = tail_past(&broker, &before, &["ctl"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains('\u{1b}'), "{text:?}");
     assert!(
@@ -192,16 +159,7 @@ async fn since_a_time_reads_the_archive_then_the_log_without_a_seam() {
     })
     .await;
     want.extend(publish(&client, |i| format!("z/{}", i % 7), 300, "new").await);
-    let out = cli(
-        &broker,
-        &["tail", "z", "--since", "1h", "--until", "now", "--json"],
-        None,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tail_past(&broker, "1h", &["z", "--json"]);
     let mut got = iterations(&out.stdout);
     got.sort_unstable();
     want.sort_unstable();

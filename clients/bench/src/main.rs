@@ -142,14 +142,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&data);
         return result;
     }
+    let nats_server = servers::start_nats(
+        &args.nats_bin,
+        &tls_dir.join("server.pem"),
+        &tls_dir.join("server-key.pem"),
+        &data.join("jetstream"),
+    )?;
     if args.sink_events > 0 {
         drop(broker);
-        let nats_server = servers::start_nats(
-            &args.nats_bin,
-            &tls_dir.join("server.pem"),
-            &tls_dir.join("server-key.pem"),
-            &data.join("jetstream"),
-        )?;
         let tls = connector(&tls_dir.join("ca.pem"))?;
         let nats = nats::Nats {
             addr: nats_server.addr,
@@ -175,12 +175,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&data);
         return result;
     }
-    let nats_server = servers::start_nats(
-        &args.nats_bin,
-        &tls_dir.join("server.pem"),
-        &tls_dir.join("server-key.pem"),
-        &data.join("jetstream"),
-    )?;
     let tls = connector(&tls_dir.join("ca.pem"))?;
     let spread = spread::Spread {
         addr: broker.addr,

@@ -230,6 +230,15 @@ pub async fn next_event(sub: &mut Subscription) -> Event {
         .expect("no error")
 }
 
+/// The next item of a subscription, failing the test after [`PATIENCE`].
+pub async fn next_item(sub: &mut Subscription) -> Item {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("item in time")
+        .expect("subscription open")
+        .expect("no error")
+}
+
 /// Collects events until the `Synced` marker and returns them.
 pub async fn snapshot(sub: &mut Subscription) -> Vec<Event> {
     let mut out = Vec::new();
