@@ -379,8 +379,6 @@ impl Config {
         LogOptions {
             dir: self.data_dir.join("log"),
             segment_bytes: self.segment_bytes,
-            // A record holds one event, which came in one frame.
-            max_record: self.max_frame + 64,
             durability: self.durability,
             retention: self.retention,
         }
@@ -418,10 +416,13 @@ impl Config {
                 reason: "must be at least 4096".into(),
             });
         }
-        if self.max_frame > u32::MAX as usize {
+        // The stored event adds at most the overhead to its frame; records
+        // of the log format hold events up to MAX_EVENT.
+        let max_frame = crate::log::record::MAX_EVENT - spread_protocol::MAX_EVENT_OVERHEAD;
+        if self.max_frame > max_frame {
             return Err(ConfigError::Invalid {
                 name: "max_frame",
-                reason: format!("must be at most {}", u32::MAX),
+                reason: format!("must be at most {max_frame}"),
             });
         }
         if let Some(addr) = self.plain_listen {

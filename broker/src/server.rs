@@ -166,6 +166,13 @@ impl Server {
             Some(id) => id.as_str().into(),
             None => node::load_or_create(&config.data_dir)?.into(),
         };
+        // Anonymous clients write as the node.
+        spread_protocol::check_origin(&node_id).map_err(|e| {
+            crate::config::ConfigError::Invalid {
+                name: "node_id",
+                reason: e.to_string(),
+            }
+        })?;
         let (tls_config, tls_source) = tls::server_config(
             config.tls_files.as_ref(),
             &config.data_dir,
@@ -187,7 +194,7 @@ impl Server {
         })
         .map_err(|_| sinks::SinkError::Config("a sink plugin panicked while loading".into()))??;
         let log_options = config.log_options();
-        let (log_dir, max_record) = (log_options.dir.clone(), log_options.max_record);
+        let log_dir = log_options.dir.clone();
         let (engine, recovery) = EngineHandle::start(
             log_options,
             recent,
@@ -199,7 +206,7 @@ impl Server {
                 max_subscriptions: config.max_subscriptions,
             },
         )?;
-        let sinks = sinks.start(engine.committed(), &log_dir, max_record)?;
+        let sinks = sinks.start(engine.committed(), &log_dir)?;
         tracing::info!(
             checkpoint = recovery.checkpoint,
             skipped_segments = recovery.skipped_segments,

@@ -16,6 +16,46 @@ use crate::error::ProtocolError;
 use crate::topic::TopicRules;
 use crate::wire::{self, Reader};
 
+/// Longest origin, in bytes. Origins come from token subjects, certificate
+/// names and node ids; bounding them bounds how much larger a stored event
+/// is than the publish frame it came in (see [`MAX_EVENT_OVERHEAD`]) and
+/// keeps them within every archive's column.
+pub const MAX_ORIGIN_LEN: usize = 255;
+
+/// Most bytes an event adds to the topic and payload of its publish frame:
+/// the array header, the timestamp, the origin (at most [`MAX_ORIGIN_LEN`]
+/// bytes and its header), the id, the iteration and the kind, rounded up.
+pub const MAX_EVENT_OVERHEAD: usize = 512;
+
+/// Why a string cannot be an origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OriginError {
+    /// Nothing to name the writer by.
+    #[error("an origin cannot be empty")]
+    Empty,
+    /// Longer than [`MAX_ORIGIN_LEN`].
+    #[error("origin is {0} bytes long, the maximum is {MAX_ORIGIN_LEN}")]
+    TooLong(usize),
+    /// A control character (U+0000 to U+001F, U+007F).
+    #[error("control character at byte {0} of the origin")]
+    ControlChar(usize),
+}
+
+/// Checks that `origin` may name the writer of events: 1 to
+/// [`MAX_ORIGIN_LEN`] bytes without control characters.
+pub fn check_origin(origin: &str) -> Result<(), OriginError> {
+    if origin.is_empty() {
+        return Err(OriginError::Empty);
+    }
+    if origin.len() > MAX_ORIGIN_LEN {
+        return Err(OriginError::TooLong(origin.len()));
+    }
+    match origin.bytes().position(|b| b < 0x20 || b == 0x7f) {
+        Some(at) => Err(OriginError::ControlChar(at)),
+        None => Ok(()),
+    }
+}
+
 /// A globally unique event id (16 bytes).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct EventId(pub [u8; 16]);
@@ -391,5 +431,36 @@ mod tests {
         assert_eq!(b.topic(), "x/y");
         assert_eq!(b.payload_bytes(), b"hello");
         assert_eq!(b.order_key(), a.order_key());
+    }
+
+    #[test]
+    fn origins_are_bounded_and_printable() {
+        assert_eq!(check_origin(""), Err(OriginError::Empty));
+        assert_eq!(check_origin("a\0"), Err(OriginError::ControlChar(1)));
+        assert_eq!(
+            check_origin(&"o".repeat(256)),
+            Err(OriginError::TooLong(256))
+        );
+        assert_eq!(check_origin(&"o".repeat(255)), Ok(()));
+        assert_eq!(check_origin("user/é"), Ok(()));
+    }
+
+    #[test]
+    fn an_event_is_at_most_its_topic_and_payload_plus_the_overhead() {
+        let origin = "o".repeat(MAX_ORIGIN_LEN);
+        for payload_len in [0, 31, 32, 255, 256, 65_535, 65_536] {
+            let payload = vec![0u8; payload_len];
+            let e = EventParts {
+                topic: "t",
+                payload: &payload,
+                timestamp: u64::MAX,
+                origin: &origin,
+                id: EventId([0xff; 16]),
+                iteration: u64::MAX,
+                kind: EventKind::Tombstone,
+            }
+            .encode();
+            assert!(e.encoded().len() <= 1 + payload_len + MAX_EVENT_OVERHEAD);
+        }
     }
 }

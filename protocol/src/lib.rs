@@ -41,7 +41,10 @@ mod proptests;
 
 pub use codec::{ClientCodec, ServerCodec};
 pub use error::{ErrorCode, ProtocolError};
-pub use event::{Event, EventId, EventKind, EventParts, OrderKey};
+pub use event::{
+    check_origin, Event, EventId, EventKind, EventParts, OrderKey, OriginError, MAX_EVENT_OVERHEAD,
+    MAX_ORIGIN_LEN,
+};
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use replay::ReplayQuery;
 pub use request::{Hello, Publish, PublishMode, Request, SubscribeMode};

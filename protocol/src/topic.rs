@@ -3,7 +3,8 @@
 //! Invariants of a [`Topic`]: valid UTF-8, no empty segment (so no leading,
 //! trailing or doubled `/`), at most [`TopicRules::max_len`] bytes and
 //! [`TopicRules::max_depth`] segments. The empty path is the root; it is a
-//! valid *prefix* (every topic) but not a topic one can publish to.
+//! valid *prefix* (every topic) but not a topic one can publish to. Control
+//! characters are refused.
 
 use std::fmt;
 
@@ -60,6 +61,10 @@ pub enum TopicError {
     /// Not UTF-8.
     #[error("topic is not valid UTF-8")]
     NotUtf8,
+    /// A control character (U+0000 to U+001F, U+007F), which archives and
+    /// terminals cannot carry faithfully.
+    #[error("control character at byte {0}")]
+    ControlChar(usize),
 }
 
 impl TopicRules {
@@ -82,6 +87,9 @@ impl TopicRules {
         let mut depth = 1;
         let mut seg_start = 0;
         for (i, b) in bytes.iter().enumerate() {
+            if *b < 0x20 || *b == 0x7f {
+                return Err(TopicError::ControlChar(i));
+            }
             if *b == b'/' {
                 if i == seg_start {
                     return Err(TopicError::EmptySegment(i));
@@ -222,6 +230,18 @@ mod tests {
         assert_eq!(
             Topic::new("a//b", &rules()),
             Err(TopicError::EmptySegment(2))
+        );
+        assert_eq!(
+            Topic::new("a\0b", &rules()),
+            Err(TopicError::ControlChar(1))
+        );
+        assert_eq!(
+            Topic::new("a/\n", &rules()),
+            Err(TopicError::ControlChar(2))
+        );
+        assert_eq!(
+            Topic::new("a\x7f", &rules()),
+            Err(TopicError::ControlChar(1))
         );
         let long = "x".repeat(1025);
         assert!(matches!(

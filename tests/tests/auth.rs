@@ -382,3 +382,21 @@ async fn a_jwks_file_rotates_keys_by_kid() {
         ErrorCode::Unauthorized,
     );
 }
+
+#[tokio::test]
+async fn origins_are_bounded_wherever_they_come_from() {
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    let long = hs256(serde_json::json!({"sub": "s".repeat(256), "exp": now() + 60}));
+    refused_with(client(&broker, &long).await, ErrorCode::Unauthorized);
+    let control = hs256(serde_json::json!({"sub": "bob\u{0}", "exp": now() + 60}));
+    refused_with(client(&broker, &control).await, ErrorCode::Unauthorized);
+    let longest = hs256(serde_json::json!({"sub": "s".repeat(255), "exp": now() + 60}));
+    let c = client(&broker, &longest).await.unwrap();
+    assert!(matches!(
+        c.publish("t", "v").await.unwrap(),
+        Outcome::New { .. }
+    ));
+    // Anonymous clients write as the node: its id is bounded the same way.
+    let err = support::fail_to_start(&["--archive", "off", "--node-id", &"n".repeat(256)]);
+    assert!(err.contains("node_id"), "{err}");
+}

@@ -278,3 +278,88 @@ async fn deletes_past_the_grace_period_are_forgotten_and_resuming_clients_resync
     let broker = Broker::start_in(dir, &[]);
     check(broker.client().await).await;
 }
+
+/// The largest publish a broker accepts, for a frame limit of `max_frame`:
+/// a raw publish of `topic` whose frame body is exactly `max_frame` bytes.
+fn largest_publish(topic: &str, max_frame: usize) -> spread_protocol::Request {
+    use spread_protocol::{Publish, PublishMode, Request, Topic, TopicRules};
+    let publish = |n: usize| {
+        Request::Publish(Publish {
+            req_id: 1,
+            topic: Topic::new(topic, &TopicRules::default()).unwrap(),
+            payload: vec![b'x'; n].into(),
+            timestamp: None,
+            id: None,
+            mode: PublishMode::Set,
+        })
+    };
+    let body = |req: &Request| {
+        let mut out = bytes::BytesMut::new();
+        req.encode(&mut out);
+        out.len() - spread_protocol::HEADER_LEN
+    };
+    let mut n = max_frame - body(&publish(0));
+    while body(&publish(n)) > max_frame {
+        n -= 1;
+    }
+    assert_eq!(body(&publish(n)), max_frame, "no payload fills the frame");
+    publish(n)
+}
+
+#[tokio::test]
+async fn the_largest_accepted_publish_survives_a_crash_and_a_lower_frame_limit() {
+    use spread_protocol::{Outcome, Response};
+    // A long origin (here the node id every anonymous client writes as)
+    // makes the stored event larger than the frame it came in.
+    let node = "n".repeat(200);
+    let flags = [
+        "--archive",
+        "off",
+        "--max-frame",
+        "65536",
+        "--node-id",
+        &node,
+    ];
+    let broker = Broker::start(&flags);
+    let mut raw = broker.raw().await;
+    raw.send(&largest_publish("big", 65536)).await;
+    match raw.recv().await {
+        Some(Response::Report {
+            outcome: Outcome::New { .. },
+            ..
+        }) => {}
+        other => panic!("expected a new report, got {other:?}"),
+    }
+    let client = broker.client().await;
+    client.publish("after", "b").await.unwrap();
+    drop((raw, client));
+    let mut dir = broker.kill();
+
+    // After a crash, and then with a lower frame limit, both are still there.
+    for max_frame in ["65536", "1024"] {
+        let flags = [
+            "--archive",
+            "off",
+            "--max-frame",
+            max_frame,
+            "--node-id",
+            &node,
+        ];
+        let broker = Broker::start_in(dir, &flags);
+        let client = broker.client().await;
+        let big = client.get("big").await.unwrap().expect("big survives");
+        assert!(big.payload_bytes().len() > 65_000);
+        let after = client.get("after").await.unwrap().expect("after survives");
+        assert_eq!(after.payload_bytes(), b"b");
+        // A history subscription reads both back from the log.
+        let mut sub = client.subscribe_history("", 1).await.unwrap();
+        let topics: Vec<String> = snapshot(&mut sub)
+            .await
+            .iter()
+            .map(|e| e.topic().to_owned())
+            .collect();
+        assert_eq!(topics, ["big", "after"], "max frame {max_frame}");
+        drop(client);
+        dir = broker.stop();
+    }
+}

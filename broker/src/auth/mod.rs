@@ -227,8 +227,9 @@ impl Authenticator {
             match decode::<Claims>(token, &key.key, &validation) {
                 Ok(data) => {
                     let c = data.claims;
-                    if c.sub.is_empty() {
-                        return Err(AuthError::Invalid("empty subject".into()));
+                    // The subject becomes the origin of every event.
+                    if let Err(e) = spread_protocol::check_origin(&c.sub) {
+                        return Err(AuthError::Invalid(format!("subject: {e}")));
                     }
                     return Ok(Some(Identity {
                         rights: c.rights.as_ref().map(|r| Rights::new(r, &c.sub)),

@@ -113,11 +113,17 @@ async fn session<S>(
         tracing::Span::current().record("client", hello.client_name.as_str());
         let identity = match (hello.token.as_deref(), cert_subject) {
             // A client certificate the CA signed is an identity of its own.
-            (None, Some(subject)) => Some(crate::auth::Identity {
-                subject,
-                expires: None,
-                rights: None,
-            }),
+            (None, Some(subject)) => {
+                if let Err(e) = spread_protocol::check_origin(&subject) {
+                    let msg = format!("the certificate's subject cannot name a writer: {e}");
+                    return refuse(&mut wr, ErrorCode::Unauthorized, msg).await;
+                }
+                Some(crate::auth::Identity {
+                    subject,
+                    expires: None,
+                    rights: None,
+                })
+            }
             (token, _) => match shared.auth.verify(token) {
                 Ok(identity) => identity,
                 Err(e) => return refuse(&mut wr, ErrorCode::Unauthorized, e.to_string()).await,

@@ -60,11 +60,7 @@ pub fn write(dir: &Path, iteration: u64, events: &[Event]) -> Result<(), LogErro
 /// Loads the checkpoint, if there is a valid one, handing every event to
 /// `restore`; returns the iteration it covers. A damaged or incomplete
 /// checkpoint is ignored (with a warning): the log alone is replayed.
-pub fn load(
-    dir: &Path,
-    max_record: usize,
-    mut restore: impl FnMut(Event),
-) -> Result<Option<u64>, LogError> {
+pub fn load(dir: &Path, mut restore: impl FnMut(Event)) -> Result<Option<u64>, LogError> {
     let target = path(dir);
     let file = match File::open(&target) {
         Ok(f) => f,
@@ -72,7 +68,7 @@ pub fn load(
         Err(e) => return Err(LogError::io(&target)(e)),
     };
     // Decode everything first: a checkpoint is used whole or not at all.
-    match read_all(file, max_record) {
+    match read_all(file) {
         Ok((iteration, events)) => {
             events.into_iter().for_each(&mut restore);
             Ok(Some(iteration))
@@ -88,7 +84,7 @@ pub fn load(
     }
 }
 
-fn read_all(file: File, max_record: usize) -> Result<(u64, Vec<Event>), &'static str> {
+fn read_all(file: File) -> Result<(u64, Vec<Event>), &'static str> {
     let mut rd = BufReader::with_capacity(1 << 20, file);
     let mut header = [0u8; HEADER_LEN];
     rd.read_exact(&mut header).map_err(|_| "short header")?;
@@ -106,10 +102,7 @@ fn read_all(file: File, max_record: usize) -> Result<(u64, Vec<Event>), &'static
     let mut body = Vec::new();
     loop {
         rd.read_exact(&mut rec).map_err(|_| "missing trailer")?;
-        let len = u32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]) as usize;
-        if !(8..=max_record).contains(&len) {
-            return Err("implausible record length");
-        }
+        let len = record::declared_len(&rec).ok_or("implausible record length")?;
         body.resize(len, 0);
         body[..8].copy_from_slice(&rec[8..]);
         rd.read_exact(&mut body[8..]).map_err(|_| "torn record")?;
@@ -153,7 +146,7 @@ mod tests {
         let events: Vec<Event> = (1..=100).map(ev).collect();
         write(dir.path(), 150, &events).unwrap();
         let mut back = Vec::new();
-        let it = load(dir.path(), 1 << 20, |e| back.push(e)).unwrap();
+        let it = load(dir.path(), |e| back.push(e)).unwrap();
         assert_eq!(it, Some(150));
         assert_eq!(back, events);
 
@@ -163,11 +156,11 @@ mod tests {
         let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
         f.set_len(len - 3).unwrap();
         let mut back = Vec::new();
-        assert_eq!(load(dir.path(), 1 << 20, |e| back.push(e)).unwrap(), None);
+        assert_eq!(load(dir.path(), |e| back.push(e)).unwrap(), None);
         assert!(back.is_empty());
 
         // No checkpoint at all.
         std::fs::remove_file(&p).unwrap();
-        assert_eq!(load(dir.path(), 1 << 20, |_| {}).unwrap(), None);
+        assert_eq!(load(dir.path(), |_| {}).unwrap(), None);
     }
 }

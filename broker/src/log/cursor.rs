@@ -47,17 +47,15 @@ pub enum Missed {
 /// Reads events after a position, following appends and segment rolls.
 pub struct LogCursor {
     dir: PathBuf,
-    max_record: usize,
     after: u64,
     open: Option<Open>,
 }
 
 impl LogCursor {
     /// A cursor over the log in `dir` that starts after iteration `after`.
-    pub fn new(dir: &Path, max_record: usize, after: u64) -> LogCursor {
+    pub fn new(dir: &Path, after: u64) -> LogCursor {
         LogCursor {
             dir: dir.to_owned(),
-            max_record,
             after,
             open: None,
         }
@@ -205,7 +203,7 @@ impl LogCursor {
                     open.pos += pos as u64;
                     return Ok((events, bytes, Stop::Limit));
                 }
-                match record::read(&data, pos, self.max_record) {
+                match record::read(&data, pos) {
                     Read::Record {
                         iteration,
                         event,
@@ -235,10 +233,21 @@ impl LogCursor {
                         // inside a record: read on from this record.
                         open.pos += pos as u64;
                         let full = n == want;
-                        if pos == 0 && full && want < self.max_record + record::HEADER {
-                            // One record larger than the chunk.
-                            want = self.max_record + record::HEADER;
-                            break;
+                        if pos == 0 && full {
+                            // One record larger than the chunk: read it whole.
+                            // (Unless it is not all written yet.)
+                            let written = open
+                                .file
+                                .metadata()
+                                .map_err(LogError::io(&open.path))?
+                                .len()
+                                .saturating_sub(open.pos);
+                            if let Some(len) = record::declared_len(&data) {
+                                if len + 8 > want && (len + 8) as u64 <= written {
+                                    want = len + 8;
+                                    break;
+                                }
+                            }
                         }
                         let stop = if full && pos > 0 {
                             Stop::More

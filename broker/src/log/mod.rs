@@ -118,8 +118,6 @@ pub struct LogOptions {
     pub dir: PathBuf,
     /// A segment is closed once it holds this many bytes.
     pub segment_bytes: u64,
-    /// Largest record accepted when reading (guards against corrupt lengths).
-    pub max_record: usize,
     /// Sync policy.
     pub durability: Durability,
     /// History kept.
@@ -166,7 +164,7 @@ pub struct Log {
     /// Records of the current round, not yet written.
     buf: Vec<u8>,
     /// (iteration, offset in `buf`) of each buffered record.
-    buf_records: Vec<(u64, u32)>,
+    buf_records: Vec<(u64, u64)>,
     /// The active file, for the interval sync thread.
     shared_active: Arc<Mutex<Option<Arc<File>>>>,
     /// First iteration still in the log, once retention deleted anything.
@@ -183,7 +181,7 @@ impl Log {
         let started = Instant::now();
         std::fs::create_dir_all(&opts.dir).map_err(LogError::io(&opts.dir))?;
         let mut report = Recovery {
-            checkpoint: checkpoint::load(&opts.dir, opts.max_record, &mut restore)?,
+            checkpoint: checkpoint::load(&opts.dir, &mut restore)?,
             ..Recovery::default()
         };
         let covered = report.checkpoint.unwrap_or(0);
@@ -205,7 +203,7 @@ impl Log {
                 });
                 continue;
             }
-            let scanned = segment::scan(&path, opts.max_record, |iteration, bytes| {
+            let scanned = segment::scan(&path, |iteration, bytes| {
                 if iteration <= covered && report.checkpoint.is_some() {
                     return Ok(());
                 }
@@ -290,7 +288,7 @@ impl Log {
     /// Buffers `event` (already numbered) for the end of the round.
     pub fn append(&mut self, event: &Event) {
         self.buf_records
-            .push((event.iteration(), self.buf.len() as u32));
+            .push((event.iteration(), self.buf.len() as u64));
         record::append(&mut self.buf, event.iteration(), event.encoded());
     }
 
@@ -320,7 +318,7 @@ impl Log {
         if let Some(seg) = self.segments.last_mut() {
             seg.last = self.buf_records.last().map(|(it, _)| *it).or(seg.last);
             for (iteration, off) in &self.buf_records {
-                let at = base + u64::from(*off);
+                let at = base + *off;
                 if at >= self.next_index {
                     seg.index.push((*iteration, at));
                     self.next_index = at + segment::INDEX_EVERY;
@@ -404,7 +402,7 @@ impl Log {
         let last_gone = &self.segments[n - 1];
         let deleted_through = match last_gone.last {
             Some(last) => last,
-            None => segment::scan(&last_gone.path, self.opts.max_record, |_, _| Ok(()))?
+            None => segment::scan(&last_gone.path, |_, _| Ok(()))?
                 .last
                 .unwrap_or(first_kept.saturating_sub(1)),
         };
@@ -438,7 +436,6 @@ impl Log {
                 .iter()
                 .map(|s| (s.first, s.path.clone(), s.index.clone()))
                 .collect(),
-            max_record: self.opts.max_record,
         }
     }
 }
@@ -451,7 +448,6 @@ type SegmentView = (u64, PathBuf, Vec<(u64, u64)>);
 pub struct LogReader {
     dir: PathBuf,
     segments: Vec<SegmentView>,
-    max_record: usize,
 }
 
 impl LogReader {
@@ -497,10 +493,9 @@ impl LogReader {
                 if rd.read_exact(&mut header).is_err() {
                     break;
                 }
-                let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                if !(8..=self.max_record).contains(&len) {
+                let Some(len) = record::declared_len(&header) else {
                     break;
-                }
+                };
                 body.resize(len, 0);
                 body[..8].copy_from_slice(&header[8..]);
                 if rd.read_exact(&mut body[8..]).is_err() {

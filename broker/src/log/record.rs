@@ -5,6 +5,15 @@
 /// Bytes before the event.
 pub const HEADER: usize = 16;
 
+/// Largest record body (iteration + event) of the format. It is a property
+/// of the files, not of the configuration: readers accept every record up
+/// to it, whatever `--max-frame` is now, and the broker never writes a
+/// larger one (the frame limit is validated against [`MAX_EVENT`]).
+pub const MAX_LEN: usize = 1 << 30;
+
+/// Largest event a record holds.
+pub const MAX_EVENT: usize = MAX_LEN - 8;
+
 /// Appends one record to `buf`.
 pub fn append(buf: &mut Vec<u8>, iteration: u64, event: &[u8]) {
     let it = iteration.to_le_bytes();
@@ -34,9 +43,10 @@ pub enum Read<'a> {
     Damaged(&'static str),
 }
 
-/// Reads the record at `pos` of `data`; records longer than `max_len`
-/// are damaged (a corrupt length must not make us trust garbage).
-pub fn read(data: &[u8], pos: usize, max_len: usize) -> Read<'_> {
+/// Reads the record at `pos` of `data`; a length beyond [`MAX_LEN`] or
+/// beyond the data is damaged (a corrupt length must not make us trust
+/// garbage).
+pub fn read(data: &[u8], pos: usize) -> Read<'_> {
     let rest = &data[pos.min(data.len())..];
     if rest.is_empty() {
         return Read::End;
@@ -47,7 +57,7 @@ pub fn read(data: &[u8], pos: usize, max_len: usize) -> Read<'_> {
     let word = |at: usize| u32::from_le_bytes([rest[at], rest[at + 1], rest[at + 2], rest[at + 3]]);
     let len = word(0) as usize;
     let crc = word(4);
-    if !(8..=max_len).contains(&len) {
+    if !(8..=MAX_LEN).contains(&len) {
         return Read::Damaged("implausible record length");
     }
     let Some(body) = rest.get(8..8 + len) else {
@@ -61,6 +71,12 @@ pub fn read(data: &[u8], pos: usize, max_len: usize) -> Read<'_> {
         },
         None => Read::Damaged("checksum mismatch"),
     }
+}
+
+/// The body length a record header declares, if plausible.
+pub fn declared_len(header: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(header.get(..4)?.try_into().ok()?) as usize;
+    (8..=MAX_LEN).contains(&len).then_some(len)
 }
 
 /// Verifies a record body (iteration + event) against its checksum.
@@ -82,7 +98,7 @@ mod tests {
         let mut buf = Vec::new();
         append(&mut buf, 7, b"hello");
         append(&mut buf, 8, b"world!");
-        let first = read(&buf, 0, 1 << 20);
+        let first = read(&buf, 0);
         let Read::Record {
             iteration,
             event,
@@ -93,14 +109,14 @@ mod tests {
         };
         assert_eq!((iteration, event), (7, &b"hello"[..]));
         assert!(matches!(
-            read(&buf, next, 1 << 20),
+            read(&buf, next),
             Read::Record { iteration: 8, .. }
         ));
-        assert_eq!(read(&buf, buf.len(), 1 << 20), Read::End);
+        assert_eq!(read(&buf, buf.len()), Read::End);
         // Cut anywhere inside the second record: damaged, never a record.
         for cut in next + 1..buf.len() {
             assert!(
-                matches!(read(&buf[..cut], next, 1 << 20), Read::Damaged(_)),
+                matches!(read(&buf[..cut], next), Read::Damaged(_)),
                 "cut {cut}"
             );
         }
@@ -108,7 +124,7 @@ mod tests {
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x10;
-            let r0 = read(&bad, 0, 1 << 20);
+            let r0 = read(&bad, 0);
             let ok0 = matches!(
                 r0,
                 Read::Record {

@@ -69,7 +69,6 @@ pub struct Scanned {
 /// and stops at the first damaged one.
 pub fn scan(
     path: &Path,
-    max_record: usize,
     mut each: impl FnMut(u64, &[u8]) -> Result<(), LogError>,
 ) -> Result<Scanned, LogError> {
     let io = LogError::io(path);
@@ -96,7 +95,7 @@ pub fn scan(
     let mut pos = HEADER_LEN;
     let mut next_index = 0u64;
     loop {
-        match record::read(&data, pos, max_record) {
+        match record::read(&data, pos) {
             Read::Record {
                 iteration,
                 event,

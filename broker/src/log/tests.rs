@@ -22,7 +22,6 @@ fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
     LogOptions {
         dir: dir.join("log"),
         segment_bytes,
-        max_record: 1 << 20,
         durability: Durability::Never,
         retention: retention::Retention::default(),
     }
@@ -307,7 +306,7 @@ fn cursor_follows_appends_and_segment_rolls() {
     // Small segments: the 300 events span many of them.
     let (mut log, _, _) = open(dir.path(), 4096);
     write_events(&mut log, 1..=100, 7);
-    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 0);
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 0);
     // Nothing past `until` is read, and limits hold.
     let mut out = Vec::new();
     cursor.read(40, 10, usize::MAX, &mut out).unwrap();
@@ -329,7 +328,7 @@ fn cursor_follows_appends_and_segment_rolls() {
         (101..=300).collect::<Vec<_>>()
     );
     // A cursor starting mid-log skips what precedes its position.
-    let mut late = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 250);
+    let mut late = cursor::LogCursor::new(&dir.path().join("log"), 250);
     assert_eq!(
         cursor_read_all(&mut late, 300, 1000),
         (251..=300).collect::<Vec<_>>()
@@ -345,7 +344,7 @@ fn cursor_reads_records_larger_than_its_chunk() {
         log.append(&event(it, "big", &big));
     }
     log.write().unwrap();
-    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 4 << 20, 0);
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 0);
     let mut out = Vec::new();
     cursor.read(3, 10, usize::MAX, &mut out).unwrap();
     cursor.read(3, 10, usize::MAX, &mut out).unwrap();
@@ -368,7 +367,7 @@ fn cursor_reports_history_deleted_before_it_was_read() {
     let deleted = log.enforce_retention(150).unwrap();
     assert!(deleted > 0);
     let kept = log.retained_from().unwrap();
-    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 1 << 20, 5);
+    let mut cursor = cursor::LogCursor::new(&dir.path().join("log"), 5);
     let mut out = Vec::new();
     let missed = cursor.read(200, 1000, usize::MAX, &mut out).unwrap();
     assert_eq!(

@@ -219,12 +219,7 @@ impl Prepared {
     }
 
     /// Starts one thread per sink, reading the log in `log_dir` up to `committed`.
-    pub fn start(
-        self,
-        committed: Arc<Committed>,
-        log_dir: &Path,
-        max_record: usize,
-    ) -> Result<Sinks, SinkError> {
+    pub fn start(self, committed: Arc<Committed>, log_dir: &Path) -> Result<Sinks, SinkError> {
         let stop = Arc::new(Stop::default());
         let (done_tx, done) = std::sync::mpsc::channel();
         let mut threads = Vec::new();
@@ -236,7 +231,6 @@ impl Prepared {
                 driver,
                 shared,
                 log_dir: log_dir.to_owned(),
-                max_record,
                 checkpoints_dir: checkpoints_dir(&self.data_dir),
                 data_dir: self.data_dir.clone(),
                 node: self.node.clone(),

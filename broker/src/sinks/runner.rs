@@ -100,8 +100,6 @@ pub struct Runner {
     pub shared: Arc<SinkShared>,
     /// The log.
     pub log_dir: PathBuf,
-    /// Largest record.
-    pub max_record: usize,
     /// Where checkpoints are stored.
     pub checkpoints_dir: PathBuf,
     /// The data directory (for re-opening).
@@ -186,7 +184,7 @@ impl Runner {
     fn deliver(&mut self, driver: &mut dyn Driver) -> Outcome<()> {
         let (max_events, max_bytes) = (self.config.batch_events, self.config.batch_bytes);
         let checkpoint_every = Duration::from_millis(self.config.checkpoint_ms);
-        let mut cursor = LogCursor::new(&self.log_dir, self.max_record, self.delivered);
+        let mut cursor = LogCursor::new(&self.log_dir, self.delivered);
         let mut batch: Vec<Event> = Vec::with_capacity(max_events.min(1 << 16));
         let mut last_checkpoint = Instant::now();
         let mut last_lag_note = Instant::now();
@@ -211,7 +209,7 @@ impl Runner {
                     }
                     read_delay =
                         (read_delay * 2).min(Duration::from_millis(self.config.retry_max_ms));
-                    cursor = LogCursor::new(&self.log_dir, self.max_record, self.delivered);
+                    cursor = LogCursor::new(&self.log_dir, self.delivered);
                     continue;
                 }
             };

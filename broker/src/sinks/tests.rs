@@ -75,7 +75,6 @@ fn write_log(dir: &Path, range: std::ops::RangeInclusive<u64>) {
     let opts = LogOptions {
         dir: dir.join("log"),
         segment_bytes: 8192,
-        max_record: 1 << 20,
         durability: Durability::Never,
         retention: Default::default(),
     };
@@ -112,9 +111,7 @@ fn run(dir: &Path, config: SinkConfig, last: u64) -> (super::Sinks, Arc<Committe
     .unwrap();
     let committed = Arc::new(Committed::new(0));
     committed.advance(last);
-    let sinks = prepared
-        .start(committed.clone(), &dir.join("log"), 1 << 20)
-        .unwrap();
+    let sinks = prepared.start(committed.clone(), &dir.join("log")).unwrap();
     (sinks, committed)
 }
 
