@@ -120,3 +120,117 @@ fn errors_are_one_line_and_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The CLI lines of README.md's quick start, as printed, with the comment
+/// that follows each (what the reader is told to expect).
+fn readme_demo() -> Vec<(String, String)> {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .lines()
+        .position(|l| l.contains("alias spread="))
+        .expect("the quick start defines the spread alias");
+    readme
+        .lines()
+        .skip(start + 1)
+        .take_while(|l| !l.starts_with("```"))
+        .map(|l| match l.split_once(" #") {
+            Some((cmd, comment)) => (cmd.trim().to_owned(), comment.trim().to_owned()),
+            None => (l.trim().to_owned(), String::new()),
+        })
+        .collect()
+}
+
+/// Runs one README line in bash, with `spread` on the PATH being the CLI
+/// against `broker` (a wrapper script in `bin`).
+fn readme_line(broker: &Broker, bin: &std::path::Path, line: &str) -> Command {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = bin.join("spread");
+    if !wrapper.exists() {
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec '{}' --server {} --ca '{}' \"$@\"\n",
+                env!("CARGO_BIN_EXE_e2e-spread"),
+                broker.addr,
+                broker.ca().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(line)
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Reads `child`'s stdout until a line contains `wanted`.
+fn wait_for_line(child: &mut std::process::Child, wanted: &str, mut stderr: impl BufRead) {
+    let out = child.stdout.take().expect("stdout");
+    let seen = BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains(wanted));
+    if !seen {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        panic!("no line with {wanted:?}: {err}");
+    }
+}
+
+#[test]
+fn every_command_of_the_readme_works_as_printed() {
+    let broker = Broker::start(&[]);
+    let bin = tempfile::tempdir().unwrap();
+    let demo = readme_demo();
+    assert!(demo.len() >= 8, "{demo:?}");
+    let mut followers = Vec::new();
+    for (line, comment) in &demo {
+        let follows = line.ends_with('&') || line.starts_with("spread tail");
+        if follows {
+            // Follows live changes: runs beside the rest, checked at the end.
+            let line = line.trim_end_matches('&');
+            let mut child = readme_line(&broker, bin.path(), &format!("exec {line}"))
+                .spawn()
+                .unwrap();
+            let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+            if line.starts_with("spread sub") {
+                // What the reader sees before going on: the snapshot is in.
+                let mut said = String::new();
+                while !said.contains("snapshot complete") {
+                    said.clear();
+                    assert!(stderr.read_line(&mut said).unwrap() > 0, "{line} ended");
+                }
+            }
+            followers.push((line.to_owned(), child, stderr));
+            continue;
+        }
+        let out = readme_line(&broker, bin.path(), line).output().unwrap();
+        // "exit code N" in the comment: what the reader is told to expect.
+        let expected = comment
+            .split_once("exit code ")
+            .and_then(|(_, n)| n.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The subscriber and the tail both saw the truck's speed.
+    for (line, mut child, stderr) in followers {
+        wait_for_line(&mut child, "42 km/h", stderr);
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("{line}: ok");
+    }
+}

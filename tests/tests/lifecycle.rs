@@ -59,3 +59,34 @@ async fn operator_certificates_are_used_when_given() {
     let client = spread_client::Client::connect(cfg).await.unwrap();
     client.publish("t", "x").await.unwrap();
 }
+
+#[test]
+fn logs_into_a_pipe_carry_no_colour_codes() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-broker"))
+        .args(["--listen", "127.0.0.1:0", "--archive", "off", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("spread-broker listening on"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    // The start logs at info and warns of anonymous access.
+    assert!(logs.contains("no authentication configured"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in {logs:?}");
+}

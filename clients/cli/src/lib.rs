@@ -112,10 +112,10 @@ enum Command {
         #[arg(default_value = "")]
         prefixes: Vec<String>,
         /// Earliest event time: RFC 3339, -15m (relative), now, or µs.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
         /// Latest event time (exclusive), same forms.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         to: Option<String>,
         /// At most this many events.
         #[arg(long)]
@@ -127,7 +127,7 @@ enum Command {
         #[arg(long, value_name = "OTHER_PREFIX")]
         to_topic: Option<String>,
         /// With --restore: the moment to roll back to.
-        #[arg(long, value_name = "TIME")]
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         as_of: Option<String>,
         /// Republish, for every topic under the prefixes, its value at
         /// --as-of (or delete it), so the live state is as it was then.
@@ -140,12 +140,12 @@ enum Command {
         /// Prefixes to follow (none: everything).
         prefixes: Vec<String>,
         /// Start at an ITERATION (a bare number), a TIME (RFC 3339) or a
-        /// DURATION ago (15m, 2h).
-        #[arg(long)]
+        /// DURATION ago (15m or -15m, 2h).
+        #[arg(long, allow_hyphen_values = true)]
         since: Option<String>,
         /// Stop at an ITERATION, TIME, DURATION ago, or `now` (what existed
         /// when the tail started) instead of following.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         until: Option<String>,
         /// Only events from these origins (repeatable).
         #[arg(long)]
@@ -190,6 +190,8 @@ pub fn run() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, never into files or pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
