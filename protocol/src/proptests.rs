@@ -145,11 +145,18 @@ fn response() -> impl Strategy<Value = Response> {
         event().prop_map(|event| Outcome::Existing {
             event: Summary::from(&event)
         }),
-        (event(), event()).prop_map(|(rejected, current)| Outcome::TooLate {
-            rejected: Summary::from(&rejected),
-            current
+        (event(), proptest::option::of(event())).prop_map(|(rejected, current)| {
+            Outcome::TooLate {
+                rejected: Summary::from(&rejected),
+                current,
+            }
         }),
-        event().prop_map(|current| Outcome::Present { current }),
+        (event(), proptest::option::of(event())).prop_map(|(event, current)| {
+            Outcome::Present {
+                event: Summary::from(&event),
+                current,
+            }
+        }),
     ];
     prop_oneof![
         (any::<u64>(), ".{0,20}", any::<u64>()).prop_map(|(version, node_id, iteration)| {

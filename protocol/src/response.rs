@@ -254,13 +254,18 @@ pub enum Outcome {
     TooLate {
         /// The event that was not applied (iteration 0).
         rejected: Summary,
-        /// The current event, which wins.
-        current: Event,
+        /// The current event, which wins; `None` for a client that may not
+        /// read the topic.
+        current: Option<Event>,
     },
     /// Publish-if-absent on a topic with a live value; nothing changed.
     Present {
-        /// The current event, unchanged.
-        current: Event,
+        /// The current event's summary, or for a client that may not read
+        /// the topic the rejected event's (iteration 0).
+        event: Summary,
+        /// The current event, unchanged; `None` for a client that may not
+        /// read the topic.
+        current: Option<Event>,
     },
 }
 
@@ -279,17 +284,18 @@ impl Outcome {
     /// or for `present` the current one.
     pub fn summary(&self) -> Summary {
         match self {
-            Outcome::New { event, .. } | Outcome::Existing { event } => event.clone(),
+            Outcome::New { event, .. }
+            | Outcome::Existing { event }
+            | Outcome::Present { event, .. } => event.clone(),
             Outcome::TooLate { rejected, .. } => rejected.clone(),
-            Outcome::Present { current } => Summary::from(current),
         }
     }
 
     /// The topic's current event when the publish changed nothing
-    /// (`too_late`, `present`).
+    /// (`too_late`, `present`) and the client may read it.
     pub fn current(&self) -> Option<&Event> {
         match self {
-            Outcome::TooLate { current, .. } | Outcome::Present { current } => Some(current),
+            Outcome::TooLate { current, .. } | Outcome::Present { current, .. } => current.as_ref(),
             Outcome::New { .. } | Outcome::Existing { .. } => None,
         }
     }
@@ -556,11 +562,11 @@ impl Response {
                         notified,
                     },
                     (1, None, None) => Outcome::Existing { event },
-                    (2, None, Some(current)) => Outcome::TooLate {
+                    (2, None, current) => Outcome::TooLate {
                         rejected: event,
                         current,
                     },
-                    (3, None, Some(current)) => Outcome::Present { current },
+                    (3, None, current) => Outcome::Present { event, current },
                     _ => return Err(r.malformed("report: fields do not match the status")),
                 };
                 Response::Report { req_id, outcome }

@@ -400,3 +400,69 @@ async fn origins_are_bounded_wherever_they_come_from() {
     let err = support::fail_to_start(&["--archive", "off", "--node-id", &"n".repeat(256)]);
     assert!(err.contains("node_id"), "{err}");
 }
+
+#[tokio::test]
+async fn a_publish_only_token_reads_nothing_through_its_reports() {
+    use spread_client::PublishOptions;
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    let admin = client(&broker, &mint(&broker, "admin", &[])).await.unwrap();
+    let mut watcher = admin.subscribe("inbox").await.unwrap();
+    support::snapshot(&mut watcher).await;
+    admin.publish("inbox/bob", "secret").await.unwrap();
+    let writer = client(&broker, &mint(&broker, "mallory", &["--pub", "inbox"]))
+        .await
+        .unwrap();
+    // An old timestamp always loses: too_late, without the current event.
+    let old = PublishOptions {
+        timestamp: Some(1),
+        ..PublishOptions::default()
+    };
+    match writer.publish_with("inbox/bob", "x", old).await.unwrap() {
+        Outcome::TooLate { rejected, current } => {
+            assert!(current.is_none(), "leaked {current:?}");
+            assert_eq!(rejected.timestamp(), 1);
+        }
+        other => panic!("expected too_late, got {other:?}"),
+    }
+    // Publish-if-absent: present, naming its own rejected publish.
+    match writer.publish_if_absent("inbox/bob", "x").await.unwrap() {
+        Outcome::Present { event, current } => {
+            assert!(current.is_none(), "leaked {current:?}");
+            assert_eq!(event.origin(), "mallory");
+            assert_eq!(event.iteration(), 0);
+        }
+        other => panic!("expected present, got {other:?}"),
+    }
+    // A new write does not reveal the event it replaced, nor who listens.
+    match writer.publish("inbox/bob", "spam").await.unwrap() {
+        Outcome::New {
+            previous, notified, ..
+        } => {
+            assert!(previous.is_none(), "leaked {previous:?}");
+            assert!(notified.is_empty(), "leaked {notified:?}");
+        }
+        other => panic!("expected new, got {other:?}"),
+    }
+    // A reader still gets the whole report.
+    let reader = client(
+        &broker,
+        &mint(&broker, "bob", &["--pub", "inbox", "--read", "inbox"]),
+    )
+    .await
+    .unwrap();
+    let old = PublishOptions {
+        timestamp: Some(1),
+        ..PublishOptions::default()
+    };
+    let report = reader.publish_with("inbox/bob", "x", old).await.unwrap();
+    assert_eq!(report.current().unwrap().payload_bytes(), b"spam");
+    match reader.publish("inbox/bob", "hi").await.unwrap() {
+        Outcome::New {
+            previous, notified, ..
+        } => {
+            assert_eq!(previous.unwrap().origin(), "mallory");
+            assert_eq!(notified[..], [0, 1, 0]);
+        }
+        other => panic!("expected new, got {other:?}"),
+    }
+}

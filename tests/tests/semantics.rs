@@ -200,7 +200,10 @@ async fn explicit_timestamps_give_too_late_and_existing() {
         ..PublishOptions::default()
     };
     match client.publish_with("lww", "old", old).await.unwrap() {
-        Outcome::TooLate { rejected, current } => {
+        Outcome::TooLate {
+            rejected,
+            current: Some(current),
+        } => {
             assert_eq!(rejected.timestamp(), 1_000);
             assert_eq!(rejected.iteration(), 0);
             assert_eq!(current.id(), future);

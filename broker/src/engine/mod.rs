@@ -486,7 +486,11 @@ impl Engine {
             *since_checkpoint += 1;
             *round_records += 1;
         }
-        fanout.answer(conn, |dst| applied.encode_report(dst, p.req_id));
+        // A publish-only token must not read values through its reports.
+        let readable = conn.may_read(draft.topic);
+        fanout.answer(conn, |dst| {
+            applied.encode_report(dst, p.req_id, &draft, readable)
+        });
     }
 
     fn subscribe(

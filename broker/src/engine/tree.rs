@@ -174,29 +174,77 @@ pub enum Applied {
 }
 
 impl Applied {
-    /// Appends the report frame answering request `req_id`.
-    pub fn encode_report(&self, dst: &mut bytes::BytesMut, req_id: u64) {
+    /// Appends the report frame answering request `req_id` of a publish
+    /// whose draft was `draft`. A writer that may not read the topic
+    /// (`readable` false) learns nothing it could not have known: the
+    /// previous and current events and the subscriber counts are left out,
+    /// and a `present` report names its own rejected publish.
+    pub fn encode_report(
+        &self,
+        dst: &mut bytes::BytesMut,
+        req_id: u64,
+        draft: &Draft<'_>,
+        readable: bool,
+    ) {
         use spread_protocol::response::encode_report;
         use spread_protocol::{PublishStatus, SummaryRef};
-        let (status, event, previous, current, notified): (_, &Event, _, _, &[u32]) = match self {
+        let (status, event, previous, current, notified) = match self {
             Applied::New {
                 event,
                 previous,
                 notified,
-            } => (PublishStatus::New, event, previous.as_ref(), None, notified),
-            Applied::Existing { event } => (PublishStatus::Existing, event, None, None, &[]),
-            Applied::TooLate { rejected, current } => {
-                (PublishStatus::TooLate, rejected, None, Some(current), &[])
-            }
-            Applied::Present { current } => {
-                (PublishStatus::Present, current, None, Some(current), &[])
-            }
+            } => (
+                PublishStatus::New,
+                SummaryRef::from(event),
+                previous.as_ref(),
+                None,
+                &notified[..],
+            ),
+            Applied::Existing { event } => (
+                PublishStatus::Existing,
+                SummaryRef::from(event),
+                None,
+                None,
+                &[][..],
+            ),
+            Applied::TooLate { rejected, current } => (
+                PublishStatus::TooLate,
+                SummaryRef::from(rejected),
+                None,
+                Some(current),
+                &[][..],
+            ),
+            Applied::Present { current } if readable => (
+                PublishStatus::Present,
+                SummaryRef::from(current),
+                None,
+                Some(current),
+                &[][..],
+            ),
+            Applied::Present { .. } => (
+                PublishStatus::Present,
+                SummaryRef {
+                    id: draft.id.unwrap_or(EventId([0; 16])),
+                    timestamp: draft.timestamp.unwrap_or(0),
+                    iteration: 0,
+                    origin: draft.origin,
+                    kind: EventKind::Value,
+                },
+                None,
+                None,
+                &[][..],
+            ),
+        };
+        let (previous, current, notified) = if readable {
+            (previous, current, notified)
+        } else {
+            (None, None, &[][..])
         };
         encode_report(
             dst,
             req_id,
             status,
-            SummaryRef::from(event),
+            event,
             previous.map(SummaryRef::from),
             current,
             notified,

@@ -539,12 +539,18 @@ fn print_report(
                 writeln!(out, "previous: iteration={} id={}", p.iteration(), p.id())?;
             }
         }
-        Outcome::TooLate { current, .. } => writeln!(
+        Outcome::TooLate {
+            current: Some(current),
+            ..
+        } => writeln!(
             out,
             "current: iteration={} id={}",
             current.iteration(),
             current.id()
         )?,
+        Outcome::TooLate { current: None, .. } => {
+            writeln!(out, "current: (not readable with this token)")?
+        }
         Outcome::Existing { .. } | Outcome::Present { .. } => {}
     }
     Ok(())
