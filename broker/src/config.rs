@@ -14,6 +14,8 @@ use crate::log::{Durability, LogOptions};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./spread-data";
+/// Default bound on how far ahead of the clock a client timestamp may be.
+pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,9 @@ pub struct Args {
     /// Close connections that send nothing for this many seconds [default: never].
     #[arg(long, env = "SPREAD_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms [default: 1s].
+    #[arg(long, env = "SPREAD_MAX_CLOCK_SKEW")]
+    pub max_clock_skew: Option<humantime::Duration>,
     /// Also listen WITHOUT TLS on this loopback address (benchmarking only).
     #[arg(long, env = "SPREAD_PLAIN_LISTEN")]
     pub plain_listen: Option<SocketAddr>,
@@ -187,6 +192,7 @@ struct FileConfig {
     handshake_timeout_ms: Option<u64>,
     plain_listen: Option<SocketAddr>,
     idle_timeout_secs: Option<u64>,
+    max_clock_skew: Option<String>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -242,6 +248,8 @@ pub struct Config {
     pub plain_listen: Option<SocketAddr>,
     /// Connections that send nothing this long are closed.
     pub idle_timeout: Option<std::time::Duration>,
+    /// How far ahead of the broker's clock a publish's timestamp may be.
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl Config {
@@ -365,6 +373,16 @@ impl Config {
                 .or(file.idle_timeout_secs)
                 .filter(|s| *s > 0)
                 .map(std::time::Duration::from_secs),
+            max_clock_skew: match (args.max_clock_skew, file.max_clock_skew) {
+                (Some(d), _) => d.into(),
+                (None, Some(text)) => {
+                    humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
+                        name: "max_clock_skew",
+                        reason: format!("{text:?}: {e}"),
+                    })?
+                }
+                (None, None) => DEFAULT_MAX_CLOCK_SKEW,
+            },
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)

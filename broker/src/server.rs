@@ -204,6 +204,7 @@ impl Server {
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
                 max_subscriptions: config.max_subscriptions,
+                max_clock_skew: config.max_clock_skew,
             },
         )?;
         let sinks = sinks.start(engine.committed(), &log_dir)?;

@@ -121,6 +121,12 @@ error_codes! {
     TooManyConnections = 19, "too_many_connections";
     /// The connection publishes faster than allowed; the publish was not applied.
     RateLimited = 20, "rate_limited";
+    /// The publish's timestamp is further ahead of the broker's clock than
+    /// the allowed skew; the publish was not applied.
+    TimestampOutOfRange = 21, "timestamp_out_of_range";
+    /// The connection (or the broker) already runs as many replays and
+    /// history catch-ups as allowed; retry once one finished.
+    TooManyReads = 22, "too_many_reads";
 }
 
 impl ErrorCode {
@@ -136,6 +142,8 @@ impl ErrorCode {
                 | ErrorCode::ArchiveUnavailable
                 | ErrorCode::TooManySubscriptions
                 | ErrorCode::RateLimited
+                | ErrorCode::TimestampOutOfRange
+                | ErrorCode::TooManyReads
         )
     }
 }

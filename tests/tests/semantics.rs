@@ -172,7 +172,8 @@ async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
 
 #[tokio::test]
 async fn explicit_timestamps_give_too_late_and_existing() {
-    let broker = Broker::start(&[]);
+    // Timestamps far in the future are refused unless allowed.
+    let broker = Broker::start(&["--max-clock-skew", "100years"]);
     let client = broker.client().await;
     let future = spread_client::EventId([42; 16]);
     let opts = PublishOptions {
@@ -250,4 +251,43 @@ async fn a_subscription_outlives_its_client_handle() {
     let publisher = broker.client().await;
     publisher.publish("keep/x", "1").await.unwrap();
     assert_eq!(next_event(&mut sub).await.topic(), "keep/x");
+}
+
+#[tokio::test]
+async fn a_future_timestamp_cannot_freeze_a_topic() {
+    use spread_client::ErrorCode;
+    let broker = Broker::start(&["--archive", "off"]);
+    let client = broker.client().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    // The review's attack: the greatest timestamp and id there are.
+    let lock = PublishOptions {
+        timestamp: Some(u64::MAX),
+        id: Some(spread_client::EventId([0xff; 16])),
+        ..PublishOptions::default()
+    };
+    let err = client.publish_with("t", "lock", lock).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TimestampOutOfRange), "{err}");
+    // So later writes and deletes still apply.
+    assert_eq!(
+        client.publish("t", "v").await.unwrap().status(),
+        PublishStatus::New
+    );
+    assert_eq!(
+        client.delete("t").await.unwrap().status(),
+        PublishStatus::New
+    );
+    // Within the skew (1 s by default) a timestamp is accepted, and the
+    // broker's own stamps, on any topic, come after it.
+    let ahead = now + 500_000;
+    let near = PublishOptions {
+        timestamp: Some(ahead),
+        ..PublishOptions::default()
+    };
+    let applied = client.publish_with("a", "ahead", near).await.unwrap();
+    assert_eq!(applied.status(), PublishStatus::New);
+    let stamped = client.publish("b", "after").await.unwrap();
+    assert!(stamped.summary().timestamp() > ahead);
 }

@@ -12,9 +12,12 @@ pub fn now_micros() -> u64 {
         .unwrap_or(0)
 }
 
-/// A monotonic microsecond clock: each stamp is greater than the previous
-/// one even when the system clock steps back. The system time is read once
-/// per engine round ([`Clock::refresh`]), not once per event.
+/// A hybrid logical clock in microseconds: each stamp is greater than the
+/// previous one and than every client timestamp the broker accepted, even
+/// when the system clock steps back, so the broker's own writes stay
+/// ordered after any (bounded) future timestamp it has seen. The system
+/// time is read once per engine round ([`Clock::refresh`]), not once per
+/// event.
 #[derive(Debug)]
 pub struct Clock {
     last: u64,
@@ -40,6 +43,17 @@ impl Clock {
     /// Reads the time source; stamps until the next refresh follow it.
     pub fn refresh(&mut self) {
         self.now = (self.source)();
+    }
+
+    /// The system time read at the last refresh.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Takes an accepted client timestamp into account: later stamps are
+    /// greater than it.
+    pub fn observe(&mut self, timestamp: u64) {
+        self.last = self.last.max(timestamp);
     }
 
     /// The next timestamp, strictly after the previous one and after `after`
@@ -106,6 +120,16 @@ mod tests {
         assert_eq!(c.stamp(Some(5000)), 5001);
         // Other topics keep the real clock.
         assert_eq!(c.stamp(None), 1001);
+    }
+
+    #[test]
+    fn stamps_follow_an_observed_future_timestamp() {
+        let mut c = Clock::with_source(|| 1000);
+        c.observe(1500);
+        assert_eq!(c.stamp(None), 1501);
+        // An older observation does not move it back.
+        c.observe(10);
+        assert_eq!(c.stamp(None), 1502);
     }
 
     #[test]

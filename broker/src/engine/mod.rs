@@ -108,6 +108,8 @@ pub struct Services {
     pub node_id: Arc<str>,
     /// Live subscriptions allowed per connection.
     pub max_subscriptions: usize,
+    /// How far ahead of the broker's clock a client timestamp may be.
+    pub max_clock_skew: std::time::Duration,
 }
 
 /// When the engine writes a checkpoint of the latest-value table.
@@ -155,6 +157,7 @@ impl EngineHandle {
             replay,
             node_id,
             max_subscriptions,
+            max_clock_skew,
         } = services;
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
@@ -190,6 +193,7 @@ impl EngineHandle {
             replay,
             node_id,
             max_subscriptions,
+            max_clock_skew: max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
             runtime: tokio::runtime::Handle::current(),
             me: tx.downgrade(),
             checkpoints,
@@ -268,6 +272,8 @@ struct Engine {
     replay: Option<Arc<ReplaySource>>,
     /// Live subscriptions allowed per connection.
     max_subscriptions: usize,
+    /// How far ahead of the clock a client timestamp may be, in µs.
+    max_clock_skew: u64,
     /// Where catch-up jobs run.
     runtime: tokio::runtime::Handle,
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
@@ -296,6 +302,10 @@ impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
             self.tree.refresh_clock();
+            // Iterations never lag the clock: an iteration dates its apply
+            // (tombstones are forgotten by it), and after a crash that lost
+            // unsynced events the restart numbers above them.
+            self.tree.advance_iteration_to(self.tree.now());
             self.execute(cmd);
             for _ in 1..MAX_ROUND {
                 match rx.try_recv() {
@@ -368,7 +378,20 @@ impl Engine {
                     ErrorCode::Forbidden,
                     format!("this token may not publish to {}", p.topic.as_str()),
                 ),
-                None => self.publish(conn, p),
+                None => match p.timestamp {
+                    // A far-future timestamp would win every later write.
+                    Some(t) if t > self.tree.now().saturating_add(self.max_clock_skew) => self
+                        .error(
+                            conn,
+                            p.req_id,
+                            ErrorCode::TimestampOutOfRange,
+                            format!(
+                                "timestamp {t} is more than {} µs ahead of the broker's clock",
+                                self.max_clock_skew
+                            ),
+                        ),
+                    _ => self.publish(conn, p),
+                },
             },
             Request::Get { req_id, topic } if !conn.may_read(topic.as_str()) => self.error(
                 conn,

@@ -77,14 +77,16 @@ impl<S> Node<S> {
         }
     }
 
-    /// Drops tombstones stamped before `cutoff`, pruning emptied nodes.
+    /// Drops tombstones applied before `cutoff`, pruning emptied nodes.
+    /// Iterations, not event timestamps, date the apply: a client chooses
+    /// timestamps, and iterations start at the clock and never lag it.
     /// Returns how many, and the greatest iteration among them.
     fn purge_tombstones(&mut self, cutoff: u64) -> (usize, u64) {
         let mut purged = (0, 0);
         if self
             .value
             .as_ref()
-            .is_some_and(|v| v.is_tombstone() && v.timestamp() < cutoff)
+            .is_some_and(|v| v.is_tombstone() && v.iteration() < cutoff)
         {
             if let Some(v) = self.value.take() {
                 purged = (1, v.iteration());
@@ -283,6 +285,11 @@ impl<S> Tree<S> {
         self.clock.refresh();
     }
 
+    /// The system time read at the last refresh, in microseconds.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
     /// The iteration of the last applied event.
     pub fn iteration(&self) -> u64 {
         self.iteration
@@ -315,9 +322,13 @@ impl<S> Tree<S> {
         } else {
             (EventKind::Value, d.payload)
         };
-        let timestamp = d
-            .timestamp
-            .unwrap_or_else(|| clock.stamp(current.map(Event::timestamp)));
+        let timestamp = match d.timestamp {
+            Some(t) => {
+                clock.observe(t);
+                t
+            }
+            None => clock.stamp(current.map(Event::timestamp)),
+        };
         let parts = EventParts {
             topic: d.topic,
             payload,
@@ -447,7 +458,7 @@ impl<S> Tree<S> {
         out
     }
 
-    /// Forgets deletes stamped before `cutoff` (microseconds): the topic then
+    /// Forgets deletes applied before `cutoff` (microseconds): the topic then
     /// simply has no value. Returns the greatest iteration forgotten (0 if
     /// none): a client resuming from before it cannot learn of those deletes.
     pub fn purge_tombstones(&mut self, cutoff: u64) -> u64 {
@@ -648,11 +659,16 @@ mod tests {
         tr.publish(set("p/gone/deep", b"v"), |_, _| {});
         let mut del = set("p/gone/deep", b"");
         del.mode = PublishMode::Delete;
+        // A client-chosen timestamp from long ago does not make the delete
+        // old: it was applied now, and is kept until the cutoff passes it.
+        del.timestamp = Some(2_000);
+        del.id = Some(EventId([7; 16]));
         tr.publish(del, |_, _| {});
         let tomb_it = tr.iteration();
         assert_eq!(tr.topics(), 2);
         // A cutoff before the delete keeps it.
         assert_eq!(tr.purge_tombstones(1), 0);
+        assert_eq!(tr.purge_tombstones(tomb_it), 0);
         assert_eq!(tr.purge_tombstones(u64::MAX), tomb_it);
         assert_eq!(tr.topics(), 1);
         assert!(!tr.root.children["p"].children.contains_key("gone"));
