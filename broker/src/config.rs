@@ -146,6 +146,15 @@ pub struct Args {
     /// Close connections that send nothing for this many seconds [default: never].
     #[arg(long, env = "SPREAD_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Replays and history catch-ups running at once per connection [default: 8].
+    #[arg(long, env = "SPREAD_MAX_READS_PER_CONNECTION")]
+    pub max_reads_per_connection: Option<usize>,
+    /// Replays running at once in the broker (each holds an archive cursor) [default: 16].
+    #[arg(long, env = "SPREAD_MAX_REPLAYS")]
+    pub max_replays: Option<usize>,
+    /// History catch-ups from the log running at once in the broker [default: 1024].
+    #[arg(long, env = "SPREAD_MAX_CATCH_UPS")]
+    pub max_catch_ups: Option<usize>,
     /// How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms [default: 1s].
     #[arg(long, env = "SPREAD_MAX_CLOCK_SKEW")]
     pub max_clock_skew: Option<humantime::Duration>,
@@ -193,6 +202,9 @@ struct FileConfig {
     plain_listen: Option<SocketAddr>,
     idle_timeout_secs: Option<u64>,
     max_clock_skew: Option<String>,
+    max_reads_per_connection: Option<usize>,
+    max_replays: Option<usize>,
+    max_catch_ups: Option<usize>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -250,6 +262,8 @@ pub struct Config {
     pub idle_timeout: Option<std::time::Duration>,
     /// How far ahead of the broker's clock a publish's timestamp may be.
     pub max_clock_skew: std::time::Duration,
+    /// Limits of the read pool (catch-ups and replays).
+    pub reads: crate::reads::Limits,
 }
 
 impl Config {
@@ -383,6 +397,14 @@ impl Config {
                 }
                 (None, None) => DEFAULT_MAX_CLOCK_SKEW,
             },
+            reads: crate::reads::Limits {
+                per_connection: args
+                    .max_reads_per_connection
+                    .or(file.max_reads_per_connection)
+                    .unwrap_or(8),
+                replays: args.max_replays.or(file.max_replays).unwrap_or(16),
+                catch_ups: args.max_catch_ups.or(file.max_catch_ups).unwrap_or(1024),
+            },
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
                 .chain(file.sinks)
@@ -420,6 +442,9 @@ impl Config {
         positive("max_connections", self.max_connections)?;
         positive("max_connections_per_ip", self.max_connections_per_ip)?;
         positive("max_subscriptions", self.max_subscriptions)?;
+        positive("max_reads_per_connection", self.reads.per_connection)?;
+        positive("max_replays", self.reads.replays)?;
+        positive("max_catch_ups", self.reads.catch_ups)?;
         positive(
             "max_publish_rate",
             self.max_publish_rate.unwrap_or(1) as usize,

@@ -16,6 +16,7 @@ pub mod connection;
 pub mod engine;
 pub mod log;
 pub mod node;
+pub mod reads;
 pub mod replay;
 pub mod server;
 pub mod sinks;
@@ -58,6 +59,9 @@ pub enum BrokerError {
     /// The authentication keys are unusable.
     #[error("authentication: {0}")]
     Auth(#[from] auth::AuthConfigError),
+    /// The read pool's threads could not start.
+    #[error("cannot start the read threads: {0}")]
+    ReadThreads(std::io::Error),
     /// A sink plugin could not be loaded or opened.
     #[error(transparent)]
     Sinks(#[from] sinks::SinkError),

@@ -1,8 +1,8 @@
-//! Replays: a client asks for archived events (`replay`, 0x17); a blocking
-//! job queries the archive page by page and streams the events to the
-//! connection as `event` frames under the request id, waiting for room in
-//! the connection's queue (so a slow reader bounds memory), then sends
-//! `replay-complete` with the count.
+//! Replays: a client asks for archived events (`replay`, 0x17); a job on
+//! the read pool ([`crate::reads`]) queries the archive page by page and
+//! streams the events to the connection as `event` frames under the request
+//! id, parking while the connection's queue is full (so a slow reader bounds
+//! memory and holds no thread), then sends `replay-complete` with the count.
 //!
 //! The archive is the query side of the first sink whose plugin has one
 //! (the built-in SQL archive by default), opened at the first replay and
@@ -21,10 +21,8 @@ use spread_protocol::{
 };
 
 use crate::connection::outbound::{Conn, Outbound};
+use crate::reads::{ReadJob, Step};
 use crate::sinks::driver::{ArchiveDriver, Factory};
-
-/// Bytes of replayed events queued per connection before the job waits.
-const QUEUED_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Where replays are served from.
 pub struct ReplaySource {
@@ -76,79 +74,121 @@ impl ReplaySource {
         Ok(archive)
     }
 
-    /// Serves one replay on a thread of its own (not one of the broker's
-    /// runtime: archive plugins may block on runtimes of their own).
-    pub fn start(self: &Arc<Self>, conn: Arc<Conn>, req_id: u64, query: ReplayQuery) {
-        let source = self.clone();
-        let conn2 = conn.clone();
-        let job = move || {
-            let outcome = source.run(&conn, req_id, &query);
-            let frame = match outcome {
-                Ok(Some(count)) => Response::ReplayComplete { req_id, count },
-                Ok(None) => return,
-                Err(message) => {
-                    // A failed archive is reopened at the next replay.
-                    source.archive.lock().take();
-                    tracing::warn!(req_id, "replay failed: {message}");
+    /// The job serving one replay on the read pool.
+    pub fn job(self: &Arc<Self>, conn: &Arc<Conn>, req_id: u64, query: ReplayQuery) -> Box<Replay> {
+        Box::new(Replay {
+            source: self.clone(),
+            conn: conn.clone(),
+            req_id,
+            query,
+            cursor: None,
+            count: 0,
+        })
+    }
+}
+
+/// One replay in progress: a page of the archive per step.
+pub struct Replay {
+    source: Arc<ReplaySource>,
+    conn: Arc<Conn>,
+    req_id: u64,
+    query: ReplayQuery,
+    cursor: Option<Box<dyn crate::sinks::driver::CursorDriver>>,
+    count: u64,
+}
+
+impl ReadJob for Replay {
+    fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    fn step(&mut self) -> Step {
+        if !self.conn.has_history_room() {
+            return Step::Full;
+        }
+        let frame = match self.page() {
+            Ok(true) => return Step::More,
+            Ok(false) => Response::ReplayComplete {
+                req_id: self.req_id,
+                count: self.count,
+            },
+            Err(Gone) => return Step::Done,
+        };
+        answer(&self.conn, frame);
+        Step::Done
+    }
+}
+
+/// The connection went away (or the replay failed and was answered).
+struct Gone;
+
+impl Replay {
+    /// Sends the next page; `Ok(false)` once there is none.
+    fn page(&mut self) -> Result<bool, Gone> {
+        match self.next_page() {
+            // Nothing this connection may read in the page: read on.
+            Ok(Some(events)) if events.is_empty() => Ok(true),
+            Ok(Some(events)) => {
+                self.count += events.len() as u64;
+                let never = AtomicBool::new(false);
+                if self.conn.push_history(self.req_id, events, &never) {
+                    Ok(true)
+                } else {
+                    Err(Gone)
+                }
+            }
+            Ok(None) => Ok(false),
+            Err(message) => {
+                // A failed archive is reopened at the next replay.
+                self.source.archive.lock().take();
+                tracing::warn!(req_id = self.req_id, "replay failed: {message}");
+                answer(
+                    &self.conn,
                     Response::Error(ErrorFrame {
-                        req_id: Some(req_id),
+                        req_id: Some(self.req_id),
                         code: ErrorCode::ArchiveUnavailable,
                         message: format!("the archive cannot be read: {message}"),
-                    })
-                }
-            };
-            answer(&conn, frame);
-        };
-        if let Err(e) = std::thread::Builder::new()
-            .name("spread-replay".into())
-            .spawn(job)
-        {
-            tracing::error!("cannot start a replay thread: {e}");
-            let frame = Response::Error(ErrorFrame {
-                req_id: Some(req_id),
-                code: ErrorCode::Internal,
-                message: format!("cannot start the replay: {e}"),
-            });
-            answer(&conn2, frame);
+                    }),
+                );
+                Err(Gone)
+            }
         }
     }
 
-    /// Streams the events; `Ok(None)` when the connection went away.
-    fn run(&self, conn: &Conn, req_id: u64, q: &ReplayQuery) -> Result<Option<u64>, String> {
-        let archive = self.archive().map_err(|e| e.message().to_owned())?;
-        let query = Query {
-            prefixes: q.prefixes.iter().map(|p| p.as_str().to_owned()).collect(),
-            node: None,
-            from_time: q.from_time,
-            to_time: q.to_time,
-            from_iteration: q.from_iteration,
-            to_iteration: q.to_iteration,
-            limit: q.limit,
+    /// Reads a page (`None` past the last), filtered by the connection's
+    /// rights (the writer checks again; the count is what it receives).
+    fn next_page(&mut self) -> Result<Option<Vec<Event>>, String> {
+        let cursor = match &mut self.cursor {
+            Some(c) => c,
+            None => {
+                let archive = self.source.archive().map_err(|e| e.message().to_owned())?;
+                let q = &self.query;
+                let query = Query {
+                    prefixes: q.prefixes.iter().map(|p| p.as_str().to_owned()).collect(),
+                    node: None,
+                    from_time: q.from_time,
+                    to_time: q.to_time,
+                    from_iteration: q.from_iteration,
+                    to_iteration: q.to_iteration,
+                    limit: q.limit,
+                };
+                let cursor = archive.query(&query).map_err(|e| e.message().to_owned())?;
+                self.cursor.insert(cursor)
+            }
         };
-        let mut cursor = archive.query(&query).map_err(|e| e.message().to_owned())?;
-        let never = AtomicBool::new(false);
-        let (mut page, mut count) = (Vec::new(), 0u64);
-        loop {
-            page.clear();
-            cursor
-                .next_page(&mut page)
-                .map_err(|e| e.message().to_owned())?;
-            if page.is_empty() {
-                return Ok(Some(count));
-            }
-            // Rights: only what this connection may read (the writer checks
-            // again); the count is what it receives.
-            let events: Vec<Event> = page
-                .iter()
-                .filter(|e| conn.may_read(&e.topic))
-                .map(encode)
-                .collect();
-            count += events.len() as u64;
-            conn.wait_for_history_room(QUEUED_LIMIT);
-            if !conn.push_history(req_id, events, &never) {
-                return Ok(None);
-            }
+        let mut page = Vec::new();
+        cursor
+            .next_page(&mut page)
+            .map_err(|e| e.message().to_owned())?;
+        if page.is_empty() {
+            return Ok(None);
         }
+        Ok(Some(
+            page.iter()
+                .filter(|e| self.conn.may_read(&e.topic))
+                .map(encode)
+                .collect(),
+        ))
     }
 }
 

@@ -195,6 +195,8 @@ impl Server {
         .map_err(|_| sinks::SinkError::Config("a sink plugin panicked while loading".into()))??;
         let log_options = config.log_options();
         let log_dir = log_options.dir.clone();
+        let reads =
+            Arc::new(crate::reads::Reads::start(config.reads).map_err(BrokerError::ReadThreads)?);
         let (engine, recovery) = EngineHandle::start(
             log_options,
             recent,
@@ -205,6 +207,7 @@ impl Server {
                 node_id: node_id.clone(),
                 max_subscriptions: config.max_subscriptions,
                 max_clock_skew: config.max_clock_skew,
+                reads,
             },
         )?;
         let sinks = sinks.start(engine.committed(), &log_dir)?;

@@ -129,3 +129,197 @@ async fn idle_connections_are_closed_and_keepalives_keep_quiet_subscribers() {
     publisher.publish("quiet/1", "still here").await.unwrap();
     assert_eq!(support::next_event(&mut sub).await.topic(), "quiet/1");
 }
+
+/// Threads of the broker process.
+fn threads(broker: &Broker) -> usize {
+    std::fs::read_dir(format!("/proc/{}/task", broker.child.id()))
+        .unwrap()
+        .count()
+}
+
+/// Open file descriptors of the broker process.
+fn fds(broker: &Broker) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", broker.child.id()))
+        .unwrap()
+        .count()
+}
+
+/// Sends `requests` in one write, reading nothing.
+async fn pipeline(
+    raw: &mut support::Raw,
+    requests: impl Iterator<Item = spread_protocol::Request>,
+) {
+    let mut out = bytes::BytesMut::new();
+    for r in requests {
+        r.encode(&mut out);
+    }
+    raw.send_bytes(&out).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_that_nobody_reads_hold_no_thread_and_are_capped_per_connection() {
+    use spread_protocol::{ReplayQuery, Request, Response};
+    let broker = Broker::start(&["--max-reads-per-connection", "8"]);
+    let client = broker.client().await;
+    for i in 0..2_000 {
+        client
+            .publish(&format!("r/{}", i % 50), vec![b'x'; 512])
+            .await
+            .unwrap();
+    }
+    // Wait for the archive to hold everything.
+    eventually("the archive to catch up", || async {
+        let s = client.status().await.ok()?;
+        (s.sinks[0].lag_events == 0 && s.sinks[0].state == "running").then_some(())
+    })
+    .await;
+    let (threads_before, fds_before) = (threads(&broker), fds(&broker));
+    const REPLAYS: u64 = 3_000;
+    let mut raw = broker.raw().await;
+    pipeline(
+        &mut raw,
+        (1..=REPLAYS).map(|req_id| Request::Replay {
+            req_id,
+            query: ReplayQuery::default(),
+        }),
+    )
+    .await;
+    // Another client is served meanwhile.
+    let other = broker.client().await;
+    other.ping().await.unwrap();
+    assert!(other.get("r/1").await.unwrap().is_some());
+    let (threads_during, fds_during) = (threads(&broker), fds(&broker));
+    // A few at most: the archive's query side opens its few pooled database
+    // connections (sqlx gives each SQLite connection a thread).
+    assert!(
+        threads_during <= threads_before + 8,
+        "{threads_before} threads before, {threads_during} during"
+    );
+    assert!(
+        fds_during <= fds_before + 16,
+        "{fds_before} fds before, {fds_during} during"
+    );
+    // Beyond the per-connection limit: too_many_reads; the rest complete.
+    let (mut refused, mut complete, mut events) = (0, 0, 0u64);
+    while refused + complete < REPLAYS {
+        match raw.recv().await.expect("connection open") {
+            Response::Error(e) => {
+                assert_eq!(
+                    e.code,
+                    spread_protocol::ErrorCode::TooManyReads,
+                    "{}",
+                    e.message
+                );
+                refused += 1;
+            }
+            Response::ReplayComplete { count, .. } => {
+                assert_eq!(count, 2_000);
+                complete += 1;
+            }
+            Response::Event { .. } => events += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(complete >= 8, "{complete} replays completed");
+    assert_eq!(events, complete * 2_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_catch_ups_of_a_stalled_client_do_not_stall_others() {
+    use spread_protocol::{Request, Response, SubscribeMode, Topic};
+    let broker = Broker::start(&["--archive", "off", "--recent-events", "1"]);
+    let client = broker.client().await;
+    for i in 0..5_000 {
+        client
+            .publish(&format!("h/{}", i % 100), vec![b'x'; 1_000])
+            .await
+            .unwrap();
+    }
+    // 600 history subscriptions from the start, never read.
+    let mut stalled = broker.raw().await;
+    pipeline(
+        &mut stalled,
+        (1..=600).map(|req_id| Request::Subscribe {
+            req_id,
+            prefix: Topic::root(),
+            since: 1,
+            mode: SubscribeMode::History,
+        }),
+    )
+    .await;
+    // Someone else's history subscription completes.
+    let mut sub = client.subscribe_history("h", 1).await.unwrap();
+    let got = support::snapshot(&mut sub).await;
+    assert_eq!(got.len(), 5_000);
+    // The stalled connection was told which subscriptions were refused.
+    let mut refused = 0;
+    while refused < 600 - 8 {
+        if let Some(Response::Error(e)) = stalled.recv().await {
+            assert_eq!(e.code, spread_protocol::ErrorCode::TooManyReads);
+            refused += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_catch_ups_give_their_request_credit_back() {
+    use spread_protocol::{Request, Response, SubscribeMode, Topic};
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--recent-events",
+        "1",
+        "--max-inflight",
+        "8",
+    ]);
+    let client = broker.client().await;
+    for i in 0..2_000 {
+        client.publish(&format!("c/{}", i % 10), "v").await.unwrap();
+    }
+    let mut raw = broker.raw().await;
+    for round in 0..3u64 {
+        // More subscribe-then-unsubscribe cycles than there are credits.
+        for i in 0..8 {
+            let id = round * 100 + i + 1;
+            pipeline(
+                &mut raw,
+                [
+                    Request::Subscribe {
+                        req_id: id,
+                        prefix: Topic::root(),
+                        since: 1,
+                        mode: SubscribeMode::History,
+                    },
+                    Request::Unsubscribe {
+                        req_id: id + 50,
+                        sub_id: id,
+                    },
+                ]
+                .into_iter(),
+            )
+            .await;
+        }
+        raw.send(&Request::Ping { req_id: 9_999 }).await;
+        loop {
+            match raw.recv().await.expect("connection open") {
+                Response::Pong { req_id: 9_999 } => break,
+                Response::Error(e) => panic!("{e:?}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_inflight_limit_still_serves_a_pipelined_burst() {
+    use spread_protocol::{Request, Response};
+    let broker = Broker::start(&["--archive", "off", "--max-inflight", "100"]);
+    let mut raw = broker.raw().await;
+    pipeline(&mut raw, (1..=200).map(|req_id| Request::Ping { req_id })).await;
+    for want in 1..=200 {
+        match raw.recv().await {
+            Some(Response::Pong { req_id }) => assert_eq!(req_id, want),
+            other => panic!("expected pong {want}, got {other:?}"),
+        }
+    }
+}

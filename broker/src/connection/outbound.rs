@@ -14,12 +14,12 @@
 //! requests while too many answers are outstanding (see `credits`).
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 use spread_protocol::{ErrorCode, ErrorFrame, Event};
 use tokio::sync::{Notify, Semaphore};
 
@@ -161,7 +161,14 @@ struct Queue {
     conflated: HashSet<Conflated>,
     skipped: HashMap<u64, u64>,
     closed: bool,
+    /// Reads waiting for room (see [`crate::reads`]), resumed at the next
+    /// take or at close.
+    parked: Vec<crate::reads::Task>,
 }
+
+/// Bytes of history (catch-ups, replays) a connection may have queued
+/// before its reads park.
+pub const HISTORY_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// How many times the conflation budget a history subscription may queue
 /// before its connection is closed (it resumes from the log when it returns).
@@ -278,12 +285,14 @@ pub struct Conn {
     pub rights: Option<crate::auth::rights::Rights>,
     queue: Mutex<Queue>,
     ready: Notify,
-    /// Signalled whenever the writer takes the queue (history readers wait
-    /// on it for room).
-    drained: Condvar,
+    /// Replays and catch-ups running for this connection.
+    pub reads: AtomicUsize,
     /// Request credits: the reader takes one per request, the writer returns
     /// one per answer written.
     pub credits: Semaphore,
+    /// How many credits there are (a batch of requests takes at most this
+    /// many at once).
+    pub max_inflight: usize,
     event_budget: usize,
     stats: Arc<Stats>,
 }
@@ -310,8 +319,9 @@ impl Conn {
             rights: None,
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
-            drained: Condvar::new(),
+            reads: AtomicUsize::new(0),
             credits: Semaphore::new(max_inflight),
+            max_inflight,
             event_budget,
             stats,
         }
@@ -392,20 +402,42 @@ impl Conn {
         true
     }
 
-    /// Blocks until at most `limit` bytes of history are queued (or the
-    /// connection closes). For history reader threads, not async tasks.
-    pub fn wait_for_history_room(&self, limit: usize) {
+    /// Whether history may be queued now (or the connection is closed,
+    /// which a read learns when it pushes).
+    pub fn has_history_room(&self) -> bool {
+        let q = self.queue.lock();
+        q.history_bytes <= HISTORY_QUEUE_LIMIT || q.closed
+    }
+
+    /// Parks a read until the writer takes the queue; hands it back when
+    /// there is room already (checked under the lock the writer takes, so
+    /// no wake-up is missed).
+    pub fn park(&self, task: crate::reads::Task) -> Option<crate::reads::Task> {
         let mut q = self.queue.lock();
-        while q.history_bytes > limit && !q.closed {
-            self.drained.wait(&mut q);
+        if q.history_bytes <= HISTORY_QUEUE_LIMIT || q.closed {
+            return Some(task);
         }
+        q.parked.push(task);
+        None
+    }
+
+    /// Resumes every parked read (those no longer wanted then end; the
+    /// others park again).
+    pub fn resume_parked(&self) {
+        let parked = std::mem::take(&mut self.queue.lock().parked);
+        parked.into_iter().for_each(crate::reads::Task::resume);
     }
 
     /// Marks the connection closed and wakes the writer to finish.
     pub fn close(&self) {
-        self.queue.lock().closed = true;
+        let parked = {
+            let mut q = self.queue.lock();
+            q.closed = true;
+            std::mem::take(&mut q.parked)
+        };
         self.ready.notify_one();
-        self.drained.notify_all();
+        // They see the connection closed and end.
+        parked.into_iter().for_each(crate::reads::Task::resume);
     }
 
     /// Waits until something is queued (or the connection closes).
@@ -427,8 +459,9 @@ impl Conn {
             taken.conflated = q.conflated.drain().collect();
             taken.skipped = q.skipped.drain().collect();
         }
+        let parked = std::mem::take(&mut q.parked);
         drop(q);
-        self.drained.notify_all();
+        parked.into_iter().for_each(crate::reads::Task::resume);
         if !taken.conflated.is_empty() {
             taken
                 .conflated

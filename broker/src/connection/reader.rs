@@ -137,8 +137,9 @@ pub async fn run<R: AsyncRead + Unpin>(
             Some(Err(e)) => return fatal(e),
             Some(Ok(req)) => batch.push(req),
         }
-        // Take whatever else is already decoded or buffered, without waiting.
-        while batch.len() < MAX_BATCH {
+        // Take whatever else is already decoded or buffered, without waiting
+        // (never more than there are credits: the batch takes them at once).
+        while batch.len() < MAX_BATCH.min(conn.max_inflight) {
             match framed.next().now_or_never() {
                 Some(Some(Ok(req))) => batch.push(req),
                 Some(Some(Err(e))) => {

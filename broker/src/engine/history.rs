@@ -2,10 +2,10 @@
 //! order, then live, with no gap and no duplicate at the seam.
 //!
 //! Recent events are served from an in-memory ring ([`Recent`]). Older ones
-//! are read back from the log by a catch-up job on a blocking thread, which
-//! pushes them straight to the connection (waiting for room, so memory stays
-//! bounded) and then asks the engine to attach the subscription after the
-//! last iteration it read. The engine attaches only if its ring holds every
+//! are read back from the log by a catch-up job on the read pool, which
+//! pushes them straight to the connection (parking while its queue is full,
+//! so memory and threads stay bounded) and then asks the engine to attach
+//! the subscription after the last iteration it read. The engine attaches only if its ring holds every
 //! event since that point; otherwise the job reads on. Each pass starts from
 //! a later iteration, so the job converges as long as it reads faster than
 //! the ring turns over.
@@ -21,11 +21,10 @@ use super::{Command, Engine, Subscriber};
 use crate::connection::outbound::{Conn, Outbound};
 use crate::log::committed::Committed;
 use crate::log::LogReader;
+use crate::reads::{Kind, ReadJob, Step};
 
 /// Bytes of history pushed to a connection at a time.
 const CHUNK_BYTES: usize = 256 * 1024;
-/// Bytes of history a connection may have queued before the job waits.
-const QUEUED_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The most recent events, in iteration order.
 pub struct Recent {
@@ -78,12 +77,15 @@ impl Recent {
     }
 }
 
-/// A catch-up job's view of the engine.
+/// A catch-up job: reads the log after `after` in slices on the read pool
+/// (see [`crate::reads`]), then asks the engine to attach.
 pub struct CatchUp {
     pub conn: Arc<Conn>,
     pub sub_id: u64,
     pub prefix: Topic,
     pub after: u64,
+    /// The end of the current pass: the durable iteration when it began.
+    pub until: Option<u64>,
     pub reader: LogReader,
     /// Highest iteration whose record is durable (see the durability policy).
     pub durable: Arc<Committed>,
@@ -91,75 +93,86 @@ pub struct CatchUp {
     pub cancelled: Arc<AtomicBool>,
 }
 
-impl CatchUp {
-    /// Runs on a blocking thread until attached, cancelled or failed.
-    pub fn run(mut self) {
-        loop {
-            let until = self.durable.get();
-            match self.read_pass(until) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(message) => {
-                    tracing::error!(sub = self.sub_id, "history read failed: {message}");
-                    self.conn.push(Outbound::Close(Some(ErrorFrame {
-                        req_id: None,
-                        code: ErrorCode::Internal,
-                        message: format!("cannot read the event log: {message}"),
-                    })));
-                    return;
-                }
-            }
-            self.after = until;
-            let Some(engine) = self.engine.upgrade() else {
-                return;
-            };
-            let (reply, answer) = std::sync::mpsc::channel();
-            let attach = Command::Attach {
-                conn: self.conn.clone(),
-                sub_id: self.sub_id,
-                after: self.after,
-                reply,
-            };
-            if engine.blocking_send(attach).is_err() {
-                return;
-            }
-            drop(engine);
-            match answer.recv() {
-                Ok(Some(fresh)) => self.reader = fresh,
-                _ => return,
+impl ReadJob for CatchUp {
+    fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
+
+    fn step(&mut self) -> Step {
+        if self.cancelled.load(Ordering::Acquire) {
+            return Step::Done;
+        }
+        if !self.conn.has_history_room() {
+            return Step::Full;
+        }
+        let until = *self.until.get_or_insert_with(|| self.durable.get());
+        match self.read_chunk(until) {
+            Ok(Some(true)) => Step::More,
+            Ok(Some(false)) => self.attach(until),
+            Ok(None) => Step::Done,
+            Err(message) => {
+                tracing::error!(sub = self.sub_id, "history read failed: {message}");
+                self.conn.push(Outbound::Close(Some(ErrorFrame {
+                    req_id: None,
+                    code: ErrorCode::Internal,
+                    message: format!("cannot read the event log: {message}"),
+                })));
+                Step::Done
             }
         }
     }
+}
 
-    /// Pushes the events in `after + 1 ..= until`; `false` when the
-    /// subscription or the connection is gone.
-    fn read_pass(&self, until: u64) -> Result<bool, String> {
+impl CatchUp {
+    /// Pushes up to a chunk of the events in `after + 1 ..= until`.
+    /// `Some(true)`: more to read in this pass; `Some(false)`: the pass is
+    /// done; `None`: the subscription or the connection is gone.
+    fn read_chunk(&mut self, until: u64) -> Result<Option<bool>, String> {
         let mut batch = Vec::new();
-        let mut bytes = 0;
-        let mut open = true;
+        let (mut bytes, mut last, mut full) = (0, self.after, false);
         self.reader
             .read(self.after, until, |event| {
-                if !self.prefix.covers(event.topic()) {
-                    return true;
+                last = event.iteration();
+                if self.prefix.covers(event.topic()) {
+                    bytes += event.encoded().len();
+                    batch.push(event);
                 }
-                bytes += event.encoded().len();
-                batch.push(event);
-                if bytes >= CHUNK_BYTES {
-                    self.conn.wait_for_history_room(QUEUED_LIMIT);
-                    open = self.conn.push_history(
-                        self.sub_id,
-                        std::mem::take(&mut batch),
-                        &self.cancelled,
-                    );
-                    bytes = 0;
-                }
-                open
+                full = bytes >= CHUNK_BYTES;
+                !full
             })
             .map_err(|e| e.to_string())?;
-        if open && !batch.is_empty() {
-            open = self.conn.push_history(self.sub_id, batch, &self.cancelled);
+        if !batch.is_empty() && !self.conn.push_history(self.sub_id, batch, &self.cancelled) {
+            return Ok(None);
         }
-        Ok(open && !self.cancelled.load(Ordering::Acquire))
+        self.after = if full { last } else { until };
+        Ok(Some(full))
+    }
+
+    /// The pass read everything up to `until`: ask the engine to attach;
+    /// it answers with a fresh reader when the ring does not reach back.
+    fn attach(&mut self, until: u64) -> Step {
+        self.until = None;
+        let Some(engine) = self.engine.upgrade() else {
+            return Step::Done;
+        };
+        let (reply, answer) = std::sync::mpsc::channel();
+        let attach = Command::Attach {
+            conn: self.conn.clone(),
+            sub_id: self.sub_id,
+            after: until,
+            reply,
+        };
+        if engine.blocking_send(attach).is_err() {
+            return Step::Done;
+        }
+        drop(engine);
+        match answer.recv() {
+            Ok(Some(fresh)) => {
+                self.reader = fresh;
+                Step::More
+            }
+            _ => Step::Done,
+        }
     }
 }
 
@@ -182,19 +195,30 @@ impl Engine {
             let events = self.recent.after(since, &prefix);
             return self.attach(conn, sub_id, &prefix, events);
         }
+        let permit = match self.reads.admit(conn, Kind::CatchUp) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                if let Some(subs) = self.subs.get_mut(&conn.id) {
+                    subs.remove(&sub_id);
+                }
+                return self.error(conn, sub_id, ErrorCode::TooManyReads, refused.to_string());
+            }
+        };
         let cancelled = Arc::new(AtomicBool::new(false));
-        self.catchups.insert((conn.id, sub_id), cancelled.clone());
+        self.catchups
+            .insert((conn.id, sub_id), (cancelled.clone(), permit));
         let job = CatchUp {
             conn: conn.clone(),
             sub_id,
             prefix,
             after: since,
+            until: None,
             reader: self.log.reader(),
             durable: self.durable.clone(),
             engine: self.me.clone(),
             cancelled,
         };
-        self.runtime.spawn_blocking(move || job.run());
+        self.reads.submit(Box::new(job), None);
     }
 
     /// A catch-up job read everything up to `after`: attach if the ring
@@ -280,10 +304,21 @@ impl Engine {
         );
     }
 
-    /// Stops the catch-up job of a subscription, if it has one.
-    pub(super) fn cancel_catch_up(&mut self, conn_id: u64, sub_id: u64) {
-        if let Some(flag) = self.catchups.remove(&(conn_id, sub_id)) {
+    /// Stops the catch-up job of a subscription, if it has one, and gives
+    /// back the subscribe's request credit, which its snapshot-complete
+    /// would have returned.
+    pub(super) fn cancel_catch_up(&mut self, conn: &Arc<Conn>, sub_id: u64) {
+        if let Some((flag, _permit)) = self.catchups.remove(&(conn.id, sub_id)) {
             flag.store(true, Ordering::Release);
+            // A job parked on the connection ends now, not when it drains.
+            conn.resume_parked();
+            self.fanout.push(
+                conn,
+                Outbound::Answers {
+                    frames: bytes::Bytes::new(),
+                    count: 1,
+                },
+            );
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct Services {
     pub max_subscriptions: usize,
     /// How far ahead of the broker's clock a client timestamp may be.
     pub max_clock_skew: std::time::Duration,
+    /// Where catch-ups and replays run.
+    pub reads: Arc<crate::reads::Reads>,
 }
 
 /// When the engine writes a checkpoint of the latest-value table.
@@ -158,6 +160,7 @@ impl EngineHandle {
             node_id,
             max_subscriptions,
             max_clock_skew,
+            reads,
         } = services;
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
@@ -194,7 +197,7 @@ impl EngineHandle {
             node_id,
             max_subscriptions,
             max_clock_skew: max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
-            runtime: tokio::runtime::Handle::current(),
+            reads,
             me: tx.downgrade(),
             checkpoints,
             since_checkpoint: 0,
@@ -204,6 +207,7 @@ impl EngineHandle {
             storage_failure: None,
             round_records: 0,
             forgotten_deletes,
+            applied_by: recovered_times(&recovery, start),
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -247,6 +251,21 @@ impl EngineHandle {
     }
 }
 
+/// What start knows of when the recovered iterations were applied: those of
+/// the checkpoint by the time it was written, the rest by now.
+fn recovered_times(
+    recovery: &Recovery,
+    start: u64,
+) -> std::collections::VecDeque<(u64, std::time::SystemTime)> {
+    let now = std::time::SystemTime::now();
+    let mut times = std::collections::VecDeque::new();
+    if let (Some(it), Some(at)) = (recovery.checkpoint, recovery.checkpoint_written) {
+        times.push_back((it, at.min(now)));
+    }
+    times.push_back((start, now));
+    times
+}
+
 struct Engine {
     tree: Tree<Subscriber>,
     /// Live subscriptions per connection: sub id → prefix.
@@ -261,7 +280,9 @@ struct Engine {
     /// Recent events, for history subscriptions.
     recent: history::Recent,
     /// Cancellation flags of running catch-up jobs, by (connection, sub).
-    catchups: HashMap<(u64, u64), Arc<std::sync::atomic::AtomicBool>>,
+    /// Their places in the read limits, given back as soon as they are
+    /// cancelled or attached (a cancelled job ends at its next step).
+    catchups: HashMap<(u64, u64), (Arc<std::sync::atomic::AtomicBool>, crate::reads::Permit)>,
     /// Highest iteration whose record is durable under the policy.
     durable: Arc<Committed>,
     /// Sink status, and how much history they still need.
@@ -274,8 +295,8 @@ struct Engine {
     max_subscriptions: usize,
     /// How far ahead of the clock a client timestamp may be, in µs.
     max_clock_skew: u64,
-    /// Where catch-up jobs run.
-    runtime: tokio::runtime::Handle,
+    /// Where catch-ups and replays run.
+    reads: Arc<crate::reads::Reads>,
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
     /// the engine alive).
     me: mpsc::WeakSender<Command>,
@@ -296,16 +317,16 @@ struct Engine {
     /// Greatest iteration of a delete forgotten after the grace period: a
     /// client resuming from before it gets a full snapshot instead.
     forgotten_deletes: u64,
+    /// When iterations were reached, oldest first: at start, and at each
+    /// checkpoint. Deletes are forgotten by when they were applied, never
+    /// by the timestamp a client chose.
+    applied_by: std::collections::VecDeque<(u64, std::time::SystemTime)>,
 }
 
 impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
             self.tree.refresh_clock();
-            // Iterations never lag the clock: an iteration dates its apply
-            // (tombstones are forgotten by it), and after a crash that lost
-            // unsynced events the restart numbers above them.
-            self.tree.advance_iteration_to(self.tree.now());
             self.execute(cmd);
             for _ in 1..MAX_ROUND {
                 match rx.try_recv() {
@@ -344,7 +365,7 @@ impl Engine {
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
                     for (sub_id, prefix) in subs {
-                        self.cancel_catch_up(conn.id, sub_id);
+                        self.cancel_catch_up(&conn, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                     }
@@ -424,7 +445,7 @@ impl Engine {
                     .and_then(|subs| subs.remove(&sub_id));
                 match prefix {
                     Some(prefix) => {
-                        self.cancel_catch_up(conn.id, sub_id);
+                        self.cancel_catch_up(conn, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                         self.fanout
@@ -461,8 +482,15 @@ impl Engine {
                 )
             }
             Request::Replay { req_id, query } => match &self.replay {
-                // The archive is read on a blocking thread, never here.
-                Some(source) => source.start(conn.clone(), req_id, query),
+                // The archive is read on the read pool, never here.
+                Some(source) => match self.reads.admit(conn, crate::reads::Kind::Replay) {
+                    Ok(permit) => self
+                        .reads
+                        .submit(source.job(conn, req_id, query), Some(permit)),
+                    Err(refused) => {
+                        self.error(conn, req_id, ErrorCode::TooManyReads, refused.to_string())
+                    }
+                },
                 None => self.error(
                     conn,
                     req_id,

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{clock, fanout, Engine, Release};
+use super::{fanout, Engine, Release};
 use crate::log::sync::Round;
 
 impl Engine {
@@ -41,7 +41,21 @@ impl Engine {
         }
         self.since_checkpoint = 0;
         if let Some(grace) = self.checkpoints.tombstone_grace {
-            let cutoff = clock::now_micros().saturating_sub(grace.as_micros() as u64);
+            // Everything up to the newest iteration reached at least `grace`
+            // ago was applied that long ago.
+            let now = std::time::SystemTime::now();
+            self.applied_by.push_back((self.tree.iteration(), now));
+            let old_enough =
+                |at: &std::time::SystemTime| now.duration_since(*at).is_ok_and(|age| age >= grace);
+            while self.applied_by.len() > 1
+                && self.applied_by.get(1).is_some_and(|(_, at)| old_enough(at))
+            {
+                self.applied_by.pop_front();
+            }
+            let cutoff = match self.applied_by.front() {
+                Some((it, at)) if old_enough(at) => it.saturating_add(1),
+                _ => 0,
+            };
             let forgotten = self.tree.purge_tombstones(cutoff);
             if forgotten > self.forgotten_deletes {
                 // Recorded before the checkpoint that lacks them is written.

@@ -77,9 +77,8 @@ impl<S> Node<S> {
         }
     }
 
-    /// Drops tombstones applied before `cutoff`, pruning emptied nodes.
-    /// Iterations, not event timestamps, date the apply: a client chooses
-    /// timestamps, and iterations start at the clock and never lag it.
+    /// Drops tombstones whose iteration is below `cutoff`, pruning emptied
+    /// nodes.
     /// Returns how many, and the greatest iteration among them.
     fn purge_tombstones(&mut self, cutoff: u64) -> (usize, u64) {
         let mut purged = (0, 0);
@@ -458,7 +457,7 @@ impl<S> Tree<S> {
         out
     }
 
-    /// Forgets deletes applied before `cutoff` (microseconds): the topic then
+    /// Forgets deletes whose iteration is below `cutoff`: the topic then
     /// simply has no value. Returns the greatest iteration forgotten (0 if
     /// none): a client resuming from before it cannot learn of those deletes.
     pub fn purge_tombstones(&mut self, cutoff: u64) -> u64 {

@@ -133,6 +133,8 @@ pub struct Recovery {
     pub records: u64,
     /// Iteration covered by the checkpoint loaded, if any.
     pub checkpoint: Option<u64>,
+    /// When that checkpoint was written (its file's modification time).
+    pub checkpoint_written: Option<std::time::SystemTime>,
     /// Segments wholly covered by the checkpoint, not read.
     pub skipped_segments: usize,
     /// Highest iteration on disk.
@@ -184,6 +186,11 @@ impl Log {
             checkpoint: checkpoint::load(&opts.dir, &mut restore)?,
             ..Recovery::default()
         };
+        if report.checkpoint.is_some() {
+            report.checkpoint_written = std::fs::metadata(checkpoint::path(&opts.dir))
+                .and_then(|m| m.modified())
+                .ok();
+        }
         let covered = report.checkpoint.unwrap_or(0);
         let files = segment::list(&opts.dir)?;
         let mut segments = Vec::new();

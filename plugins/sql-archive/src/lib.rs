@@ -24,6 +24,7 @@ mod query;
 pub mod schema;
 mod write;
 
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use spread_plugin::{Archive, Cursor, Error, Event, OpenContext, OwnedEvent, Query, Result, Sink};
@@ -146,10 +147,17 @@ impl Sink for SqlSink {
     }
 }
 
-/// The query side: each query gets its own connection.
+/// Database connections kept open between pages of queries.
+const IDLE_CONNECTIONS: usize = 4;
+
+/// The query side. Pages are independent keyset queries, so a query holds
+/// no connection between pages: each page borrows one from a small pool,
+/// and concurrent queries open at most as many connections as pages are
+/// read at once (the broker reads on a few threads).
 pub struct SqlArchive {
     target: Target,
     rt: tokio::runtime::Runtime,
+    idle: Arc<Mutex<Vec<Db>>>,
 }
 
 impl Archive for SqlArchive {
@@ -168,18 +176,23 @@ impl Archive for SqlArchive {
         // Fail early on a wrong URL or a missing schema.
         rt.block_on(async {
             let mut db = db::connect(&target.url).await?;
-            schema::migrate(&mut db, &target.table).await
-        })?;
-        Ok(SqlArchive { target, rt })
+            schema::migrate(&mut db, &target.table).await?;
+            Ok::<_, Error>(db)
+        })
+        .map(|db| SqlArchive {
+            target,
+            rt,
+            idle: Arc::new(Mutex::new(vec![db])),
+        })
     }
 
     fn query(&self, query: &Query) -> Result<Rows> {
-        let db = self.rt.block_on(db::connect(&self.target.url))?;
         Ok(Rows {
             handle: self.rt.handle().clone(),
+            url: self.target.url.clone(),
             table: self.target.table.clone(),
             query: query.clone(),
-            db,
+            idle: self.idle.clone(),
             pos: query::Position::default(),
         })
     }
@@ -188,9 +201,10 @@ impl Archive for SqlArchive {
 /// A running query.
 pub struct Rows {
     handle: tokio::runtime::Handle,
+    url: String,
     table: String,
     query: Query,
-    db: Db,
+    idle: Arc<Mutex<Vec<Db>>>,
     pos: query::Position,
 }
 
@@ -198,11 +212,25 @@ impl Cursor for Rows {
     fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<()> {
         let Rows {
             handle,
+            url,
             table,
             query,
-            db,
+            idle,
             pos,
         } = self;
-        handle.block_on(query::next_page(db, table, query, pos, page))
+        let pooled = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        handle.block_on(async {
+            let mut db = match pooled {
+                Some(db) => db,
+                None => db::connect(url).await?,
+            };
+            // A failed connection is dropped, not given back.
+            query::next_page(&mut db, table, query, pos, page).await?;
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_CONNECTIONS {
+                idle.push(db);
+            }
+            Ok(())
+        })
     }
 }
