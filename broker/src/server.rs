@@ -158,10 +158,17 @@ pub struct Server {
 impl Server {
     /// Prepares the data dir, TLS and the engine, and binds the listener.
     pub async fn bind(config: Config) -> Result<Server, BrokerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| BrokerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        // Only the broker's user may enter the data dir: it holds every
+        // payload and the keys, which topic rights cannot protect on disk.
+        std::fs::create_dir_all(&config.data_dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|source| BrokerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let node_id: Arc<str> = match &config.node_id {
             Some(id) => id.as_str().into(),
             None => node::load_or_create(&config.data_dir)?.into(),

@@ -466,3 +466,64 @@ async fn a_publish_only_token_reads_nothing_through_its_reports() {
         other => panic!("expected new, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn tokens_cannot_stretch_their_rights_algorithms_or_validity() {
+    let broker = Broker::start(&["--archive", "off", "--jwt-secret", SECRET]);
+    let exp = now() + 60;
+    // A subject of "/" must not turn users/{sub} into every user's prefix.
+    let slash =
+        hs256(serde_json::json!({"sub": "/", "exp": exp, "rights": {"pub": ["users/{sub}"]}}));
+    refused_with(client(&broker, &slash).await, ErrorCode::Unauthorized);
+    // A deny entry that could never match is an error, not a silent allow.
+    let typo = hs256(
+        serde_json::json!({"sub": "eve", "exp": exp, "rights": {"sub": [""], "deny": ["config//secrets"]}}),
+    );
+    refused_with(client(&broker, &typo).await, ErrorCode::Unauthorized);
+    // Not valid before a time still to come.
+    let early = hs256(serde_json::json!({"sub": "eve", "exp": exp, "nbf": now() + 3_600}));
+    refused_with(client(&broker, &early).await, ErrorCode::Unauthorized);
+    // The secret verifies HS256 only.
+    let hs512 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS512),
+        &serde_json::json!({"sub": "eve", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    refused_with(client(&broker, &hs512).await, ErrorCode::Unauthorized);
+    // An expiry too far to represent does not take the connection down.
+    let forever = hs256(serde_json::json!({"sub": "eve", "exp": u64::MAX}));
+    let c = client(&broker, &forever).await.unwrap();
+    c.ping().await.unwrap();
+    // A restricted token sees sinks by name only: no plugin paths, no
+    // database errors.
+    let archived = Broker::start(&["--jwt-secret", SECRET]);
+    let status = |token: String| {
+        let archived = &archived;
+        async move {
+            client(archived, &token)
+                .await
+                .unwrap()
+                .status()
+                .await
+                .unwrap()
+                .sinks
+        }
+    };
+    let full = status(mint(&archived, "admin", &[])).await;
+    assert!(
+        full[0].plugin.starts_with("sql-archive ("),
+        "{}",
+        full[0].plugin
+    );
+    let restricted = status(mint(&archived, "eve", &["--read", "x"])).await;
+    assert_eq!(restricted[0].plugin, "sql-archive");
+    assert!(restricted[0].last_error.is_none());
+    // The data dir is the broker user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(broker.dir.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}

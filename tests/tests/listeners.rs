@@ -173,4 +173,22 @@ async fn mutual_tls_takes_the_certificate_subject_as_identity() {
     assert!(spread_client::Client::connect(broker.config())
         .await
         .is_err());
+    // Where tokens are required, a certificate alone is not enough.
+    let strict = Broker::start(&[
+        "--archive",
+        "off",
+        "--tls-client-ca",
+        ca_file.to_str().unwrap(),
+        "--jwt-secret",
+        "test-secret-of-enough-length",
+        "--require-auth",
+    ]);
+    match spread_client::Client::connect(strict.config().client_cert(&cert_file, &key_file)).await {
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(spread_client::ErrorCode::Unauthorized),
+            "{e}"
+        ),
+        Ok(_) => panic!("a certificate alone was accepted under --require-auth"),
+    }
 }

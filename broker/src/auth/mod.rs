@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{decode, decode_header, AlgorithmFamily, DecodingKey, Validation};
+use std::str::FromStr;
+
+use jsonwebtoken::{decode, decode_header, Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use rights::{Rights, RightsClaim};
 
 /// Clock skew tolerated on `exp` (and `nbf`).
@@ -62,10 +64,22 @@ pub struct AuthSettings {
     pub require: bool,
 }
 
+/// A verifying key, pinned to one algorithm: a token signed with another
+/// (HS512 for an HS256 secret, say) is refused.
 struct Key {
     kid: Option<String>,
-    family: AlgorithmFamily,
+    alg: Algorithm,
     key: DecodingKey,
+}
+
+/// The algorithm a key of `family` verifies when nothing else says.
+fn default_alg(family: AlgorithmFamily) -> Algorithm {
+    match family {
+        AlgorithmFamily::Hmac => Algorithm::HS256,
+        AlgorithmFamily::Rsa => Algorithm::RS256,
+        AlgorithmFamily::Ec => Algorithm::ES256,
+        AlgorithmFamily::Ed => Algorithm::EdDSA,
+    }
 }
 
 /// Who a connection is.
@@ -114,7 +128,7 @@ impl Authenticator {
             .iter()
             .map(|s| Key {
                 kid: None,
-                family: AlgorithmFamily::Hmac,
+                alg: Algorithm::HS256,
                 key: DecodingKey::from_secret(s.as_bytes()),
             })
             .collect();
@@ -123,10 +137,10 @@ impl Authenticator {
                 path: path.clone(),
                 source,
             })?;
-            let (family, key) = match DecodingKey::from_rsa_pem(&pem) {
-                Ok(k) => (AlgorithmFamily::Rsa, k),
+            let (alg, key) = match DecodingKey::from_rsa_pem(&pem) {
+                Ok(k) => (Algorithm::RS256, k),
                 Err(_) => (
-                    AlgorithmFamily::Ec,
+                    Algorithm::ES256,
                     DecodingKey::from_ec_pem(&pem).map_err(|e| AuthConfigError::Key {
                         what: path.display().to_string(),
                         reason: format!("neither an RSA nor an EC public key: {e}"),
@@ -135,7 +149,7 @@ impl Authenticator {
             };
             keys.push(Key {
                 kid: None,
-                family,
+                alg,
                 key,
             });
         }
@@ -153,10 +167,19 @@ impl Authenticator {
                     what: format!("{} kid {:?}", path.display(), jwk.common.key_id),
                     reason: e.to_string(),
                 })?;
-                let family = key.family();
+                // The JWK's own `alg` when it has one.
+                let alg = match jwk.common.key_algorithm {
+                    Some(ka) => Algorithm::from_str(&format!("{ka:?}")).map_err(|e| {
+                        AuthConfigError::Key {
+                            what: format!("{} kid {:?}", path.display(), jwk.common.key_id),
+                            reason: format!("algorithm {ka:?}: {e}"),
+                        }
+                    })?,
+                    None => default_alg(key.family()),
+                };
                 keys.push(Key {
                     kid: jwk.common.key_id.clone(),
-                    family,
+                    alg,
                     key,
                 });
             }
@@ -192,16 +215,15 @@ impl Authenticator {
             ));
         }
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        let family = header.alg.family();
         let by_kid: Vec<&Key> = self
             .keys
             .iter()
-            .filter(|k| k.kid.is_some() && k.kid == header.kid)
+            .filter(|k| k.kid.is_some() && k.kid == header.kid && k.alg == header.alg)
             .collect();
         let candidates: Vec<&Key> = if by_kid.is_empty() {
             self.keys
                 .iter()
-                .filter(|k| k.kid.is_none() && k.family == family)
+                .filter(|k| k.kid.is_none() && k.alg == header.alg)
                 .collect()
         } else {
             by_kid
@@ -214,6 +236,7 @@ impl Authenticator {
         }
         let mut validation = Validation::new(header.alg);
         validation.leeway = LEEWAY.as_secs();
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
@@ -231,9 +254,14 @@ impl Authenticator {
                     if let Err(e) = spread_protocol::check_origin(&c.sub) {
                         return Err(AuthError::Invalid(format!("subject: {e}")));
                     }
+                    let rights = match &c.rights {
+                        Some(r) => Some(Rights::new(r, &c.sub).map_err(AuthError::Invalid)?),
+                        None => None,
+                    };
                     return Ok(Some(Identity {
-                        rights: c.rights.as_ref().map(|r| Rights::new(r, &c.sub)),
-                        expires: Some(UNIX_EPOCH + Duration::from_secs(c.exp)),
+                        rights,
+                        // An expiry past what the clock can hold never comes.
+                        expires: UNIX_EPOCH.checked_add(Duration::from_secs(c.exp)),
                         subject: c.sub,
                     }));
                 }

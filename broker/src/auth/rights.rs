@@ -32,20 +32,39 @@ pub struct Rights {
     deny: Vec<String>,
 }
 
-fn expand(list: &[String], subject: &str) -> Vec<String> {
+/// Substitutes the subject and checks each entry as a prefix: an entry
+/// that could never match (a typo, `a//b`) must not silently weaken a deny.
+fn expand(list: &[String], subject: &str) -> Result<Vec<String>, String> {
+    // Only the syntax matters here, not the configured length limits.
+    let rules = spread_protocol::TopicRules {
+        max_len: usize::MAX,
+        max_depth: usize::MAX,
+    };
     list.iter()
-        .map(|p| p.replace("{sub}", subject).trim_end_matches('/').to_owned())
+        .map(|entry| {
+            if entry.contains("{sub}") && (subject.contains('/') || subject.is_empty()) {
+                return Err(format!(
+                    "the subject {subject:?} is not one topic segment, so {entry:?} cannot use it"
+                ));
+            }
+            let prefix = entry.replace("{sub}", subject);
+            let prefix = prefix.strip_suffix('/').unwrap_or(&prefix);
+            rules
+                .check(prefix, true)
+                .map_err(|e| format!("rights entry {entry:?} is not a valid prefix: {e}"))?;
+            Ok(prefix.to_owned())
+        })
         .collect()
 }
 
 impl Rights {
-    /// The rights `claim` grants `subject`.
-    pub fn new(claim: &RightsClaim, subject: &str) -> Rights {
-        Rights {
-            publish: expand(&claim.publish, subject),
-            read: expand(&claim.read, subject),
-            deny: expand(&claim.deny, subject),
-        }
+    /// The rights `claim` grants `subject`, or why the claim is unusable.
+    pub fn new(claim: &RightsClaim, subject: &str) -> Result<Rights, String> {
+        Ok(Rights {
+            publish: expand(&claim.publish, subject)?,
+            read: expand(&claim.read, subject)?,
+            deny: expand(&claim.deny, subject)?,
+        })
     }
 
     fn denied(&self, topic: &str) -> bool {
@@ -83,7 +102,33 @@ mod tests {
             r#"{"pub": ["sensors/site-7", "users/{sub}"], "sub": ["sensors", "config"], "deny": ["config/secrets"]}"#,
         )
         .unwrap();
-        Rights::new(&claim, "alice")
+        Rights::new(&claim, "alice").unwrap()
+    }
+
+    fn claim(json: &str) -> RightsClaim {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_subject_cannot_widen_its_own_rights() {
+        let own = claim(r#"{"pub": ["users/{sub}"]}"#);
+        // "/" would make users/{sub} cover every user; "bob/x" reach into bob's.
+        for subject in ["/", "bob/", "bob/x", ""] {
+            assert!(Rights::new(&own, subject).is_err(), "{subject:?}");
+        }
+        // Without {sub}, such a subject is just a name.
+        assert!(Rights::new(&claim(r#"{"pub": ["users"]}"#), "a/b").is_ok());
+    }
+
+    #[test]
+    fn entries_that_could_never_match_are_refused() {
+        for bad in ["a//b", "/a", r"a\u0000b"] {
+            let json = format!(r#"{{"deny": ["{bad}"]}}"#);
+            assert!(Rights::new(&claim(&json), "alice").is_err(), "{bad}");
+        }
+        // A trailing slash is forgiven; the root is a valid prefix.
+        let ok = Rights::new(&claim(r#"{"sub": ["a/"], "deny": [""]}"#), "alice").unwrap();
+        assert!(!ok.can_read("a/x"));
     }
 
     #[test]

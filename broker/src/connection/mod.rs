@@ -113,6 +113,12 @@ async fn session<S>(
         tracing::Span::current().record("client", hello.client_name.as_str());
         let identity = match (hello.token.as_deref(), cert_subject) {
             // A client certificate the CA signed is an identity of its own.
+            // --require-auth asks for a token: a certificate alone would
+            // grant every right.
+            (None, Some(_)) if shared.config.auth.require => {
+                let msg = "this broker requires a token (a client certificate alone is not enough)";
+                return refuse(&mut wr, ErrorCode::Unauthorized, msg.into()).await;
+            }
             (None, Some(subject)) => {
                 if let Err(e) = spread_protocol::check_origin(&subject) {
                     let msg = format!("the certificate's subject cannot name a writer: {e}");

@@ -461,7 +461,17 @@ impl Engine {
             }
             Request::Ping { req_id } => self.answer(conn, Response::Pong { req_id }),
             Request::Status { req_id } => {
-                let report = self.status(req_id);
+                let mut report = self.status(req_id);
+                if conn.rights.is_some() {
+                    // Plugin paths and database errors are for operators,
+                    // not for every token that may connect.
+                    for sink in &mut report.sinks {
+                        if let Some((plugin, _path)) = sink.plugin.split_once(" (") {
+                            sink.plugin = plugin.to_owned();
+                        }
+                        sink.last_error = None;
+                    }
+                }
                 self.answer(conn, Response::Status(report));
             }
             Request::Replay { req_id, query }
