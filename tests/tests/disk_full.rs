@@ -132,3 +132,95 @@ async fn a_full_disk_refuses_publishes_keeps_reads_and_recovers() {
     drop(broker);
     drop(disk);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_full_at_a_segment_roll_recovers_and_restarts() {
+    let Some(disk) = SmallDisk::mount("1m") else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let data = tempfile::Builder::new()
+        .tempdir_in(disk.dir.path())
+        .unwrap();
+    let flags = ["--segment-bytes", "4096", "--archive", "off"];
+    let broker = Broker::start_in(data, &flags);
+    let client = broker.client().await;
+    // Most of a segment.
+    for i in 0..10 {
+        client
+            .publish(&format!("roll/{i}"), vec![b'a'; 200])
+            .await
+            .unwrap();
+    }
+    // No byte left on the disk.
+    let ballast = disk.dir.path().join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).and_then(|()| f.sync_all()).is_ok() {}
+    }
+    // A publish that needs a new segment cannot be logged: held, and other
+    // publishes are refused.
+    let c = client.clone();
+    let held = tokio::spawn(async move { c.publish("roll/big", vec![b'b'; 3000]).await });
+    let other = broker.client().await;
+    let mut refused = 0;
+    while refused == 0 {
+        match other.publish("roll/probe", "p").await {
+            Err(e) if e.code() == Some(ErrorCode::StorageUnavailable) => refused += 1,
+            Err(e) => panic!("{e}"),
+            // Raced ahead of the held write: try again.
+            Ok(_) => {}
+        }
+        assert!(
+            !held.is_finished(),
+            "acknowledged although it could not be logged"
+        );
+    }
+    // Space returns: the roll is retried and succeeds.
+    std::fs::remove_file(&ballast).unwrap();
+    let mut accepted = false;
+    for _ in 0..1_000 {
+        match other.publish("roll/after", "back").await {
+            Ok(_) => {
+                accepted = true;
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::StorageUnavailable), "{e}"),
+        }
+    }
+    assert!(accepted, "publishes stay refused after space returned");
+    tokio::time::timeout(PATIENCE, held)
+        .await
+        .expect("the held publish completes")
+        .unwrap()
+        .unwrap();
+    // And the broker starts again on that log, with everything in it.
+    drop((client, other));
+    let dir = broker.kill();
+    let broker = Broker::start_in(dir, &flags);
+    let client = broker.client().await;
+    assert_eq!(
+        client
+            .get("roll/big")
+            .await
+            .unwrap()
+            .unwrap()
+            .payload_bytes()
+            .len(),
+        3000
+    );
+    assert_eq!(
+        client
+            .get("roll/after")
+            .await
+            .unwrap()
+            .unwrap()
+            .payload_bytes(),
+        b"back"
+    );
+    drop(client);
+    drop(broker);
+    drop(disk);
+}

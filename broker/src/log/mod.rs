@@ -192,7 +192,7 @@ impl Log {
                 .ok();
         }
         let covered = report.checkpoint.unwrap_or(0);
-        let files = segment::list(&opts.dir)?;
+        let files = segment::list_recovering(&opts.dir)?;
         let mut segments = Vec::new();
         let mut active_len = 0;
         let count = files.len();
@@ -317,8 +317,12 @@ impl Log {
         };
         let path = self.active_path();
         if let Err(source) = (&*file).write_all(&self.buf) {
-            // Leave no partial record behind; the next round retries.
-            let _ = file.set_len(self.active_len);
+            // Leave no partial record behind; the next round retries. A
+            // partial record that cannot be cut off would sit before the
+            // retried ones, where recovery stops: stop instead.
+            if let Err(e) = file.set_len(self.active_len) {
+                sync::fail_stop(&e);
+            }
             return Err(LogError::Io { path, source });
         }
         let base = self.active_len;
@@ -347,14 +351,21 @@ impl Log {
 
     /// Closes the active segment (synced) and starts one at `first`.
     fn roll(&mut self, first: u64) -> Result<(), LogError> {
-        if let Some(old) = self.active.take() {
-            if self.opts.durability != Durability::Never {
-                old.sync_data().map_err(LogError::io(&self.active_path()))?;
+        // Synced under every policy: recovery refuses a damaged segment that
+        // is not the last one, so a closed segment must be whole on disk.
+        if let Some(old) = &self.active {
+            if let Err(e) = old.sync_data() {
+                sync::fail_stop(&e);
             }
         }
         let path = self.opts.dir.join(segment::file_name(first));
+        // On failure the old segment stays active and nothing is left
+        // behind: the next round retries the roll.
         let file = Arc::new(segment::create(&path)?);
-        sync_dir(&self.opts.dir)?;
+        if let Err(e) = sync_dir(&self.opts.dir) {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.segments.push(Segment {
             first,
             path,

@@ -36,18 +36,46 @@ pub fn header() -> [u8; HEADER_LEN] {
     h
 }
 
-/// Creates a new, empty segment with its header, synced.
+/// Suffix of a segment being created.
+pub const TMP_SUFFIX: &str = ".tmp";
+
+/// Creates a new, empty segment with its header, synced: written under a
+/// temporary name and renamed into place, so a failure (a full disk at the
+/// roll, a crash) leaves no half-made segment behind and a retry starts
+/// afresh. The caller syncs the directory.
 pub fn create(path: &Path) -> Result<File, LogError> {
-    let io = LogError::io(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .read(true)
-        .open(path)
-        .map_err(&io)?;
-    f.write_all(&header()).map_err(&io)?;
-    f.sync_all().map_err(&io)?;
-    Ok(f)
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(TMP_SUFFIX);
+    let tmp = PathBuf::from(tmp);
+    let made = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&tmp)
+            .map_err(LogError::io(&tmp))?;
+        f.write_all(&header()).map_err(LogError::io(&tmp))?;
+        f.sync_all().map_err(LogError::io(&tmp))?;
+        drop(f);
+        if std::fs::metadata(path).is_ok_and(|m| m.len() > HEADER_LEN as u64) {
+            // Never replace records (iterations are never reused).
+            return Err(LogError::Corrupt {
+                path: path.to_owned(),
+                offset: 0,
+                reason: "a segment with records already has this name",
+            });
+        }
+        std::fs::rename(&tmp, path).map_err(LogError::io(path))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(LogError::io(path))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
 }
 
 /// What a scan found in one segment.
@@ -123,6 +151,35 @@ pub fn scan(
     }
     out.valid_len = pos as u64;
     Ok(out)
+}
+
+/// Segment files of `dir` at start, after removing what an interrupted
+/// roll left: a segment still under its temporary name, or a last segment
+/// without a whole header (made by a crash in an older version), which
+/// cannot hold a record.
+pub fn list_recovering(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    for entry in std::fs::read_dir(dir).map_err(LogError::io(dir))? {
+        let entry = entry.map_err(LogError::io(dir))?;
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .and_then(|n| n.strip_suffix(TMP_SUFFIX))
+            .and_then(parse_name)
+            .is_some()
+        {
+            std::fs::remove_file(entry.path()).map_err(LogError::io(&entry.path()))?;
+        }
+    }
+    let mut files = list(dir)?;
+    if let Some((_, last)) = files.last() {
+        let len = std::fs::metadata(last).map_err(LogError::io(last))?.len();
+        if len < HEADER_LEN as u64 {
+            tracing::warn!(segment = %last.display(), len, "removing a segment left half-created");
+            std::fs::remove_file(last).map_err(LogError::io(last))?;
+            files.pop();
+        }
+    }
+    Ok(files)
 }
 
 /// Segment files of `dir`, sorted by first iteration.

@@ -1,4 +1,11 @@
 //! Sync threads: group commit for `always`, a periodic sync for `interval`.
+//!
+//! A failed `fdatasync` is never retried: after a writeback error Linux
+//! marks the dirty pages clean and reports the error once, so a retry can
+//! succeed although the data never reached the disk ("fsyncgate"). What the
+//! log holds is then unknown, and the only safe answer is PostgreSQL's:
+//! acknowledge nothing more, say so, and stop, so that a restart recovers
+//! from what is really on disk ([`fail_stop`]).
 
 use std::fs::File;
 use std::sync::mpsc;
@@ -16,6 +23,22 @@ pub struct Round {
     pub release: Box<dyn FnOnce() + Send>,
 }
 
+/// Syncs a segment's data.
+pub type SyncFn = fn(&File) -> std::io::Result<()>;
+
+/// What a failed sync does: [`fail_stop`] outside tests.
+pub type FailFn = Arc<dyn Fn(&std::io::Error) + Send + Sync>;
+
+/// Ends the process after a failed sync, acknowledging nothing more: a
+/// restart recovers from what the disk really holds.
+pub fn fail_stop(e: &std::io::Error) {
+    tracing::error!(
+        "log sync failed: {e}; what the log holds is unknown, so the broker stops \
+         without acknowledging anything more (a restart recovers from the disk)"
+    );
+    std::process::exit(70);
+}
+
 /// The group-commit thread of the `always` policy: it syncs once for every
 /// round queued while the previous sync ran, then releases them in order.
 pub struct GroupCommit {
@@ -26,25 +49,29 @@ pub struct GroupCommit {
 impl GroupCommit {
     /// Starts the thread.
     pub fn start() -> std::io::Result<GroupCommit> {
+        GroupCommit::start_with(File::sync_data, Arc::new(fail_stop))
+    }
+
+    /// Starts the thread with its own sync and failure reaction (tests).
+    pub fn start_with(sync: SyncFn, fail: FailFn) -> std::io::Result<GroupCommit> {
         let (tx, rx) = mpsc::channel::<Round>();
         let thread = std::thread::Builder::new()
             .name("spread-sync".into())
-            .spawn(move || run(rx))?;
+            .spawn(move || run(rx, sync, &*fail))?;
         Ok(GroupCommit {
             tx: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// Queues a round; if the thread is gone, releases it at once.
+    /// Queues a round. If the thread is gone (it stopped after a failed
+    /// sync) the round is dropped unreleased: nothing unsynced is
+    /// acknowledged.
     pub fn submit(&self, round: Round) {
-        match &self.tx {
-            Some(tx) => {
-                if let Err(mpsc::SendError(round)) = tx.send(round) {
-                    (round.release)();
-                }
+        if let Some(tx) = &self.tx {
+            if tx.send(round).is_err() {
+                tracing::error!("the log sync thread is gone; not acknowledging");
             }
-            None => (round.release)(),
         }
     }
 }
@@ -58,7 +85,7 @@ impl Drop for GroupCommit {
     }
 }
 
-fn run(rx: mpsc::Receiver<Round>) {
+fn run(rx: mpsc::Receiver<Round>, sync: SyncFn, fail: &dyn Fn(&std::io::Error)) {
     let mut batch = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -66,12 +93,11 @@ fn run(rx: mpsc::Receiver<Round>) {
         // Rounds are in order and every round wrote to the same or a later
         // file; a rolled-over file was synced when it was closed.
         if let Some(file) = batch.iter().rev().find_map(|r| r.file.as_ref()) {
-            let mut delay = Duration::from_millis(10);
-            while let Err(e) = file.sync_data() {
-                // Releasing would acknowledge data that may not be on disk.
-                tracing::error!("log sync failed: {e}; retrying in {delay:?}");
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(Duration::from_secs(1));
+            if let Err(e) = sync(file) {
+                // Releasing would acknowledge data that may not be on disk;
+                // retrying could "succeed" without it (see the module doc).
+                fail(&e);
+                return;
             }
         }
         for round in batch.drain(..) {
@@ -107,7 +133,8 @@ impl IntervalSync {
                     let file = active.lock().clone();
                     if let Some(f) = file {
                         if let Err(e) = f.sync_data() {
-                            tracing::error!("periodic log sync failed: {e}");
+                            // Acknowledged events may be lost: stop.
+                            fail_stop(&e);
                         }
                     }
                 }
@@ -129,5 +156,47 @@ impl Drop for IntervalSync {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn round(file: &Arc<File>, released: &Arc<AtomicUsize>) -> Round {
+        let released = released.clone();
+        Round {
+            file: Some(file.clone()),
+            release: Box::new(move || {
+                released.fetch_add(1, Ordering::SeqCst);
+            }),
+        }
+    }
+
+    #[test]
+    fn a_failed_sync_releases_nothing_and_is_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Arc::new(File::create(dir.path().join("seg")).unwrap());
+        let (released, failures) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let seen = failures.clone();
+        let failing: SyncFn = |_| Err(std::io::Error::other("EIO"));
+        let group = GroupCommit::start_with(
+            failing,
+            Arc::new(move |_| {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        group.submit(round(&file, &released));
+        group.submit(round(&file, &released));
+        drop(group); // joins the thread
+        assert_eq!(failures.load(Ordering::SeqCst), 1, "one failure, no retry");
+        assert_eq!(released.load(Ordering::SeqCst), 0, "nothing acknowledged");
+        // A working sync releases every round.
+        let group = GroupCommit::start_with(File::sync_data, Arc::new(|_| {})).unwrap();
+        group.submit(round(&file, &released));
+        drop(group);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
     }
 }

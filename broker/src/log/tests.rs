@@ -383,3 +383,32 @@ fn cursor_reports_history_deleted_before_it_was_read() {
         (kept..=200).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn what_an_interrupted_roll_left_is_removed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut log, _, _) = open(dir.path(), 1 << 20);
+        write_events(&mut log, 1..=10, 5);
+    }
+    let log_dir = dir.path().join("log");
+    // A segment still under its temporary name, and a last one cut inside
+    // its header (a crash of an older version during a roll).
+    std::fs::write(
+        log_dir.join(format!("{}.tmp", segment::file_name(11))),
+        b"SPREAD",
+    )
+    .unwrap();
+    std::fs::write(log_dir.join(segment::file_name(11)), b"SPREAD").unwrap();
+    let (mut log, rec, restored) = open(dir.path(), 1 << 20);
+    assert_eq!(restored.len(), 10);
+    assert_eq!(rec.last_iteration, Some(10));
+    assert_eq!(segment::list(&log_dir).unwrap().len(), 1);
+    assert!(!log_dir
+        .join(format!("{}.tmp", segment::file_name(11)))
+        .exists());
+    // And the log goes on.
+    write_events(&mut log, 11..=12, 1);
+    drop(log);
+    assert_eq!(open(dir.path(), 1 << 20).2.len(), 12);
+}
