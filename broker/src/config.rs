@@ -158,6 +158,9 @@ pub struct Args {
     /// How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms [default: 1s].
     #[arg(long, env = "SPREAD_MAX_CLOCK_SKEW")]
     pub max_clock_skew: Option<humantime::Duration>,
+    /// Start even if the last log segment has a damaged record followed by valid ones: cut it there, keeping the cut bytes in a .damaged file.
+    #[arg(long)]
+    pub repair_log: bool,
     /// Also listen WITHOUT TLS on this loopback address (benchmarking only).
     #[arg(long, env = "SPREAD_PLAIN_LISTEN")]
     pub plain_listen: Option<SocketAddr>,
@@ -264,6 +267,8 @@ pub struct Config {
     pub max_clock_skew: std::time::Duration,
     /// Limits of the read pool (catch-ups and replays).
     pub reads: crate::reads::Limits,
+    /// Cut the log at mid-segment damage instead of refusing to start.
+    pub repair_log: bool,
 }
 
 impl Config {
@@ -397,6 +402,7 @@ impl Config {
                 }
                 (None, None) => DEFAULT_MAX_CLOCK_SKEW,
             },
+            repair_log: args.repair_log,
             reads: crate::reads::Limits {
                 per_connection: args
                     .max_reads_per_connection
@@ -419,6 +425,7 @@ impl Config {
         LogOptions {
             dir: self.data_dir.join("log"),
             segment_bytes: self.segment_bytes,
+            repair: self.repair_log,
             durability: self.durability,
             retention: self.retention,
         }

@@ -59,7 +59,9 @@ pub fn write(dir: &Path, iteration: u64, events: &[Event]) -> Result<(), LogErro
 
 /// Loads the checkpoint, if there is a valid one, handing every event to
 /// `restore`; returns the iteration it covers. A damaged or incomplete
-/// checkpoint is ignored (with a warning): the log alone is replayed.
+/// checkpoint is ignored (with a warning) so that the log alone is
+/// replayed, unless retention already deleted history it replaced: the log
+/// alone would then silently lack topics, so the start is refused.
 pub fn load(dir: &Path, mut restore: impl FnMut(Event)) -> Result<Option<u64>, LogError> {
     let target = path(dir);
     let file = match File::open(&target) {
@@ -72,6 +74,12 @@ pub fn load(dir: &Path, mut restore: impl FnMut(Event)) -> Result<Option<u64>, L
         Ok((iteration, events)) => {
             events.into_iter().for_each(&mut restore);
             Ok(Some(iteration))
+        }
+        Err(reason) if super::retention::load(dir)?.is_some() => {
+            Err(LogError::UnusableCheckpoint {
+                path: target,
+                reason,
+            })
         }
         Err(reason) => {
             tracing::warn!(

@@ -55,6 +55,27 @@ pub enum LogError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The checkpoint is damaged and retention deleted the segments it
+    /// replaced, so the log alone cannot rebuild the state.
+    #[error("{path}: unusable checkpoint ({reason}), and retention already deleted the log history it replaced: restore the data dir from a backup; starting from the log alone would lose every topic last written before the retained history")]
+    UnusableCheckpoint {
+        /// The checkpoint.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The last segment has a damaged record followed by valid ones.
+    #[error("{path}: damaged record at byte {offset} ({reason}) followed by valid records from byte {next}: this is corruption, not a torn write; start once with --repair-log to cut the log there (the cut bytes are kept in a .damaged file beside it)")]
+    DamagedMiddle {
+        /// The segment.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// Where the next valid record starts.
+        next: u64,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A record's checksum matched but its event does not decode.
     #[error("{path}: undecodable event: {source}")]
     Decode {
@@ -122,6 +143,9 @@ pub struct LogOptions {
     pub durability: Durability,
     /// History kept.
     pub retention: retention::Retention,
+    /// Cut the last segment at damage even when valid records follow it,
+    /// keeping the cut bytes aside (`--repair-log`).
+    pub repair: bool,
 }
 
 /// What recovery found.
@@ -230,6 +254,26 @@ impl Log {
                         offset: scanned.valid_len,
                         reason,
                     });
+                }
+                // A torn write only ever damages the end. Valid records
+                // after the damage were acknowledged: never cut them
+                // silently.
+                if let Some(next) = scanned.valid_after_damage {
+                    if !opts.repair {
+                        return Err(LogError::DamagedMiddle {
+                            path,
+                            offset: scanned.valid_len,
+                            next,
+                            reason,
+                        });
+                    }
+                    let aside = quarantine(&path, scanned.valid_len)?;
+                    tracing::error!(
+                        segment = %path.display(),
+                        kept_in = %aside.display(),
+                        offset = scanned.valid_len,
+                        "--repair-log: cut the log at a damaged record followed by valid ones"
+                    );
                 }
                 let f = std::fs::OpenOptions::new()
                     .write(true)
@@ -542,6 +586,24 @@ impl LogReader {
         }
         Ok(())
     }
+}
+
+/// Copies the bytes of `path` from `offset` on into `<path>.damaged-<offset>`
+/// (synced) before recovery cuts them off.
+fn quarantine(path: &Path, offset: u64) -> Result<PathBuf, LogError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".damaged-{offset}"));
+    let aside = PathBuf::from(aside);
+    let mut tail = Vec::new();
+    let mut f = File::open(path).map_err(LogError::io(path))?;
+    f.seek(SeekFrom::Start(offset))
+        .map_err(LogError::io(path))?;
+    f.read_to_end(&mut tail).map_err(LogError::io(path))?;
+    let mut out = File::create(&aside).map_err(LogError::io(&aside))?;
+    out.write_all(&tail).map_err(LogError::io(&aside))?;
+    out.sync_all().map_err(LogError::io(&aside))?;
+    Ok(aside)
 }
 
 /// Makes a directory entry (a new or renamed file) durable.

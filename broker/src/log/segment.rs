@@ -91,6 +91,22 @@ pub struct Scanned {
     pub index: Vec<(u64, u64)>,
     /// Bytes after the valid records, and why they were not valid.
     pub damaged: Option<(u64, &'static str)>,
+    /// Offset of a valid record after the damage, if there is one: then the
+    /// damage is not a torn write at the end but corruption in the middle.
+    pub valid_after_damage: Option<u64>,
+}
+
+/// The first offset after `from` where a whole valid record with an
+/// iteration above `last` starts.
+fn valid_record_after(data: &[u8], from: usize, last: Option<u64>) -> Option<u64> {
+    (from + 1..data.len().saturating_sub(record::HEADER - 1)).find_map(|pos| {
+        match record::read(data, pos) {
+            Read::Record { iteration, .. } if last.is_none_or(|l| iteration > l) => {
+                Some(pos as u64)
+            }
+            _ => None,
+        }
+    })
 }
 
 /// Reads a whole segment, calling `each` for every valid record in order,
@@ -145,6 +161,7 @@ pub fn scan(
             Read::End => break,
             Read::Damaged(why) => {
                 out.damaged = Some(((data.len() - pos) as u64, why));
+                out.valid_after_damage = valid_record_after(&data, pos, out.last);
                 break;
             }
         }

@@ -24,6 +24,7 @@ fn opts(dir: &Path, segment_bytes: u64) -> LogOptions {
         segment_bytes,
         durability: Durability::Never,
         retention: retention::Retention::default(),
+        repair: false,
     }
 }
 
@@ -411,4 +412,32 @@ fn what_an_interrupted_roll_left_is_removed_at_start() {
     write_events(&mut log, 11..=12, 1);
     drop(log);
     assert_eq!(open(dir.path(), 1 << 20).2.len(), 12);
+}
+
+#[test]
+fn damage_followed_by_valid_records_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _, _) = open(dir.path(), 1 << 20);
+    write_events(&mut log, 1..=1000, 10);
+    let path = log.segments[0].path.clone();
+    drop(log);
+    let mut data = std::fs::read(&path).unwrap();
+    // A payload byte of an early record: a bad sector, not a torn write.
+    data[segment::HEADER_LEN + 3 * 60] ^= 0x40;
+    std::fs::write(&path, &data).unwrap();
+    let err = Log::open(opts(dir.path(), 1 << 20), |_| {}).err().unwrap();
+    assert!(matches!(err, LogError::DamagedMiddle { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), data, "nothing was cut");
+    // --repair-log cuts there and keeps the rest aside.
+    let mut repair = opts(dir.path(), 1 << 20);
+    repair.repair = true;
+    let mut restored = 0;
+    let (_, rec) = Log::open(repair, |_| restored += 1).unwrap();
+    assert!(restored < 10 && rec.truncated.is_some(), "{restored}");
+    let aside: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
 }

@@ -77,6 +77,7 @@ fn write_log(dir: &Path, range: std::ops::RangeInclusive<u64>) {
         segment_bytes: 8192,
         durability: Durability::Never,
         retention: Default::default(),
+        repair: false,
     };
     let (mut log, _) = Log::open(opts, |_| {}).unwrap();
     for it in range {
