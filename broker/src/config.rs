@@ -143,6 +143,9 @@ pub struct Args {
     /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
     #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
+    /// Close connections that accept no byte of what the broker writes for this many seconds [default: 30].
+    #[arg(long, env = "SPREAD_WRITE_TIMEOUT_SECS")]
+    pub write_timeout_secs: Option<u64>,
     /// Close connections that send nothing for this many seconds [default: never].
     #[arg(long, env = "SPREAD_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
@@ -204,6 +207,7 @@ struct FileConfig {
     handshake_timeout_ms: Option<u64>,
     plain_listen: Option<SocketAddr>,
     idle_timeout_secs: Option<u64>,
+    write_timeout_secs: Option<u64>,
     max_clock_skew: Option<String>,
     max_reads_per_connection: Option<usize>,
     max_replays: Option<usize>,
@@ -269,6 +273,8 @@ pub struct Config {
     pub reads: crate::reads::Limits,
     /// Cut the log at mid-segment damage instead of refusing to start.
     pub repair_log: bool,
+    /// A connection whose writes stall this long is closed.
+    pub write_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -403,6 +409,11 @@ impl Config {
                 (None, None) => DEFAULT_MAX_CLOCK_SKEW,
             },
             repair_log: args.repair_log,
+            write_timeout: std::time::Duration::from_secs(
+                args.write_timeout_secs
+                    .or(file.write_timeout_secs)
+                    .unwrap_or(30),
+            ),
             reads: crate::reads::Limits {
                 per_connection: args
                     .max_reads_per_connection
@@ -452,6 +463,7 @@ impl Config {
         positive("max_reads_per_connection", self.reads.per_connection)?;
         positive("max_replays", self.reads.replays)?;
         positive("max_catch_ups", self.reads.catch_ups)?;
+        positive("write_timeout_secs", self.write_timeout.as_secs() as usize)?;
         positive(
             "max_publish_rate",
             self.max_publish_rate.unwrap_or(1) as usize,

@@ -90,3 +90,101 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
     assert!(logs.contains("no authentication configured"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in {logs:?}");
 }
+
+/// Waits for the process to exit, failing the test after [`PATIENCE`].
+fn exit_status(broker: &mut Broker) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the broker did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_even_with_a_client_that_reads_nothing() {
+    use spread_protocol::{SubscribeMode, Topic};
+    let flags = ["--archive", "off", "--recent-events", "1"];
+    let mut broker = Broker::start(&flags);
+    let client = broker.client().await;
+    // Far more history than the socket and the queue hold.
+    let payload = vec![b'h'; 4096];
+    for i in 0..5_000 {
+        client
+            .publish(&format!("h/{}", i % 10), payload.clone())
+            .await
+            .unwrap();
+    }
+    let last = client
+        .publish("h/last", "x")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    let mut stalled = broker.raw().await;
+    stalled
+        .send(&Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::root(),
+            since: 1,
+            mode: SubscribeMode::History,
+        })
+        .await;
+    // A ping behind the subscribe: the broker has taken it once this is
+    // answered... on a connection that reads nothing, so ask another one.
+    client.ping().await.unwrap();
+    drop(client);
+    broker.terminate();
+    assert!(exit_status(&mut broker).success());
+    // The shutdown checkpoint was written, covering everything.
+    let checkpoint = std::fs::read(broker.dir.path().join("log").join("checkpoint")).unwrap();
+    let covered = u64::from_le_bytes(checkpoint[16..24].try_into().unwrap());
+    assert!(
+        covered >= last,
+        "checkpoint at {covered}, last event {last}"
+    );
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--write-timeout-secs",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    let mut stalled = broker.raw().await;
+    stalled
+        .send(&Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::root(),
+            since: 0,
+            mode: spread_protocol::SubscribeMode::Latest,
+        })
+        .await;
+    let client = broker.client().await;
+    // More than its socket buffers hold: its writer blocks.
+    let payload = vec![b'w'; 16 * 1024];
+    for i in 0..2_000 {
+        client
+            .publish(&format!("w/{}", i % 500), payload.clone())
+            .await
+            .unwrap();
+    }
+    // Its connection slot frees up once the writer gave up on it.
+    let third = support::eventually("the stalled connection to be closed", || async {
+        spread_client::Client::connect(broker.config()).await.ok()
+    })
+    .await;
+    third.ping().await.unwrap();
+    client.ping().await.unwrap();
+    drop(stalled);
+}

@@ -167,9 +167,10 @@ async fn session<S>(
             .with_rights(identity.and_then(|i| i.rights)),
         );
         let writer_conn = conn.clone();
-        let writer = tokio::spawn(
+        let (stall, writer_shutdown) = (shared.config.write_timeout, shutdown.clone());
+        let mut writer = tokio::spawn(
             async move {
-                let result = writer::run(wr, &writer_conn).await;
+                let result = writer::run(wr, &writer_conn, stall, writer_shutdown).await;
                 // Unblock a reader waiting for credits the writer will never return.
                 writer_conn.credits.close();
                 writer_conn.close();
@@ -189,6 +190,9 @@ async fn session<S>(
             }
         };
         let rate = shared.config.max_publish_rate;
+        // A writer that ended early (the client stopped reading for longer
+        // than the write timeout, or the socket failed) ends the reader too.
+        let mut written = None;
         let stop = tokio::select! {
             stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate, shared.config.idle_timeout) => stop,
             _ = expiry => Stop::Fatal(ErrorFrame {
@@ -196,6 +200,10 @@ async fn session<S>(
                 code: ErrorCode::TokenExpired,
                 message: "the token expired: reconnect with a fresh one".into(),
             }),
+            result = &mut writer => {
+                written = Some(result);
+                Stop::Ended
+            }
         };
         let error = match stop {
             Stop::Ended => None,
@@ -224,8 +232,15 @@ async fn session<S>(
         if engine.send(closed).await.is_err() {
             conn.push(Outbound::Close(error));
         }
-        match writer.await {
+        let written = match written {
+            Some(result) => result,
+            None => writer.await,
+        };
+        match written {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                tracing::info!("closed a connection that stopped reading: {e}")
+            }
             Ok(Err(e)) => tracing::debug!("write failed: {e}"),
             Err(e) => tracing::error!("writer task failed: {e}"),
         }

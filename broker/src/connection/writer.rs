@@ -4,15 +4,61 @@
 use bytes::BytesMut;
 use spread_protocol::response::encode_event;
 use spread_protocol::Response;
+use std::time::Duration;
+
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::outbound::{Conn, Outbound};
 
 /// Buffered bytes at which the writer writes before encoding more.
 const FLUSH_AT: usize = 256 * 1024;
 
+/// How long a write may still take once the broker is shutting down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The writer's socket and how long a write may stall: a client that reads
+/// nothing for that long is closed (like NATS's write deadline), so it
+/// holds neither the connection's memory nor a shutdown.
+struct Out<W> {
+    wr: W,
+    stall: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let Out {
+            wr,
+            stall,
+            shutdown,
+        } = self;
+        let stall = *stall;
+        tokio::select! {
+            r = wr.write_all(buf) => r,
+            _ = tokio::time::sleep(stall) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {stall:?}"),
+            )),
+            _ = async {
+                let _ = shutdown.wait_for(|s| *s).await;
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client reads nothing and the broker is shutting down",
+            )),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        tokio::time::timeout(self.stall, self.wr.flush())
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
 /// Writes `buf` out when it has grown past [`FLUSH_AT`].
-async fn spill<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std::io::Result<()> {
+async fn spill<W: AsyncWrite + Unpin>(wr: &mut Out<W>, buf: &mut BytesMut) -> std::io::Result<()> {
     if buf.len() >= FLUSH_AT {
         wr.write_all(buf).await?;
         buf.clear();
@@ -20,8 +66,19 @@ async fn spill<W: AsyncWrite + Unpin>(wr: &mut W, buf: &mut BytesMut) -> std::io
     Ok(())
 }
 
-/// Runs until the connection closes or the peer stops accepting bytes.
-pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Result<()> {
+/// Runs until the connection closes or the peer stops accepting bytes (for
+/// longer than `stall`, or for a short grace once `shutdown` is set).
+pub async fn run<W: AsyncWrite + Unpin>(
+    wr: W,
+    conn: &Conn,
+    stall: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let mut wr = Out {
+        wr,
+        stall,
+        shutdown,
+    };
     let mut items = Vec::new();
     let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
@@ -109,5 +166,8 @@ pub async fn run<W: AsyncWrite + Unpin>(mut wr: W, conn: &Conn) -> std::io::Resu
             break;
         }
     }
-    wr.shutdown().await
+    // The TLS close_notify, within the same bound.
+    tokio::time::timeout(wr.stall, wr.wr.shutdown())
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
