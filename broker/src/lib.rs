@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod engine;
+mod fds;
 pub mod log;
 pub mod node;
 pub mod reads;

@@ -155,6 +155,37 @@ pub struct Server {
     tls_source: TlsSource,
 }
 
+/// Refusal handshakes running at once.
+const REFUSALS_AT_ONCE: usize = 64;
+
+/// Refuses a connection over a limit: with an error frame while few
+/// refusals are running, else by closing it at once.
+fn refuse(
+    tracker: &TaskTracker,
+    refusals: &Arc<Semaphore>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+    max: usize,
+) {
+    match refusals.clone().try_acquire_owned() {
+        Ok(slot) => {
+            let shared = shared.clone();
+            tracker.spawn(async move {
+                connection::refuse_busy(stream, peer, shared, max).await;
+                drop(slot);
+            });
+        }
+        Err(_) => {
+            shared
+                .stats
+                .refused_connections
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+        }
+    }
+}
+
 impl Server {
     /// Prepares the data dir, TLS and the engine, and binds the listener.
     pub async fn bind(config: Config) -> Result<Server, BrokerError> {
@@ -305,7 +336,12 @@ impl Server {
         } = self;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
-        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let limit = Arc::new(Semaphore::new(crate::fds::connections_allowed(
+            shared.config.max_connections,
+        )));
+        // Telling a client it is one too many costs a TLS handshake: only a
+        // few at once; beyond, the connection is simply closed.
+        let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
         let per_ip_counts: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let mut reload = Reload::new();
         let sender = engine.sender();
@@ -337,17 +373,12 @@ impl Server {
             // Over the broker-wide limit: told so, not left hanging.
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 let max = shared.config.max_connections;
-                tracker.spawn(connection::refuse_busy(stream, peer, shared.clone(), max));
+                refuse(&tracker, &refusals, stream, peer, &shared, max);
                 continue;
             };
             let max_per_ip = shared.config.max_connections_per_ip;
             let Some(per_ip) = PerIp::enter(&per_ip_counts, peer.ip(), max_per_ip) else {
-                tracker.spawn(connection::refuse_busy(
-                    stream,
-                    peer,
-                    shared.clone(),
-                    max_per_ip,
-                ));
+                refuse(&tracker, &refusals, stream, peer, &shared, max_per_ip);
                 continue;
             };
             let (shared, sender, shutdown) = (shared.clone(), sender.clone(), shutdown_rx.clone());

@@ -323,3 +323,73 @@ async fn a_small_inflight_limit_still_serves_a_pipelined_burst() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_connections_cannot_take_the_files_the_log_needs() {
+    use std::io::BufRead;
+    // The broker under a limit of 1024 descriptors.
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_e2e-broker"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--archive",
+            "off",
+            "--segment-bytes",
+            "4096",
+        ])
+        .args(["--handshake-timeout-ms", "60000", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .trim_start_matches("spread-broker listening on ")
+        .parse()
+        .unwrap();
+    let broker = Broker { child, addr, dir };
+    let client = broker.client().await;
+    // 1,500 connections that never say a word, from one address.
+    let mut flood = Vec::new();
+    for _ in 0..1_500 {
+        if let Ok(s) = TcpStream::connect(broker.addr).await {
+            flood.push(s);
+        }
+    }
+    // One more, after the flood in the accept queue: refused once the
+    // broker went through all of it (told so while few refusals run, else
+    // closed at once).
+    match tokio::time::timeout(PATIENCE, Client::connect(broker.config())).await {
+        Ok(Err(e)) => assert!(
+            e.code() == Some(ErrorCode::TooManyConnections) || e.to_string().contains("eof"),
+            "{e}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Room is left for the log: writes that need new segments succeed.
+    assert!(
+        fds(&broker) <= 1024 - 256,
+        "{} descriptors open",
+        fds(&broker)
+    );
+    for i in 0..100 {
+        client
+            .publish(&format!("f/{i}"), vec![b'f'; 1_000])
+            .await
+            .unwrap();
+    }
+    drop(flood);
+    // And once they are gone, new clients get in.
+    let fresh = eventually("a connection to be admitted again", || async {
+        Client::connect(broker.config()).await.ok()
+    })
+    .await;
+    fresh.ping().await.unwrap();
+}

@@ -50,11 +50,12 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("set_nodelay: {e}");
         }
+        // One deadline for the TLS handshake and the hello together.
+        let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
         if !tls {
-            return session(stream, id, None, shared, engine, shutdown).await;
+            return session(stream, id, None, deadline, shared, engine, shutdown).await;
         }
-        let handshake = shared.config.handshake_timeout;
-        let tls = match tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
+        let tls = match tokio::time::timeout_at(deadline, shared.acceptor().accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => return tracing::debug!("TLS handshake failed: {e}"),
             Err(_) => return tracing::debug!("TLS handshake timed out"),
@@ -66,7 +67,7 @@ pub async fn serve(
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|cert| crate::tls::subject_name(cert));
-        session(tls, id, cert_subject, shared, engine, shutdown).await
+        session(tls, id, cert_subject, deadline, shared, engine, shutdown).await
     }
     .instrument(span)
     .await
@@ -77,6 +78,7 @@ async fn session<S>(
     stream: S,
     id: u64,
     cert_subject: Option<String>,
+    deadline: tokio::time::Instant,
     shared: Arc<Shared>,
     engine: mpsc::Sender<Command>,
     mut shutdown: watch::Receiver<bool>,
@@ -84,12 +86,11 @@ async fn session<S>(
     S: tokio::io::AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     {
-        let handshake = shared.config.handshake_timeout;
         let (rd, mut wr) = tokio::io::split(stream);
         let codec = ServerCodec::new(shared.config.topic_rules, shared.config.max_frame);
         let mut framed = FramedRead::with_capacity(rd, codec, 64 * 1024);
 
-        let hello = match tokio::time::timeout(handshake, framed.next()).await {
+        let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
             Ok(Some(Ok(Request::Hello(h)))) => h,
             Ok(Some(Ok(_))) => {
                 return refuse(
@@ -248,6 +249,9 @@ async fn session<S>(
     }
 }
 
+/// The longest a refused client gets to finish its TLS handshake.
+const REFUSAL_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Completes the TLS handshake only to tell the client it is one connection
 /// too many (from its address, or in all), then closes.
 pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, max: usize) {
@@ -255,7 +259,9 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
         .stats
         .refused_connections
         .fetch_add(1, Ordering::Relaxed);
-    let handshake = shared.config.handshake_timeout;
+    // A courtesy, so a short one: a client that does not even finish its
+    // handshake must not hold a refusal slot for long.
+    let handshake = shared.config.handshake_timeout.min(REFUSAL_HANDSHAKE);
     if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
         let (_, mut wr) = tokio::io::split(tls);
         let message = format!(
