@@ -367,8 +367,10 @@ async fn a_flood_of_connections_cannot_take_the_files_the_log_needs() {
     // broker went through all of it (told so while few refusals run, else
     // closed at once).
     match tokio::time::timeout(PATIENCE, Client::connect(broker.config())).await {
+        // Told, or (refusal slots busy) closed or reset: any error but
+        // another code.
         Ok(Err(e)) => assert!(
-            e.code() == Some(ErrorCode::TooManyConnections) || e.to_string().contains("eof"),
+            e.code().is_none_or(|c| c == ErrorCode::TooManyConnections),
             "{e}"
         ),
         other => panic!("expected a refusal, got {other:?}"),
