@@ -143,7 +143,7 @@ pub struct Args {
     /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
     #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
     pub handshake_timeout_ms: Option<u64>,
-    /// Close connections that accept no byte of what the broker writes for this many seconds [default: 30].
+    /// Close connections that accept no byte of what the broker writes for this many seconds [default: never].
     #[arg(long, env = "SPREAD_WRITE_TIMEOUT_SECS")]
     pub write_timeout_secs: Option<u64>,
     /// Close connections that send nothing for this many seconds [default: never].
@@ -158,6 +158,9 @@ pub struct Args {
     /// History catch-ups from the log running at once in the broker [default: 1024].
     #[arg(long, env = "SPREAD_MAX_CATCH_UPS")]
     pub max_catch_ups: Option<usize>,
+    /// Large snapshots (walked over several engine rounds) in progress at once in the broker [default: 64].
+    #[arg(long, env = "SPREAD_MAX_SNAPSHOTS")]
+    pub max_snapshots: Option<usize>,
     /// How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms [default: 1s].
     #[arg(long, env = "SPREAD_MAX_CLOCK_SKEW")]
     pub max_clock_skew: Option<humantime::Duration>,
@@ -212,6 +215,7 @@ struct FileConfig {
     max_reads_per_connection: Option<usize>,
     max_replays: Option<usize>,
     max_catch_ups: Option<usize>,
+    max_snapshots: Option<usize>,
     #[serde(default)]
     sinks: Vec<crate::sinks::config::SinkConfig>,
 }
@@ -273,8 +277,9 @@ pub struct Config {
     pub reads: crate::reads::Limits,
     /// Cut the log at mid-segment damage instead of refusing to start.
     pub repair_log: bool,
-    /// A connection whose writes stall this long is closed.
-    pub write_timeout: std::time::Duration,
+    /// A connection whose writes stall this long is closed (`None`: kept;
+    /// a stalled subscriber is conflated, and shutdown gives it 5 s).
+    pub write_timeout: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -409,11 +414,11 @@ impl Config {
                 (None, None) => DEFAULT_MAX_CLOCK_SKEW,
             },
             repair_log: args.repair_log,
-            write_timeout: std::time::Duration::from_secs(
-                args.write_timeout_secs
-                    .or(file.write_timeout_secs)
-                    .unwrap_or(30),
-            ),
+            write_timeout: args
+                .write_timeout_secs
+                .or(file.write_timeout_secs)
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
             reads: crate::reads::Limits {
                 per_connection: args
                     .max_reads_per_connection
@@ -421,6 +426,7 @@ impl Config {
                     .unwrap_or(8),
                 replays: args.max_replays.or(file.max_replays).unwrap_or(16),
                 catch_ups: args.max_catch_ups.or(file.max_catch_ups).unwrap_or(1024),
+                snapshots: args.max_snapshots.or(file.max_snapshots).unwrap_or(64),
             },
             sinks: archive_sink(args.archive.or(file.archive))
                 .into_iter()
@@ -463,7 +469,7 @@ impl Config {
         positive("max_reads_per_connection", self.reads.per_connection)?;
         positive("max_replays", self.reads.replays)?;
         positive("max_catch_ups", self.reads.catch_ups)?;
-        positive("write_timeout_secs", self.write_timeout.as_secs() as usize)?;
+        positive("max_snapshots", self.reads.snapshots)?;
         positive(
             "max_publish_rate",
             self.max_publish_rate.unwrap_or(1) as usize,

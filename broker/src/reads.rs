@@ -53,6 +53,8 @@ pub enum Kind {
     CatchUp,
     /// A replay reading the archive (holds an archive cursor).
     Replay,
+    /// A large snapshot being walked (holds the events collected so far).
+    Snapshot,
 }
 
 /// Limits of the pool.
@@ -64,6 +66,8 @@ pub struct Limits {
     pub replays: usize,
     /// History catch-ups running at once in the broker.
     pub catch_ups: usize,
+    /// Large snapshots in progress at once in the broker.
+    pub snapshots: usize,
 }
 
 /// Why a read was refused.
@@ -113,6 +117,7 @@ struct Shared {
     limits: Limits,
     replays: Arc<AtomicUsize>,
     catch_ups: Arc<AtomicUsize>,
+    snapshots: Arc<AtomicUsize>,
 }
 
 /// The pool; its threads stop when it is dropped.
@@ -131,6 +136,7 @@ impl Reads {
             limits,
             replays: Arc::default(),
             catch_ups: Arc::default(),
+            snapshots: Arc::default(),
         });
         let mut threads = Vec::with_capacity(THREADS);
         for i in 0..THREADS {
@@ -150,6 +156,7 @@ impl Reads {
         let (counter, max) = match kind {
             Kind::Replay => (&self.shared.replays, limits.replays),
             Kind::CatchUp => (&self.shared.catch_ups, limits.catch_ups),
+            Kind::Snapshot => (&self.shared.snapshots, limits.snapshots),
         };
         if conn.reads.fetch_add(1, Ordering::AcqRel) >= limits.per_connection {
             conn.reads.fetch_sub(1, Ordering::AcqRel);

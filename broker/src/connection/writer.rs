@@ -22,7 +22,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// holds neither the connection's memory nor a shutdown.
 struct Out<W> {
     wr: W,
-    stall: Duration,
+    stall: Option<Duration>,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -36,7 +36,7 @@ impl<W: AsyncWrite + Unpin> Out<W> {
         let stall = *stall;
         tokio::select! {
             r = wr.write_all(buf) => r,
-            _ = tokio::time::sleep(stall) => Err(std::io::Error::new(
+            _ = sleep_or_never(stall) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("the client read nothing for {stall:?}"),
             )),
@@ -51,9 +51,17 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
-        tokio::time::timeout(self.stall, self.wr.flush())
-            .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        tokio::select! {
+            r = self.wr.flush() => r,
+            _ = sleep_or_never(self.stall) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
+
+async fn sleep_or_never(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -71,7 +79,7 @@ async fn spill<W: AsyncWrite + Unpin>(wr: &mut Out<W>, buf: &mut BytesMut) -> st
 pub async fn run<W: AsyncWrite + Unpin>(
     wr: W,
     conn: &Conn,
-    stall: Duration,
+    stall: Option<Duration>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let mut wr = Out {
@@ -167,7 +175,8 @@ pub async fn run<W: AsyncWrite + Unpin>(
         }
     }
     // The TLS close_notify, within the same bound.
-    tokio::time::timeout(wr.stall, wr.wr.shutdown())
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    tokio::select! {
+        r = wr.wr.shutdown() => r,
+        _ = sleep_or_never(wr.stall.or(Some(SHUTDOWN_GRACE))) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }

@@ -270,6 +270,7 @@ impl Engine {
                 conn: conn.clone(),
                 sub_id,
                 exact: true,
+                pending: false,
             },
         );
         self.fanout.push(
@@ -290,6 +291,7 @@ impl Engine {
                 conn: conn.clone(),
                 sub_id,
                 exact: true,
+                pending: false,
             },
         );
         if !events.is_empty() {

@@ -18,6 +18,7 @@ pub mod clock;
 mod fanout;
 mod history;
 mod persist;
+mod snapshot;
 pub mod tree;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,6 +97,8 @@ struct Subscriber {
     sub_id: u64,
     /// A history subscription: every event, never conflated.
     exact: bool,
+    /// Its snapshot is still being walked: live events are held.
+    pending: bool,
 }
 
 /// What the engine shares with the rest of the broker.
@@ -191,6 +194,8 @@ impl EngineHandle {
             held: Vec::new(),
             recent: history::Recent::new(start, recent.events, recent.bytes),
             catchups: HashMap::new(),
+            snapshots: HashMap::new(),
+            snapshot_turns: std::collections::VecDeque::new(),
             durable: committed.clone(),
             sinks,
             replay,
@@ -279,6 +284,9 @@ struct Engine {
     held: Vec<fanout::Staged>,
     /// Recent events, for history subscriptions.
     recent: history::Recent,
+    /// Snapshots being walked, by (connection, sub), and whose turn it is.
+    snapshots: HashMap<(u64, u64), snapshot::Pending>,
+    snapshot_turns: std::collections::VecDeque<(u64, u64)>,
     /// Cancellation flags of running catch-up jobs, by (connection, sub).
     /// Their places in the read limits, given back as soon as they are
     /// cancelled or attached (a cancelled job ends at its next step).
@@ -325,14 +333,32 @@ struct Engine {
 
 impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.blocking_recv() {
-            self.tree.refresh_clock();
-            self.execute(cmd);
-            for _ in 1..MAX_ROUND {
-                match rx.try_recv() {
-                    Ok(cmd) => self.execute(cmd),
-                    Err(_) => break,
+        loop {
+            // Snapshots in progress go on even when no command comes.
+            let first = if self.snapshots.is_empty() {
+                match rx.blocking_recv() {
+                    Some(cmd) => Some(cmd),
+                    None => break,
                 }
+            } else {
+                match rx.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            };
+            self.tree.refresh_clock();
+            if let Some(cmd) = first {
+                self.execute(cmd);
+                for _ in 1..MAX_ROUND {
+                    match rx.try_recv() {
+                        Ok(cmd) => self.execute(cmd),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if !self.snapshots.is_empty() {
+                self.advance_snapshots();
             }
             self.iteration
                 .store(self.tree.iteration(), Ordering::Release);
@@ -366,6 +392,7 @@ impl Engine {
                 if let Some(subs) = self.subs.remove(&conn.id) {
                     for (sub_id, prefix) in subs {
                         self.cancel_catch_up(&conn, sub_id);
+                        self.cancel_snapshot(&conn, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                     }
@@ -446,6 +473,7 @@ impl Engine {
                 match prefix {
                     Some(prefix) => {
                         self.cancel_catch_up(conn, sub_id);
+                        self.cancel_snapshot(conn, sub_id);
                         self.tree
                             .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
                         self.fanout
@@ -524,6 +552,7 @@ impl Engine {
         let Engine {
             tree,
             fanout,
+            snapshots,
             log,
             recent,
             since_checkpoint,
@@ -539,7 +568,13 @@ impl Engine {
             mode: p.mode,
         };
         let applied = tree.publish(draft, |s, event| {
-            fanout.deliver(&s.conn, s.sub_id, event, s.exact)
+            if s.pending {
+                if let Some(p) = snapshots.get_mut(&(s.conn.id, s.sub_id)) {
+                    p.hold(event);
+                }
+            } else {
+                fanout.deliver(&s.conn, s.sub_id, event, s.exact)
+            }
         });
         if let Applied::New { event, .. } = &applied {
             log.append(event);
@@ -599,23 +634,7 @@ impl Engine {
         } else {
             since
         };
-        let events = self.tree.subscribe(
-            &prefix,
-            since,
-            Subscriber {
-                conn: conn.clone(),
-                sub_id: req_id,
-                exact: false,
-            },
-        );
-        self.fanout.push(
-            conn,
-            Outbound::Snapshot {
-                sub_id: req_id,
-                events,
-                iteration: self.tree.iteration(),
-            },
-        );
+        self.start_snapshot(conn, req_id, prefix, since);
     }
 
     fn status(&self, req_id: u64) -> StatusReport {

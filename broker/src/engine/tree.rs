@@ -120,6 +120,24 @@ impl<S> Node<S> {
     }
 }
 
+/// A walk over the subtree of a prefix that resumes where it stopped, one
+/// slice per engine round, so that a snapshot of any size never holds the
+/// engine for long. It holds paths, not references: the tree changes
+/// between slices. A node added, changed or pruned after the walk began is
+/// seen live by the subscription instead (its event is newer than the
+/// walk's `until`).
+pub struct Walk {
+    /// Nodes still to visit: a parent path and its children's names.
+    stack: Vec<(String, Vec<Box<str>>)>,
+}
+
+impl Walk {
+    /// Whether every node was visited.
+    pub fn is_done(&self) -> bool {
+        self.stack.is_empty()
+    }
+}
+
 /// The segments of a validated topic (none for the root).
 fn segments(topic: &str) -> impl Iterator<Item = &str> {
     topic.split('/').filter(move |_| !topic.is_empty())
@@ -457,6 +475,75 @@ impl<S> Tree<S> {
         out
     }
 
+    /// Starts a walk of the subtree of `prefix`.
+    pub fn walk(&self, prefix: &Topic) -> Walk {
+        let stack = if prefix.is_root() {
+            vec![(String::new(), self.root.children.keys().cloned().collect())]
+        } else {
+            vec![(String::new(), vec![prefix.as_str().into()])]
+        };
+        Walk { stack }
+    }
+
+    /// Visits up to `*budget` nodes of `walk` (counting them off), adding
+    /// to `out` the events changed in `since + 1 ..= until` (tombstones
+    /// too when `tombstones`), and skipping subtrees untouched since.
+    pub fn walk_step(
+        &self,
+        walk: &mut Walk,
+        since: u64,
+        until: u64,
+        tombstones: bool,
+        budget: &mut usize,
+        out: &mut Vec<Event>,
+    ) {
+        while *budget > 0 {
+            let Some((parent, names)) = walk.stack.last_mut() else {
+                return;
+            };
+            let Some(name) = names.pop() else {
+                walk.stack.pop();
+                continue;
+            };
+            let path = if parent.is_empty() {
+                name.into_string()
+            } else {
+                format!("{parent}/{name}")
+            };
+            *budget -= 1;
+            // Gone since the walk began: nothing of it predates the walk.
+            let Some(node) = self.root.descend(&path) else {
+                continue;
+            };
+            if node.max_iteration <= since {
+                continue;
+            }
+            if let Some(v) = &node.value {
+                let it = v.iteration();
+                if it > since && it <= until && (tombstones || !v.is_tombstone()) {
+                    out.push(v.clone());
+                }
+            }
+            if !node.children.is_empty() {
+                let names = node.children.keys().cloned().collect();
+                walk.stack.push((path, names));
+            }
+        }
+    }
+
+    /// The subscription on `prefix` matching `pred`, to change it in place.
+    pub fn subscriber_mut(
+        &mut self,
+        prefix: &Topic,
+        pred: impl FnMut(&&mut S) -> bool,
+    ) -> Option<&mut S> {
+        let mut node = &mut self.root;
+        for seg in prefix.segments() {
+            node = node.children.get_mut(seg)?;
+        }
+        node.subs.iter_mut().find(pred)
+    }
+
     /// Forgets deletes whose iteration is below `cutoff`: the topic then
     /// simply has no value. Returns the greatest iteration forgotten (0 if
     /// none): a client resuming from before it cannot learn of those deletes.
@@ -540,6 +627,55 @@ mod tests {
         }
         got.sort();
         assert_eq!(got, [(1, 101), (2, 101), (3, 101)]);
+    }
+
+    #[test]
+    fn a_walk_in_slices_finds_what_the_tree_held_when_it_began() {
+        let mut tr = tree();
+        for i in 0..300 {
+            tr.publish(set(&format!("w/{}/{}", i % 7, i), b"v"), |_, _| {});
+        }
+        tr.publish(set("w", b"top"), |_, _| {});
+        tr.publish(set("x/outside", b"v"), |_, _| {});
+        let until = tr.iteration();
+        let mut expected: Vec<u64> = tr
+            .subscribe(&t("w"), 0, 0)
+            .iter()
+            .map(Event::iteration)
+            .collect();
+        expected.sort_unstable();
+        let mut walk = tr.walk(&t("w"));
+        let mut got = Vec::new();
+        let mut slices = 0;
+        while !walk.is_done() {
+            let mut budget = 5;
+            tr.walk_step(&mut walk, 0, until, false, &mut budget, &mut got);
+            slices += 1;
+            // Between slices the tree moves on: new topics, rewrites.
+            tr.publish(set(&format!("w/new/{slices}"), b"n"), |_, _| {});
+            tr.publish(set("w/3/3", b"again"), |_, _| {});
+        }
+        assert!(slices > 20);
+        let mut iterations: Vec<u64> = got.iter().map(Event::iteration).collect();
+        iterations.sort_unstable();
+        // What changed after `until` is live's business, not the walk's.
+        expected.retain(|it| *it <= until);
+        let old_3_3 = expected.len() - iterations.len();
+        assert_eq!(old_3_3, 1, "only the rewritten topic's old value is gone");
+        assert!(iterations.iter().all(|it| expected.contains(it)));
+        // The root walks every topic.
+        let mut all = Vec::new();
+        let mut walk = tr.walk(&t(""));
+        tr.walk_step(
+            &mut walk,
+            0,
+            u64::MAX,
+            false,
+            &mut usize::MAX.clone(),
+            &mut all,
+        );
+        assert!(walk.is_done());
+        assert_eq!(all.len(), tr.all_events().len());
     }
 
     #[test]
