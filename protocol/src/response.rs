@@ -647,3 +647,35 @@ impl Response {
         Ok(resp)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker frames shown in docs/protocol.md §9, byte for byte.
+    #[test]
+    fn documented_broker_examples() {
+        let mut buf = BytesMut::new();
+        Response::Welcome {
+            version: 1,
+            node_id: "node-373c38eaec9a".into(),
+            iteration: 1_796_171_496_718_358,
+        }
+        .encode(&mut buf);
+        let mut welcome = vec![0, 0, 0, 0x1f, 0x94, 0xcc, 0x81, 0x01, 0xb1];
+        welcome.extend_from_slice(b"node-373c38eaec9a");
+        welcome.extend_from_slice(&[0xcf, 0x00, 0x06, 0x61, 0x9b, 0xc4, 0x04, 0x80, 0x16]);
+        assert_eq!(&buf[..], &welcome[..]);
+        buf.clear();
+        Response::Pong { req_id: 0 }.encode(&mut buf);
+        Response::Value {
+            req_id: 3,
+            event: None,
+        }
+        .encode(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &[0, 0, 0, 4, 0x92, 0xcc, 0x82, 0x00, 0, 0, 0, 5, 0x93, 0xcc, 0x91, 0x03, 0xc0]
+        );
+    }
+}

@@ -293,3 +293,52 @@ async fn history_beyond_retention_says_so_then_gives_latest_values_then_live() {
         other => panic!("expected the truncation marker, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn history_beyond_retention_gives_the_full_state_to_replace() {
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--segment-bytes",
+        "4096",
+        "--checkpoint-every",
+        "50",
+        "--retention-bytes",
+        "8192",
+        "--recent-events",
+        "8",
+    ]);
+    let client = broker.client().await;
+    client.publish("s/gone", "x").await.unwrap();
+    let since = client
+        .publish("s/kept", "y")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    client.delete("s/gone").await.unwrap();
+    let log = broker.dir.path().join("log");
+    let mut n = 0;
+    while !log.join("retained-from").exists() {
+        client.publish("churn", n.to_string()).await.unwrap();
+        n += 1;
+        assert!(n < 200_000, "retention never ran");
+    }
+    client.ping().await.unwrap();
+    // Resuming from `since`: the history is gone, so the full state comes,
+    // with s/kept although it did not change after `since`.
+    let mut sub = client.subscribe_history("s", since).await.unwrap();
+    match tokio::time::timeout(PATIENCE, sub.next_item())
+        .await
+        .unwrap()
+    {
+        Some(Ok(Item::Truncated { .. })) => {}
+        other => panic!("expected the truncation marker, got {other:?}"),
+    }
+    let got: Vec<(String, bool)> = support::snapshot(&mut sub)
+        .await
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.is_tombstone()))
+        .collect();
+    assert_eq!(got, [("s/kept".to_owned(), false)]);
+}

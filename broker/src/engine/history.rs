@@ -188,7 +188,7 @@ impl Engine {
     ) {
         if let Some(oldest) = self.log.retained_from() {
             if since.saturating_add(1) < oldest && !self.recent.covers(since) {
-                return self.fall_back_to_latest(conn, sub_id, prefix, since, oldest);
+                return self.fall_back_to_latest(conn, sub_id, prefix, oldest);
             }
         }
         if self.recent.covers(since) || since >= self.tree.iteration() {
@@ -251,21 +251,15 @@ impl Engine {
     }
 
     /// The history asked for is gone: say so, send the latest value of every
-    /// topic changed since `since` (deletes included when `since > 0`), then
-    /// go live, every event from there on.
-    fn fall_back_to_latest(
-        &mut self,
-        conn: &Arc<Conn>,
-        sub_id: u64,
-        prefix: Topic,
-        since: u64,
-        oldest: u64,
-    ) {
+    /// topic (the full state: the client replaces what it had, so deletes
+    /// it missed show as absences, forgotten ones included), then go live,
+    /// every event from there on.
+    fn fall_back_to_latest(&mut self, conn: &Arc<Conn>, sub_id: u64, prefix: Topic, oldest: u64) {
         self.fanout
             .push(conn, Outbound::Truncated { sub_id, oldest });
         let events = self.tree.subscribe(
             &prefix,
-            since,
+            0,
             Subscriber {
                 conn: conn.clone(),
                 sub_id,
