@@ -101,3 +101,65 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
     }
     assert!(skipped > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_answers_of_a_large_value_hold_one_copy_of_it() {
+    let broker = Broker::start(&["--archive", "off"]);
+    let client = broker.client().await;
+    let value = Bytes::from(vec![b'v'; 4 * 1024 * 1024]);
+    client.publish("big", value).await.unwrap();
+    // An old write to it: too_late, each report carrying the current event.
+    let stale = spread_client::PublishOptions {
+        timestamp: Some(1),
+        ..Default::default()
+    };
+    client.publish_with("big", "old", stale).await.unwrap();
+    client.ping().await.unwrap();
+    let baseline = broker.rss();
+    // 400 gets and 400 stale publishes of it, never read: 3 GiB if copied.
+    let mut raw = broker.raw().await;
+    let mut out = bytes::BytesMut::new();
+    for req_id in 0..400 {
+        Request::Get {
+            req_id,
+            topic: Topic::new("big", &Default::default()).unwrap(),
+        }
+        .encode(&mut out);
+        Request::Publish(spread_protocol::Publish {
+            req_id: 1_000 + req_id,
+            topic: Topic::new("big", &Default::default()).unwrap(),
+            payload: Bytes::from_static(b"old"),
+            timestamp: Some(1),
+            id: None,
+            mode: spread_protocol::PublishMode::Set,
+        })
+        .encode(&mut out);
+    }
+    raw.send_bytes(&out).await;
+    // Another connection's request goes through the engine after them.
+    broker.client().await.ping().await.unwrap();
+    let growth = broker.rss().saturating_sub(baseline);
+    assert!(
+        growth < 256 * 1024 * 1024,
+        "broker grew by {} MiB for unread answers",
+        growth / (1024 * 1024)
+    );
+    // Each answer is still whole when read.
+    let mut values = 0;
+    while values < 800 {
+        match raw.recv().await.expect("open") {
+            Response::Value { event: Some(e), .. } => {
+                assert_eq!(e.payload_bytes().len(), 4 * 1024 * 1024);
+                values += 1;
+            }
+            Response::Report { outcome, .. } => {
+                assert_eq!(
+                    outcome.current().unwrap().payload_bytes().len(),
+                    4 * 1024 * 1024
+                );
+                values += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -80,6 +80,11 @@ pub enum Outbound {
         /// The ended subscription.
         sub_id: u64,
     },
+    /// An answer that carries a large event (a value, a report's current
+    /// event): kept as a reference to the stored event and encoded by the
+    /// writer, so a thousand unread answers of one 8 MiB value hold one
+    /// copy of it, not a thousand.
+    Answer(Box<spread_protocol::Response>),
     /// The last item: the error to send, if any, then the connection closes.
     Close(Option<ErrorFrame>),
 }
@@ -89,9 +94,10 @@ impl Outbound {
     pub fn answers(&self) -> u32 {
         match self {
             Outbound::Answers { count, .. } => *count,
-            Outbound::Snapshot { .. } | Outbound::Unsubscribed { .. } | Outbound::Synced { .. } => {
-                1
-            }
+            Outbound::Snapshot { .. }
+            | Outbound::Unsubscribed { .. }
+            | Outbound::Synced { .. }
+            | Outbound::Answer(_) => 1,
             Outbound::Event { .. }
             | Outbound::History { .. }
             | Outbound::Truncated { .. }

@@ -101,10 +101,19 @@ pub async fn run<W: AsyncWrite + Unpin>(
         let mut answers = 0u32;
         let mut delivered = 0u64;
         let mut close = false;
+        // The fatal error goes last, after everything before it.
+        let mut last_words = None;
         for item in items.drain(..) {
+            if close {
+                continue;
+            }
             answers += item.answers();
             match item {
                 Outbound::Answers { frames, .. } => buf.extend_from_slice(&frames),
+                Outbound::Answer(response) => {
+                    response.encode(&mut buf);
+                    spill(&mut wr, &mut buf).await?;
+                }
                 Outbound::Event { sub_id, event, .. } => {
                     if conn.may_read(event.topic()) {
                         encode_event(&mut buf, sub_id, &event);
@@ -143,9 +152,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
                     Response::Unsubscribed { req_id }.encode(&mut buf)
                 }
                 Outbound::Close(error) => {
-                    if let Some(e) = error {
-                        Response::Error(e).encode(&mut buf);
-                    }
+                    last_words = error;
                     close = true;
                 }
             }
@@ -163,6 +170,9 @@ pub async fn run<W: AsyncWrite + Unpin>(
         for (sub_id, skipped) in taken.skipped {
             Response::Conflated { sub_id, skipped }.encode(&mut buf);
         }
+        if let Some(e) = last_words {
+            Response::Error(e).encode(&mut buf);
+        }
         if !buf.is_empty() {
             wr.write_all(&buf).await?;
             buf.clear();
@@ -178,5 +188,57 @@ pub async fn run<W: AsyncWrite + Unpin>(
     tokio::select! {
         r = wr.wr.shutdown() => r,
         _ = sleep_or_never(wr.stall.or(Some(SHUTDOWN_GRACE))) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spread_protocol::{ClientCodec, ErrorCode, ErrorFrame, EventId, EventKind, EventParts};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+
+    #[tokio::test]
+    async fn the_fatal_error_is_the_last_frame_even_after_conflation() {
+        let conn = Arc::new(Conn::new(1, "n".into(), 16, 100, Arc::default()));
+        // Past the 100-byte budget: events conflate, then a fatal error.
+        for i in 1..=20u64 {
+            let event = EventParts {
+                topic: if i % 2 == 0 { "a" } else { "b" },
+                payload: b"0123456789",
+                timestamp: i,
+                origin: "n",
+                id: EventId([i as u8; 16]),
+                iteration: i,
+                kind: EventKind::Value,
+            }
+            .encode();
+            conn.push(Outbound::Event {
+                sub_id: 1,
+                event,
+                exact: false,
+            });
+        }
+        conn.push(Outbound::Close(Some(ErrorFrame {
+            req_id: None,
+            code: ErrorCode::MalformedFrame,
+            message: "bye".into(),
+        })));
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let (_, shutdown) = watch::channel(false);
+        run(server, &conn, None, shutdown).await.unwrap();
+        let mut all = Vec::new();
+        client.read_to_end(&mut all).await.unwrap();
+        let mut bytes = bytes::BytesMut::from(&all[..]);
+        let mut codec = ClientCodec::default();
+        let mut last = None;
+        while let Some(frame) = codec.decode(&mut bytes).unwrap() {
+            last = Some(frame);
+        }
+        assert!(
+            matches!(last, Some(Response::Error(ref e)) if e.code == ErrorCode::MalformedFrame),
+            "{last:?}"
+        );
     }
 }

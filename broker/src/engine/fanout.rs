@@ -37,6 +37,9 @@ impl Slot {
 }
 
 /// Per-round staging of outbound items, keyed by connection.
+/// Events larger than this are answered by reference, not copied.
+pub(super) const SPLICE_AT: usize = 16 * 1024;
+
 #[derive(Default)]
 pub struct Fanout {
     slots: Vec<Slot>,
@@ -74,6 +77,22 @@ impl Fanout {
             event: event.clone(),
             exact,
         });
+    }
+
+    /// Stages `response`, which carries `carried` bytes of a stored event:
+    /// by reference when that is large (see [`Outbound::Answer`]), else
+    /// encoded with the other answers.
+    pub fn answer_response(
+        &mut self,
+        conn: &Arc<Conn>,
+        response: spread_protocol::Response,
+        carried: usize,
+    ) {
+        if carried > SPLICE_AT {
+            self.push(conn, Outbound::Answer(Box::new(response)));
+        } else {
+            self.answer(conn, |dst| response.encode(dst));
+        }
     }
 
     /// Stages an answer frame, encoded by `encode`.

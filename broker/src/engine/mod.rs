@@ -449,7 +449,9 @@ impl Engine {
             ),
             Request::Get { req_id, topic } => {
                 let event = self.tree.get(topic.as_str()).cloned();
-                self.answer(conn, Response::Value { req_id, event });
+                let carried = event.as_ref().map_or(0, |e| e.encoded().len());
+                self.fanout
+                    .answer_response(conn, Response::Value { req_id, event }, carried);
             }
             Request::Subscribe { req_id, prefix, .. } if !conn.may_read_under(prefix.as_str()) => {
                 self.error(
@@ -584,9 +586,15 @@ impl Engine {
         }
         // A publish-only token must not read values through its reports.
         let readable = conn.may_read(draft.topic);
-        fanout.answer(conn, |dst| {
-            applied.encode_report(dst, p.req_id, &draft, readable)
-        });
+        match applied.current() {
+            Some(current) if readable && current.encoded().len() > fanout::SPLICE_AT => {
+                let carried = current.encoded().len();
+                fanout.answer_response(conn, applied.into_response(p.req_id), carried)
+            }
+            _ => fanout.answer(conn, |dst| {
+                applied.encode_report(dst, p.req_id, &draft, readable)
+            }),
+        }
     }
 
     fn subscribe(

@@ -193,6 +193,42 @@ pub enum Applied {
 }
 
 impl Applied {
+    /// The topic's current event, for `too_late` and `present`.
+    pub fn current(&self) -> Option<&Event> {
+        match self {
+            Applied::TooLate { current, .. } | Applied::Present { current } => Some(current),
+            Applied::New { .. } | Applied::Existing { .. } => None,
+        }
+    }
+
+    /// The report for a client that may read the topic, as a message.
+    pub fn into_response(self, req_id: u64) -> spread_protocol::Response {
+        use spread_protocol::{Outcome, Response, Summary};
+        let outcome = match self {
+            Applied::New {
+                event,
+                previous,
+                notified,
+            } => Outcome::New {
+                event: Summary::from(&event),
+                previous: previous.as_ref().map(Summary::from),
+                notified,
+            },
+            Applied::Existing { event } => Outcome::Existing {
+                event: Summary::from(&event),
+            },
+            Applied::TooLate { rejected, current } => Outcome::TooLate {
+                rejected: Summary::from(&rejected),
+                current: Some(current),
+            },
+            Applied::Present { current } => Outcome::Present {
+                event: Summary::from(&current),
+                current: Some(current),
+            },
+        };
+        Response::Report { req_id, outcome }
+    }
+
     /// Appends the report frame answering request `req_id` of a publish
     /// whose draft was `draft`. A writer that may not read the topic
     /// (`readable` false) learns nothing it could not have known: the
