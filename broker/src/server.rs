@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,9 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Verifies client tokens.
     pub auth: crate::auth::Authenticator,
-    iteration: Arc<AtomicU64>,
+    /// What is durable under the policy: the iteration a welcome gives
+    /// (never one a crash could take back and a restart reuse).
+    committed: Arc<crate::log::committed::Committed>,
 }
 
 impl Shared {
@@ -61,9 +63,9 @@ impl Shared {
         }
     }
 
-    /// The broker's current iteration.
+    /// The broker's iteration as far as it is durable.
     pub fn iteration(&self) -> u64 {
-        self.iteration.load(Ordering::Acquire)
+        self.committed.get()
     }
 }
 
@@ -290,7 +292,7 @@ impl Server {
             tls: parking_lot::RwLock::new(TlsAcceptor::from(tls_config)),
             node_id,
             stats: Arc::default(),
-            iteration: engine.iteration_handle(),
+            committed: engine.committed(),
             config,
         });
         Ok(Server {

@@ -21,7 +21,7 @@ mod persist;
 mod snapshot;
 pub mod tree;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -142,7 +142,6 @@ const MAX_ROUND: usize = 256;
 /// A handle to the engine thread.
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
-    iteration: Arc<AtomicU64>,
     committed: Arc<Committed>,
     thread: Option<JoinHandle<()>>,
 }
@@ -182,13 +181,11 @@ impl EngineHandle {
         let (tx, rx) = mpsc::channel(1024);
         let start = tree.iteration();
         sinks.set_numbering_gap(recovery.last_iteration.unwrap_or(0), start);
-        let iteration = Arc::new(AtomicU64::new(start));
         let committed = Arc::new(Committed::new(start));
         let engine = Engine {
             tree,
             subs: HashMap::new(),
             fanout: Fanout::default(),
-            iteration: iteration.clone(),
             log,
             release,
             held: Vec::new(),
@@ -216,11 +213,18 @@ impl EngineHandle {
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
-            .spawn(move || engine.run(rx))?;
+            .spawn(move || {
+                // A broker whose engine died would accept connections and
+                // answer none: stop, so that a supervisor restarts it.
+                let run = std::panic::AssertUnwindSafe(|| engine.run(rx));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("the engine thread panicked; stopping the broker");
+                    std::process::exit(70);
+                }
+            })?;
         Ok((
             EngineHandle {
                 tx,
-                iteration,
                 committed,
                 thread: Some(thread),
             },
@@ -231,11 +235,6 @@ impl EngineHandle {
     /// A sender for connections.
     pub fn sender(&self) -> mpsc::Sender<Command> {
         self.tx.clone()
-    }
-
-    /// A shared view of the iteration, updated after every engine round.
-    pub fn iteration_handle(&self) -> Arc<AtomicU64> {
-        self.iteration.clone()
     }
 
     /// The committed iteration: how far readers of the log may read.
@@ -276,7 +275,6 @@ struct Engine {
     /// Live subscriptions per connection: sub id → prefix.
     subs: HashMap<u64, HashMap<u64, Topic>>,
     fanout: Fanout,
-    iteration: Arc<AtomicU64>,
     log: Log,
     release: Release,
     /// Rounds whose records could not be written yet, oldest first: their
@@ -360,8 +358,6 @@ impl Engine {
             if !self.snapshots.is_empty() {
                 self.advance_snapshots();
             }
-            self.iteration
-                .store(self.tree.iteration(), Ordering::Release);
             self.end_round();
             if self.since_checkpoint >= self.checkpoints.every {
                 self.checkpoint(false);
