@@ -165,6 +165,8 @@ struct Queue {
     /// Bytes of history read back from the log, not yet taken.
     history_bytes: usize,
     conflated: HashSet<Conflated>,
+    /// Bytes of the events in `conflated`.
+    conflated_bytes: usize,
     skipped: HashMap<u64, u64>,
     closed: bool,
     /// Reads waiting for room (see [`crate::reads`]), resumed at the next
@@ -179,6 +181,13 @@ pub const HISTORY_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
 /// How many times the conflation budget a history subscription may queue
 /// before its connection is closed (it resumes from the log when it returns).
 const EXACT_LIMIT_FACTOR: usize = 4;
+
+/// How many times the budget the conflated latest values of a connection
+/// may hold (one entry per subscription and topic, so many overlapping
+/// subscriptions multiply it) before the connection is closed.
+const CONFLATED_LIMIT_FACTOR: usize = 16;
+/// The conflated bytes always allowed, whatever the budget.
+const CONFLATED_LIMIT_MIN: usize = 64 * 1024;
 
 impl Queue {
     /// Queues one item, conflating events past the budget.
@@ -215,13 +224,27 @@ impl Queue {
             Outbound::Event { sub_id, event, .. } => {
                 let len = event.encoded().len();
                 if !self.conflated.is_empty() || self.event_bytes + len > budget {
-                    if self
-                        .conflated
-                        .replace(Conflated { sub_id, event })
-                        .is_some()
-                    {
+                    self.conflated_bytes += len;
+                    if let Some(old) = self.conflated.replace(Conflated { sub_id, event }) {
+                        self.conflated_bytes -= old.event.encoded().len();
                         *self.skipped.entry(sub_id).or_default() += 1;
                         stats.conflated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let limit = budget
+                        .saturating_mul(CONFLATED_LIMIT_FACTOR)
+                        .max(CONFLATED_LIMIT_MIN);
+                    if self.conflated_bytes > limit {
+                        stats.closed_slow.fetch_add(1, Ordering::Relaxed);
+                        self.items.push(Outbound::Close(Some(ErrorFrame {
+                            req_id: None,
+                            code: ErrorCode::LimitExceeded,
+                            message: format!(
+                                "this connection fell too far behind: {} MiB of latest values \
+                                 wait for it; reconnect and resume",
+                                self.conflated_bytes >> 20
+                            ),
+                        })));
+                        self.closed = true;
                     }
                 } else {
                     self.event_bytes += len;
@@ -234,7 +257,15 @@ impl Queue {
             }
             Outbound::Unsubscribed { req_id, sub_id } => {
                 if !self.conflated.is_empty() {
-                    self.conflated.retain(|c| c.sub_id != sub_id);
+                    let mut gone = 0;
+                    self.conflated.retain(|c| {
+                        let keep = c.sub_id != sub_id;
+                        if !keep {
+                            gone += c.event.encoded().len();
+                        }
+                        keep
+                    });
+                    self.conflated_bytes -= gone;
                     self.skipped.remove(&sub_id);
                 }
                 self.items.push(Outbound::Unsubscribed { req_id, sub_id });
@@ -462,6 +493,7 @@ impl Conn {
             ..Taken::default()
         };
         if !q.conflated.is_empty() {
+            q.conflated_bytes = 0;
             taken.conflated = q.conflated.drain().collect();
             taken.skipped = q.skipped.drain().collect();
         }
@@ -519,6 +551,30 @@ mod tests {
 
     fn conn(budget: usize) -> Conn {
         Conn::new(1, "n".into(), 16, budget, Arc::default())
+    }
+
+    #[test]
+    fn conflated_values_of_many_overlapping_subscriptions_are_bounded() {
+        // One topic, a thousand subscriptions: past 64 KiB of conflated
+        // values (16 times a small budget), the connection is closed.
+        let c = conn(300);
+        let mut batch = Batch::default();
+        for sub_id in 0..1_000u64 {
+            batch.push(Outbound::Event {
+                sub_id,
+                event: ev("t", sub_id + 1),
+                exact: false,
+            });
+        }
+        c.push_batch(&mut batch);
+        let mut items = Vec::new();
+        let taken = c.take(&mut items);
+        assert!(taken.closed, "never closed");
+        assert!(taken.conflated.len() < 1_000);
+        let closing = items
+            .iter()
+            .any(|i| matches!(i, Outbound::Close(Some(e)) if e.code == ErrorCode::LimitExceeded));
+        assert!(closing, "{items:?}");
     }
 
     #[test]

@@ -386,11 +386,14 @@ impl Engine {
             } => self.attach_caught_up(&conn, sub_id, after, reply),
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
+                    let mut prefixes = hashbrown::HashSet::new();
                     for (sub_id, prefix) in subs {
                         self.cancel_catch_up(&conn, sub_id);
                         self.cancel_snapshot(&conn, sub_id);
-                        self.tree
-                            .unsubscribe(&prefix, |s| s.conn.id == conn.id && s.sub_id == sub_id);
+                        prefixes.insert(prefix);
+                    }
+                    for prefix in prefixes {
+                        self.tree.unsubscribe_all(&prefix, |s| s.conn.id == conn.id);
                     }
                 }
                 self.fanout.push(&conn, Outbound::Close(error));

@@ -100,6 +100,23 @@ impl<S> Node<S> {
         purged
     }
 
+    /// Removes every subscriber matching `pred` at the node of `segs`, then
+    /// prunes nodes left empty.
+    fn unsubscribe_all(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) {
+        match segs.split_first() {
+            None => self.subs.retain(|s| !pred(s)),
+            Some((first, rest)) => {
+                let Some(child) = self.children.get_mut(*first) else {
+                    return;
+                };
+                child.unsubscribe_all(rest, pred);
+                if child.is_empty() {
+                    self.children.remove(*first);
+                }
+            }
+        }
+    }
+
     /// Removes the first subscriber matching `pred` at the node of `segs`,
     /// then prunes nodes left empty. Returns the subscriber.
     fn unsubscribe(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) -> Option<S> {
@@ -601,6 +618,14 @@ impl<S> Tree<S> {
         self.root.descend_mut(prefix.as_str()).subs.push(sub);
     }
 
+    /// Removes every subscription on `prefix` matching `pred`, in one pass
+    /// over the prefix's subscriptions (closing a connection with many of
+    /// them costs each prefix one pass, not one per subscription).
+    pub fn unsubscribe_all(&mut self, prefix: &Topic, mut pred: impl FnMut(&S) -> bool) {
+        let segs: SmallVec<[&str; 16]> = prefix.segments().collect();
+        self.root.unsubscribe_all(&segs, &mut pred);
+    }
+
     /// Removes the first subscription on `prefix` matching `pred`.
     pub fn unsubscribe(&mut self, prefix: &Topic, mut pred: impl FnMut(&S) -> bool) -> Option<S> {
         let segs: SmallVec<[&str; 16]> = prefix.segments().collect();
@@ -854,6 +879,22 @@ mod tests {
         assert_eq!(tr.unsubscribe(&t("x/y/z"), |s| *s == 7), Some(7));
         assert!(tr.root.children.is_empty());
         assert_eq!(tr.unsubscribe(&t("x/y/z"), |s| *s == 7), None);
+    }
+
+    #[test]
+    fn unsubscribing_all_of_a_connection_takes_one_pass_per_prefix() {
+        let mut tr = tree();
+        for i in 0..1_000 {
+            // Subscriptions of "connections" 0 to 9 on the root and on x/y.
+            tr.register(&t(""), i);
+            tr.register(&t("x/y"), i);
+        }
+        tr.unsubscribe_all(&t(""), |s| s % 10 == 3);
+        tr.unsubscribe_all(&t("x/y"), |s| s % 10 == 3);
+        assert_eq!(tr.subscriptions_at(""), 900);
+        assert_eq!(tr.subscriptions_at("x/y"), 900);
+        tr.unsubscribe_all(&t("x/y"), |_| true);
+        assert!(tr.root.children.is_empty(), "emptied nodes are pruned");
     }
 
     /// Every topic's state, iteration aside: what must converge.
