@@ -21,6 +21,12 @@ impl ServerCodec {
     pub fn new(rules: TopicRules, max_frame: usize) -> Self {
         ServerCodec { rules, max_frame }
     }
+
+    /// Changes the largest frame accepted from now on (the hello is held
+    /// to a smaller one than what follows it).
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame;
+    }
 }
 
 impl Default for ServerCodec {

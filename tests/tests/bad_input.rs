@@ -146,3 +146,25 @@ async fn plain_tcp_and_abrupt_disconnects_do_not_hurt() {
     drop(raw);
     still_serving(&broker, 2).await;
 }
+
+#[tokio::test]
+async fn before_its_hello_a_client_gets_no_large_frame() {
+    let broker = Broker::start(&["--archive", "off"]);
+    // A first frame announcing 1 MiB: refused from its header, although
+    // frames of up to 8 MiB are accepted once the hello is done.
+    let mut raw = broker.raw_unhandshaken().await;
+    raw.send_bytes(&(1u32 << 20).to_be_bytes()).await;
+    raw.expect_fatal(ErrorCode::FrameTooLarge).await;
+    // A hello with a long token still fits.
+    let mut raw = broker.raw_unhandshaken().await;
+    raw.send(&Request::Hello(Hello {
+        version: 1,
+        client_name: "x".repeat(16 * 1024),
+        token: None,
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Response::Welcome { .. })));
+    // After it, large frames are accepted.
+    let client = broker.client().await;
+    client.publish("big", vec![b'b'; 1 << 20]).await.unwrap();
+}

@@ -87,7 +87,11 @@ async fn session<S>(
 {
     {
         let (rd, mut wr) = tokio::io::split(stream);
-        let codec = ServerCodec::new(shared.config.topic_rules, shared.config.max_frame);
+        // Before it is authenticated, a client gets no large buffer.
+        let codec = ServerCodec::new(
+            shared.config.topic_rules,
+            shared.config.max_frame.min(MAX_HELLO_FRAME),
+        );
         let mut framed = FramedRead::with_capacity(rd, codec, 64 * 1024);
 
         let hello = match tokio::time::timeout_at(deadline, framed.next()).await {
@@ -144,6 +148,8 @@ async fn session<S>(
             None => shared.node_id.clone(),
         };
         let expires = identity.as_ref().and_then(|i| i.expires);
+
+        framed.decoder_mut().set_max_frame(shared.config.max_frame);
 
         let mut buf = BytesMut::new();
         Response::Welcome {
@@ -248,6 +254,10 @@ async fn session<S>(
         tracing::debug!("disconnected");
     }
 }
+
+/// Largest frame read before the hello is accepted (a hello with a token
+/// of a few kilobytes fits many times over).
+const MAX_HELLO_FRAME: usize = 64 * 1024;
 
 /// The longest a refused client gets to finish its TLS handshake.
 const REFUSAL_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -699,6 +699,7 @@ mod tests {
         tr.publish(set("w", b"top"), |_, _| {});
         tr.publish(set("x/outside", b"v"), |_, _| {});
         let until = tr.iteration();
+        let rewritten = tr.get("w/3/3").map(Event::iteration);
         let mut expected: Vec<u64> = tr
             .subscribe(&t("w"), 0, 0)
             .iter()
@@ -719,10 +720,19 @@ mod tests {
         assert!(slices > 20);
         let mut iterations: Vec<u64> = got.iter().map(Event::iteration).collect();
         iterations.sort_unstable();
-        // What changed after `until` is live's business, not the walk's.
+        // What changed after `until` is live's business, not the walk's:
+        // the rewritten topic's old value is found only if the walk passed
+        // it before the rewrite.
         expected.retain(|it| *it <= until);
-        let old_3_3 = expected.len() - iterations.len();
-        assert_eq!(old_3_3, 1, "only the rewritten topic's old value is gone");
+        let missing: Vec<u64> = expected
+            .iter()
+            .copied()
+            .filter(|it| !iterations.contains(it))
+            .collect();
+        assert!(
+            missing.is_empty() || missing == [rewritten.unwrap()],
+            "{missing:?}"
+        );
         assert!(iterations.iter().all(|it| expected.contains(it)));
         // The root walks every topic.
         let mut all = Vec::new();
