@@ -342,3 +342,74 @@ async fn history_beyond_retention_gives_the_full_state_to_replace() {
         .collect();
     assert_eq!(got, [("s/kept".to_owned(), false)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_subscription_id_never_gets_an_earlier_jobs_history() {
+    use spread_protocol::{Request, Response, SubscribeMode, Topic};
+    // Resubscribing with the same id while the previous catch-up may still
+    // be attaching: the new subscription's stream must stay exact.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let broker = Broker::start(&["--archive", "off", "--recent-events", "1"]);
+    let client = broker.client().await;
+    for i in 0..3_000 {
+        client.publish(&format!("r/{}", i % 30), "v").await.unwrap();
+    }
+    let mut raw = broker.raw().await;
+    let subscribe = Request::Subscribe {
+        req_id: 1,
+        prefix: Topic::root(),
+        since: 1,
+        mode: SubscribeMode::History,
+    };
+    for round in 0..50u64 {
+        // A few quick cancel-and-resubscribe cycles, then one kept.
+        for _ in 0..next() % 4 {
+            raw.send(&subscribe).await;
+            raw.send(&Request::Unsubscribe {
+                req_id: 10_000 + round,
+                sub_id: 1,
+            })
+            .await;
+            // Reading its events, so that some jobs reach their attach.
+            if next() % 2 == 0 {
+                raw.send(&Request::Ping {
+                    req_id: 20_000 + round,
+                })
+                .await;
+                while !matches!(raw.recv().await, Some(Response::Pong { .. })) {}
+            }
+        }
+        raw.send(&subscribe).await;
+        // Read up to its snapshot-complete: strictly increasing events of
+        // this subscription after the last unsubscribed answer.
+        let mut last = 0;
+        loop {
+            match raw.recv().await.expect("open") {
+                Response::Unsubscribed { .. } => last = 0,
+                Response::Event { sub_id: 1, event } => {
+                    assert!(event.iteration() > last, "seed {seed}: out of order");
+                    last = event.iteration();
+                }
+                Response::SnapshotComplete { sub_id: 1, .. } => break,
+                Response::Pong { .. } => {}
+                other => panic!("seed {seed}: unexpected {other:?}"),
+            }
+        }
+        raw.send(&Request::Unsubscribe {
+            req_id: 30_000 + round,
+            sub_id: 1,
+        })
+        .await;
+    }
+}

@@ -160,6 +160,7 @@ impl CatchUp {
             conn: self.conn.clone(),
             sub_id: self.sub_id,
             after: until,
+            job: self.cancelled.clone(),
             reply,
         };
         if engine.blocking_send(attach).is_err() {
@@ -228,6 +229,7 @@ impl Engine {
         conn: &Arc<Conn>,
         sub_id: u64,
         after: u64,
+        job: &Arc<AtomicBool>,
         reply: std::sync::mpsc::Sender<Option<LogReader>>,
     ) {
         let prefix = self
@@ -235,7 +237,11 @@ impl Engine {
             .get(&conn.id)
             .and_then(|subs| subs.get(&sub_id))
             .cloned();
-        let (Some(prefix), true) = (prefix, self.catchups.contains_key(&(conn.id, sub_id))) else {
+        let current = self
+            .catchups
+            .get(&(conn.id, sub_id))
+            .is_some_and(|(flag, _)| Arc::ptr_eq(flag, job));
+        let (Some(prefix), true) = (prefix, current) else {
             // Unsubscribed or disconnected meanwhile.
             let _ = reply.send(None);
             return;

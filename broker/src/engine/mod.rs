@@ -78,6 +78,9 @@ pub enum Command {
         sub_id: u64,
         /// Everything up to this iteration was delivered.
         after: u64,
+        /// The job's cancellation flag, which names it: a job of an earlier
+        /// subscription with the same id is not this one.
+        job: Arc<std::sync::atomic::AtomicBool>,
         /// `None`: attached (or gone); `Some`: read on with this reader.
         reply: std::sync::mpsc::Sender<Option<crate::log::LogReader>>,
     },
@@ -382,8 +385,9 @@ impl Engine {
                 conn,
                 sub_id,
                 after,
+                job,
                 reply,
-            } => self.attach_caught_up(&conn, sub_id, after, reply),
+            } => self.attach_caught_up(&conn, sub_id, after, &job, reply),
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
                     let mut prefixes = hashbrown::HashSet::new();
