@@ -237,7 +237,7 @@ impl Server {
         let log_dir = log_options.dir.clone();
         let reads =
             Arc::new(crate::reads::Reads::start(config.reads).map_err(BrokerError::ReadThreads)?);
-        let (engine, recovery) = EngineHandle::start(
+        let started = EngineHandle::start(
             log_options,
             recent,
             checkpoints,
@@ -249,7 +249,17 @@ impl Server {
                 max_clock_skew: config.max_clock_skew,
                 reads,
             },
-        )?;
+        );
+        let (engine, recovery) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Plugins may own runtimes, which cannot be dropped on a
+                // thread of this one: the start fails with its error, not
+                // with a panic.
+                let _ = std::thread::spawn(move || drop(sinks)).join();
+                return Err(e.into());
+            }
+        };
         let sinks = sinks.start(engine.committed(), &log_dir)?;
         tracing::info!(
             checkpoint = recovery.checkpoint,

@@ -160,6 +160,7 @@ async fn a_damaged_log_tail_is_truncated_and_the_broker_starts() {
     let segment = std::fs::read_dir(log_dir(dir.path()))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .max()
         .unwrap();
     let mut data = std::fs::read(&segment).unwrap();
@@ -405,4 +406,62 @@ async fn a_damaged_checkpoint_after_retention_refuses_to_start() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unusable checkpoint"), "{err}");
+}
+
+#[tokio::test]
+async fn a_restart_numbers_above_every_iteration_a_previous_run_may_have_used() {
+    let flags = ["--archive", "off", "--durability", "never"];
+    let broker = Broker::start(&flags);
+    let client = broker.client().await;
+    let first = client
+        .publish("n", "1")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    // The run reserved numbers ahead of what it used, durably.
+    let reserved_file = log_dir(broker.dir.path()).join("iterations-reserved-through");
+    let reserved: u64 = std::fs::read_to_string(&reserved_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(reserved > first);
+    drop(client);
+    let dir = broker.kill();
+    // As if the lost run had used numbers far above the clock (a clock that
+    // stepped back since): the restart still numbers above them.
+    let far = first + 3_600_000_000_000;
+    std::fs::write(
+        log_dir(dir.path()).join("iterations-reserved-through"),
+        format!("{far}\n"),
+    )
+    .unwrap();
+    let broker = Broker::start_in(dir, &flags);
+    let client = broker.client().await;
+    let next = client
+        .publish("n", "2")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    assert!(next > far, "{next} reuses numbers up to {far}");
+}
+
+#[test]
+fn a_log_that_cannot_be_opened_stops_the_start_with_its_reason() {
+    // With the archive on (its plugin owns a runtime): a clear error, no panic.
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("iterations-reserved-through"), b"\xff\xfe").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_e2e-broker"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("iterations-reserved-through"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -142,6 +142,10 @@ pub struct RecentLimits {
 /// Most commands applied before answers are flushed to connections.
 const MAX_ROUND: usize = 256;
 
+/// Iterations reserved durably ahead of use: one small synced file write
+/// per this many applied events.
+const ITERATIONS_RESERVED_AHEAD: u64 = 1 << 24;
+
 /// A handle to the engine thread.
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
@@ -170,7 +174,20 @@ impl EngineHandle {
         let ids = IdGen::random().map_err(std::io::Error::other)?;
         let mut tree = Tree::new(Clock::system(), ids, 0);
         let (log, recovery) = Log::open(log_options, |event| tree.restore(event))?;
-        tree.advance_iteration_to(clock::now_micros());
+        // Above the clock, and above every number a previous run may have
+        // handed out (its events may be lost under interval or never).
+        let reserved = crate::log::retention::load_value(
+            log.dir(),
+            crate::log::retention::ITERATIONS_RESERVED,
+        )?
+        .unwrap_or(0);
+        tree.advance_iteration_to(clock::now_micros().max(reserved));
+        let reserved_through = tree.iteration().saturating_add(ITERATIONS_RESERVED_AHEAD);
+        crate::log::retention::store_value(
+            log.dir(),
+            crate::log::retention::ITERATIONS_RESERVED,
+            reserved_through,
+        )?;
         let release = match log.durability() {
             Durability::Always => Release::AfterSync(GroupCommit::start()?),
             Durability::Interval(period) => Release::Now {
@@ -213,6 +230,7 @@ impl EngineHandle {
             round_records: 0,
             forgotten_deletes,
             applied_by: recovered_times(&recovery, start),
+            reserved_through,
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -330,6 +348,9 @@ struct Engine {
     /// checkpoint. Deletes are forgotten by when they were applied, never
     /// by the timestamp a client chose.
     applied_by: std::collections::VecDeque<(u64, std::time::SystemTime)>,
+    /// Iterations up to this one may be handed out (see
+    /// [`ITERATIONS_RESERVED_AHEAD`]).
+    reserved_through: u64,
 }
 
 impl Engine {
@@ -361,6 +382,7 @@ impl Engine {
             if !self.snapshots.is_empty() {
                 self.advance_snapshots();
             }
+            self.reserve_iterations();
             self.end_round();
             if self.since_checkpoint >= self.checkpoints.every {
                 self.checkpoint(false);
@@ -372,6 +394,25 @@ impl Engine {
             self.checkpoint(true);
         }
         tracing::debug!("engine stopped");
+    }
+
+    /// Extends the durable reservation of iterations before the round's
+    /// numbers could pass it (before the round is written: a restart never
+    /// numbers below what this round hands out).
+    fn reserve_iterations(&mut self) {
+        let it = self.tree.iteration();
+        if it.saturating_add(ITERATIONS_RESERVED_AHEAD / 2) < self.reserved_through {
+            return;
+        }
+        let through = it.saturating_add(ITERATIONS_RESERVED_AHEAD);
+        match crate::log::retention::store_value(
+            self.log.dir(),
+            crate::log::retention::ITERATIONS_RESERVED,
+            through,
+        ) {
+            Ok(()) => self.reserved_through = through,
+            Err(e) => tracing::error!("cannot reserve iterations: {e}"),
+        }
     }
 
     fn execute(&mut self, cmd: Command) {

@@ -40,6 +40,11 @@ pub const DELETED_THROUGH: &str = "deleted-through";
 /// Where the greatest iteration of a forgotten delete is recorded.
 pub const FORGOTTEN_DELETES: &str = "deletes-forgotten-through";
 
+/// File holding the iteration up to which numbers may have been handed
+/// out: a restart numbers above it, even if the events that used them were
+/// lost in a crash and the clock stepped back.
+pub const ITERATIONS_RESERVED: &str = "iterations-reserved-through";
+
 /// The first retained iteration, if retention ever deleted anything.
 pub fn load(dir: &Path) -> Result<Option<u64>, LogError> {
     load_value(dir, FILE)
