@@ -180,19 +180,22 @@ fn cli_sub_history_prints_every_version() {
     assert_eq!(payloads, ["1", "2", "3"]);
 }
 
+/// Tiny segments, frequent checkpoints, little history kept, a tiny ring:
+/// history older than a few hundred events is soon gone.
+const SMALL_RETENTION: [&str; 8] = [
+    "--segment-bytes",
+    "4096",
+    "--checkpoint-every",
+    "50",
+    "--retention-bytes",
+    "8192",
+    "--recent-events",
+    "8",
+];
+
 #[tokio::test]
 async fn history_beyond_retention_says_so_then_gives_latest_values_then_live() {
-    // Tiny segments, frequent checkpoints, little history kept, a tiny ring.
-    let broker = Broker::start(&[
-        "--segment-bytes",
-        "4096",
-        "--checkpoint-every",
-        "50",
-        "--retention-bytes",
-        "8192",
-        "--recent-events",
-        "8",
-    ]);
+    let broker = Broker::start(&SMALL_RETENTION);
     let client = broker.client().await;
     let log = broker.dir.path().join("log");
     let segments = || {
@@ -296,18 +299,7 @@ async fn history_beyond_retention_says_so_then_gives_latest_values_then_live() {
 
 #[tokio::test]
 async fn history_beyond_retention_gives_the_full_state_to_replace() {
-    let broker = Broker::start(&[
-        "--archive",
-        "off",
-        "--segment-bytes",
-        "4096",
-        "--checkpoint-every",
-        "50",
-        "--retention-bytes",
-        "8192",
-        "--recent-events",
-        "8",
-    ]);
+    let broker = Broker::start(&[&SMALL_RETENTION[..], &["--archive", "off"]].concat());
     let client = broker.client().await;
     client.publish("s/gone", "x").await.unwrap();
     let since = client
