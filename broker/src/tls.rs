@@ -39,6 +39,15 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
+    /// Some of the generated TLS files are missing: generating new ones
+    /// would replace the CA that clients trust.
+    #[error("{dir}: {missing} is missing while the other generated TLS files are there; restore it, or remove the directory to generate a new CA (which clients must then trust)")]
+    Incomplete {
+        /// The TLS directory.
+        dir: PathBuf,
+        /// The first missing file.
+        missing: &'static str,
+    },
     /// Certificate generation failed.
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -139,8 +148,21 @@ fn ensure_local_ca(dir: &Path) -> Result<(), TlsError> {
         let path = path.to_owned();
         move |source| TlsError::Io { path, source }
     };
-    if dir.join(CERT_FILE).exists() && dir.join(KEY_FILE).exists() && dir.join(CA_FILE).exists() {
+    let files = [CERT_FILE, KEY_FILE, CA_FILE];
+    let present = files.iter().filter(|f| dir.join(f).exists()).count();
+    if present == files.len() {
         return Ok(());
+    }
+    if present > 0 {
+        let missing = files
+            .iter()
+            .find(|f| !dir.join(f).exists())
+            .copied()
+            .unwrap_or(CA_FILE);
+        return Err(TlsError::Incomplete {
+            dir: dir.to_owned(),
+            missing,
+        });
     }
     fs::create_dir_all(dir).map_err(io(dir))?;
 
@@ -213,6 +235,12 @@ mod tests {
         };
         let first = fs::read(&ca).unwrap();
         server_config(None, &dir, None).unwrap();
+        assert_eq!(fs::read(&ca).unwrap(), first, "the CA must not change");
+        // One file lost: an error naming it, never a new CA.
+        let tls_dir = ca.parent().unwrap().to_owned();
+        fs::remove_file(tls_dir.join(KEY_FILE)).unwrap();
+        let err = server_config(None, &dir, None).err().unwrap();
+        assert!(matches!(err, TlsError::Incomplete { .. }), "{err}");
         assert_eq!(fs::read(&ca).unwrap(), first, "the CA must not change");
         fs::remove_dir_all(dir).unwrap();
     }
