@@ -462,12 +462,10 @@ impl Log {
         }
         let first_kept = self.segments[n].first;
         let last_gone = &self.segments[n - 1];
-        let deleted_through = match last_gone.last {
-            Some(last) => last,
-            None => segment::scan(&last_gone.path, |_, _| Ok(()))?
-                .last
-                .unwrap_or(first_kept.saturating_sub(1)),
-        };
+        // Every deleted record is below the first kept segment's name, so
+        // that bound serves when the last one is unknown (segments skipped at
+        // recovery), instead of reading a whole segment on the engine thread.
+        let deleted_through = last_gone.last.unwrap_or(first_kept.saturating_sub(1));
         // Recorded before any file goes: readers learn exactly what they missed.
         retention::store_value(&self.opts.dir, retention::DELETED_THROUGH, deleted_through)?;
         retention::store(&self.opts.dir, first_kept)?;
