@@ -84,10 +84,28 @@ pub async fn connect(url: &str) -> Result<Db, Error> {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10));
-            Db::Lite(opts.connect().await.map_err(classify)?)
+            Db::Lite(connect_sqlite(&opts).await?)
         }
     };
     Ok(db)
+}
+
+/// Opens a SQLite connection. Switching a new database to WAL takes an
+/// exclusive lock that SQLite refuses at once (`SQLITE_BUSY`, without the
+/// busy timeout) while another connection opens it too — the sink and the
+/// replay side at a first start, or several brokers: a few retries.
+async fn connect_sqlite(opts: &SqliteConnectOptions) -> Result<SqliteConnection, Error> {
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..40 {
+        match opts.connect().await {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("5") => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(250));
+            }
+            other => return other.map_err(classify),
+        }
+    }
+    opts.connect().await.map_err(classify)
 }
 
 /// Maps a database error: configuration mistakes are fatal, everything else
