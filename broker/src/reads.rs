@@ -173,14 +173,14 @@ impl Reads {
         })
     }
 
-    /// Runs `job`, holding `permit` (if any) until it ends.
-    pub fn submit(&self, job: Box<dyn ReadJob>, permit: Option<Permit>) {
+    /// A task that runs `job` once resumed, holding `permit` (if any)
+    /// until it ends.
+    pub fn task(&self, job: Box<dyn ReadJob>, permit: Option<Permit>) -> Task {
         Task {
             job,
             pool: self.shared.clone(),
             _permit: permit,
         }
-        .resume();
     }
 
     /// Reads running now: (catch-ups, replays).

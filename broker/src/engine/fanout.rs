@@ -44,11 +44,13 @@ pub(super) const SPLICE_AT: usize = 16 * 1024;
 pub struct Fanout {
     slots: Vec<Slot>,
     index: HashMap<u64, usize>,
+    /// Reads started this round, resumed once its output is released.
+    reads: Vec<crate::reads::Task>,
 }
 
 impl Fanout {
     fn slot(&mut self, conn: &Arc<Conn>) -> &mut Slot {
-        let Fanout { slots, index } = self;
+        let Fanout { slots, index, .. } = self;
         let i = *index.entry(conn.id).or_insert_with(|| {
             slots.push(Slot {
                 conn: conn.clone(),
@@ -102,6 +104,18 @@ impl Fanout {
         slot.answer_count += 1;
     }
 
+    /// Starts `read` (a catch-up or a replay streaming to `conn`) once this
+    /// round's output is released: a job pushes to its connection directly,
+    /// and started at once it could overtake answers staged before it (an
+    /// earlier `unsubscribed` of the same subscription id, a publish's
+    /// report), which the client must see first.
+    pub fn start_after(&mut self, conn: &Arc<Conn>, read: crate::reads::Task) {
+        // The slot makes the connection's staged output (if any) part of
+        // this round's release.
+        self.slot(conn);
+        self.reads.push(read);
+    }
+
     /// Takes the round's staged output, to release once it is durable.
     pub fn take(&mut self) -> Staged {
         self.index.clear();
@@ -109,18 +123,19 @@ impl Fanout {
         for slot in &mut slots {
             slot.seal_answers();
         }
-        Staged(slots)
+        Staged(slots, std::mem::take(&mut self.reads))
     }
 }
 
-/// One round's output, staged per connection.
-pub struct Staged(Vec<Slot>);
+/// One round's output, staged per connection, and the reads it started.
+pub struct Staged(Vec<Slot>, Vec<crate::reads::Task>);
 
 impl Staged {
-    /// Hands every connection its items.
+    /// Hands every connection its items, then starts the round's reads.
     pub fn release(self) {
         for mut slot in self.0 {
             slot.conn.push_batch(&mut slot.batch);
         }
+        self.1.into_iter().for_each(crate::reads::Task::resume);
     }
 }

@@ -219,7 +219,8 @@ impl Engine {
             engine: self.me.clone(),
             cancelled,
         };
-        self.reads.submit(Box::new(job), None);
+        let task = self.reads.task(Box::new(job), None);
+        self.fanout.start_after(conn, task);
     }
 
     /// A catch-up job read everything up to `after`: attach if the ring

@@ -568,9 +568,12 @@ impl Engine {
             Request::Replay { req_id, query } => match &self.replay {
                 // The archive is read on the read pool, never here.
                 Some(source) => match self.reads.admit(conn, crate::reads::Kind::Replay) {
-                    Ok(permit) => self
-                        .reads
-                        .submit(source.job(conn, req_id, query), Some(permit)),
+                    Ok(permit) => {
+                        let task = self
+                            .reads
+                            .task(source.job(conn, req_id, query), Some(permit));
+                        self.fanout.start_after(conn, task);
+                    }
                     Err(refused) => {
                         self.error(conn, req_id, ErrorCode::TooManyReads, refused.to_string())
                     }
