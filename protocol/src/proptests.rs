@@ -310,12 +310,14 @@ fn sink_status() -> impl Strategy<Value = crate::SinkStatus> {
             any::<u64>(),
         ),
         proptest::option::of(".{0,40}"),
+        any::<u64>(),
     )
         .prop_map(
             |(
                 (name, plugin, state),
                 (checkpoint, lag_events, lag_ms, delivered, errors),
                 last_error,
+                rejected,
             )| {
                 crate::SinkStatus {
                     name,
@@ -327,6 +329,7 @@ fn sink_status() -> impl Strategy<Value = crate::SinkStatus> {
                     delivered,
                     errors,
                     last_error,
+                    rejected,
                 }
             },
         )

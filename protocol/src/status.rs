@@ -27,6 +27,9 @@ pub struct SinkStatus {
     pub errors: u64,
     /// The last error, if any.
     pub last_error: Option<String>,
+    /// Events the plugin rejected, kept in the sink's dead-letter file
+    /// (counted over every run; 0 from brokers that predate it).
+    pub rejected: u64,
 }
 
 /// The broker's answer to a status request.
@@ -60,7 +63,8 @@ impl StatusReport {
     /// Appends the fields after the type code: `[req_id, node_id, iteration,
     /// committed, retained_from | nil, [sink...]]`, each sink being `[name,
     /// plugin, state, checkpoint, lag_events, lag_ms, delivered, errors,
-    /// last_error | nil]`.
+    /// last_error | nil, rejected]` (decoders accept the 9 elements before
+    /// `rejected` too, from older brokers).
     pub(crate) fn encode_fields(&self, dst: &mut BytesMut) {
         wire::put_uint(dst, self.req_id);
         wire::put_str(dst, &self.node_id);
@@ -72,7 +76,7 @@ impl StatusReport {
         }
         wire::put_array(dst, self.sinks.len());
         for s in &self.sinks {
-            wire::put_array(dst, 9);
+            wire::put_array(dst, 10);
             wire::put_str(dst, &s.name);
             wire::put_str(dst, &s.plugin);
             wire::put_str(dst, &s.state);
@@ -82,6 +86,7 @@ impl StatusReport {
             wire::put_uint(dst, s.delivered);
             wire::put_uint(dst, s.errors);
             put_opt_str(dst, s.last_error.as_deref());
+            wire::put_uint(dst, s.rejected);
         }
     }
 
@@ -102,7 +107,7 @@ impl StatusReport {
         }
         let mut sinks = Vec::with_capacity(n);
         for _ in 0..n {
-            r.array_of(9, "status: sink")?;
+            let fields = r.array_between(9, 10, "status: sink")?;
             sinks.push(SinkStatus {
                 name: r.string("sink: name")?,
                 plugin: r.string("sink: plugin")?,
@@ -116,6 +121,10 @@ impl StatusReport {
                     None
                 } else {
                     Some(r.string("sink: last error")?)
+                },
+                rejected: match fields {
+                    10 => r.uint("sink: rejected")?,
+                    _ => 0,
                 },
             });
         }

@@ -398,3 +398,81 @@ async fn a_replay_without_an_archive_is_refused_clearly() {
 fn upstream_url(scheme: &str, upstream: &str) -> String {
     format!("{scheme}@{upstream}/test")
 }
+
+/// A topic of `len` characters that does not compress (PostgreSQL would
+/// compress a repetitive one to fit its index).
+fn incompressible_topic(len: usize) -> String {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let body: String = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[(x % 36) as usize])
+        })
+        .collect();
+    format!("poison/{body}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_is_dead_lettered_and_the_archive_goes_on() {
+    // PostgreSQL: a topic over its index row size; MariaDB: one over its
+    // 1024-character column. Both are valid topics under this broker's
+    // `--max-topic-len`.
+    for (tag, url, topic) in [
+        ("pgpoison", POSTGRES, incompressible_topic(3600)),
+        ("mariapoison", MARIADB, incompressible_topic(1100)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table(tag);
+        let config = config(dir.path(), Some(url), &table);
+        let broker = Broker::start_in(
+            dir,
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--max-topic-len",
+                "4096",
+            ],
+        );
+        let mut settings = broker.config();
+        settings.topic_rules.max_len = 4096;
+        let client = spread_client::Client::connect(settings).await.unwrap();
+        let mut all = publish(&client, writes("before", 200)).await;
+        let poison = publish(&client, vec![(topic.clone(), Some(b"refused".to_vec()))]).await;
+        all.extend(publish(&client, writes("after", 200)).await);
+        // Without the dead letter, the sink would retry the poison batch
+        // forever and never catch up.
+        archived(&client).await;
+        let status = client.status().await.unwrap();
+        let sink = &status.sinks[0];
+        assert_eq!(sink.rejected, 1, "{tag}: {sink:?}");
+        assert!(
+            sink.last_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("rejected iteration"),
+            "{tag}: {sink:?}"
+        );
+        // Everything else is archived, in order.
+        assert_eq!(
+            replayed(&client, &Replay::default()).await,
+            ordered(all),
+            "{tag}"
+        );
+        // Operators see the count, and the event is kept whole on disk.
+        let out = cli(&broker, &["status"], None);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("REJECTED"), "{text}");
+        let letters =
+            std::fs::read_to_string(broker.dir.path().join("sinks").join("archive.rejected"))
+                .unwrap();
+        let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
+        assert_eq!(letter["topic"], topic.as_str(), "{tag}");
+        assert_eq!(letter["id"], poison[0].id.as_str(), "{tag}");
+        assert_eq!(letter["payload_base64"], "cmVmdXNlZA==", "{tag}");
+        drop(client);
+        broker.stop();
+        drop_tables(url, &table).await;
+    }
+}

@@ -188,6 +188,7 @@ impl Library {
         match status {
             ffi::STATUS_RETRY => Error::Retryable(text),
             ffi::STATUS_FATAL => Error::Fatal(text),
+            ffi::STATUS_REJECTED if call == "sink_write" => Error::Rejected(text),
             other => Error::Fatal(format!("{call} returned unknown status {other}: {text}")),
         }
     }

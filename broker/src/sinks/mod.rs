@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod config;
+pub(crate) mod dead_letter;
 pub mod driver;
 pub mod library;
 pub mod runner;
@@ -156,7 +157,9 @@ impl Prepared {
                     tracing::warn!(sink = c.name, "cannot open yet, will retry: {m}");
                     None
                 }
-                Err(spread_plugin::Error::Fatal(message)) => {
+                Err(
+                    spread_plugin::Error::Fatal(message) | spread_plugin::Error::Rejected(message),
+                ) => {
                     return Err(SinkError::Open {
                         name: c.name.clone(),
                         message,

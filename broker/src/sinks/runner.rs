@@ -15,6 +15,7 @@ use spread_plugin::{Error, Event as SinkEvent, Kind};
 use spread_protocol::{Event, EventKind};
 
 use super::config::SinkConfig;
+use super::dead_letter;
 use super::driver::{Driver, Factory};
 use super::status::{SinkShared, SinkState};
 use crate::log::committed::Committed;
@@ -119,6 +120,8 @@ enum Outcome<T> {
     Done(T),
     Fatal,
     Stopped,
+    /// `write` only: the plugin rejected the batch (see [`Error::Rejected`]).
+    Rejected(String),
 }
 
 /// A sink's view of a log event.
@@ -144,6 +147,11 @@ impl Runner {
         let span = tracing::info_span!("sink", name = %self.config.name);
         let _entered = span.enter();
         lower_priority();
+        let letters = dead_letter::path(&self.checkpoints_dir, &self.config.name);
+        match dead_letter::count(&letters) {
+            Ok(n) => self.shared.rejected.store(n, Ordering::Release),
+            Err(e) => tracing::warn!("cannot count {}: {e}", letters.display()),
+        }
         self.delivered = self.shared.checkpoint.load(Ordering::Acquire);
         let Some(mut driver) = self.driver.take().or_else(|| self.open()) else {
             return;
@@ -176,7 +184,7 @@ impl Runner {
         };
         match self.retry("open", || self.factory.open(&args)) {
             Outcome::Done(d) => Some(d),
-            Outcome::Fatal | Outcome::Stopped => None,
+            Outcome::Fatal | Outcome::Stopped | Outcome::Rejected(_) => None,
         }
     }
 
@@ -216,7 +224,9 @@ impl Runner {
             if batch.is_empty() && missed == Missed::None {
                 // Caught up: make what was delivered durable, then wait.
                 self.shared.live.lock().behind_since = None;
-                if let o @ (Outcome::Fatal | Outcome::Stopped) = self.checkpoint(driver) {
+                if let o @ (Outcome::Fatal | Outcome::Stopped | Outcome::Rejected(_)) =
+                    self.checkpoint(driver)
+                {
                     return o;
                 }
                 self.committed
@@ -269,7 +279,7 @@ impl Runner {
             }
             if !batch.is_empty() {
                 let views: Vec<SinkEvent<'_>> = batch.iter().map(|e| view(e, &self.node)).collect();
-                match self.retry("write", || driver.write(&views)) {
+                match self.write(driver, &views) {
                     Outcome::Done(()) => {}
                     other => return other,
                 }
@@ -291,12 +301,62 @@ impl Runner {
                 }
             }
             if last_checkpoint.elapsed() >= checkpoint_every {
-                if let o @ (Outcome::Fatal | Outcome::Stopped) = self.checkpoint(driver) {
+                if let o @ (Outcome::Fatal | Outcome::Stopped | Outcome::Rejected(_)) =
+                    self.checkpoint(driver)
+                {
                     return o;
                 }
                 last_checkpoint = Instant::now();
             }
         }
+    }
+
+    /// Writes `events`. A rejected batch is split in halves until each
+    /// rejected event stands alone; those go to the dead-letter file, the
+    /// rest is written in order.
+    fn write(&self, driver: &mut dyn Driver, events: &[SinkEvent<'_>]) -> Outcome<()> {
+        match self.retry("write", || driver.write(events)) {
+            Outcome::Rejected(m) if events.len() == 1 => self.dead_letter(&events[0], &m),
+            Outcome::Rejected(_) => {
+                let (head, tail) = events.split_at(events.len() / 2);
+                match self.write(driver, head) {
+                    Outcome::Done(()) => self.write(driver, tail),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Records a rejected event durably (retrying while the disk refuses),
+    /// so that the sink can move past it.
+    fn dead_letter(&self, event: &SinkEvent<'_>, error: &str) -> Outcome<()> {
+        let path = dead_letter::path(&self.checkpoints_dir, &self.config.name);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let outcome = self.retry("dead-letter", || {
+            dead_letter::append(&path, event, error, now)
+                .map_err(|e| Error::retry(format!("{}: {e}", path.display())))
+        });
+        if let Outcome::Done(()) = outcome {
+            let total = self.shared.rejected.fetch_add(1, Ordering::AcqRel) + 1;
+            tracing::error!(
+                iteration = event.iteration(),
+                topic = event.topic(),
+                total,
+                "the sink rejected an event; kept in {}: {error}",
+                path.display()
+            );
+            let mut live = self.shared.live.lock();
+            live.errors += 1;
+            live.last_error = Some(format!(
+                "rejected iteration {} ({}): {error}",
+                event.iteration(),
+                event.topic()
+            ));
+        }
+        outcome
     }
 
     /// Flushes the sink and records everything delivered as its checkpoint.
@@ -353,7 +413,8 @@ impl Runner {
                     }
                     delay = (delay * 2).min(max);
                 }
-                Err(Error::Fatal(m)) => {
+                Err(Error::Rejected(m)) if call == "write" => return Outcome::Rejected(m),
+                Err(Error::Fatal(m) | Error::Rejected(m)) => {
                     tracing::error!(call, "sink stopped by a fatal error: {m}");
                     self.shared
                         .failed(SinkState::Failed, format!("{call}: {m}"));

@@ -61,6 +61,8 @@ pub struct SinkShared {
     pub hold_retention: bool,
     /// Its durable checkpoint: everything up to here was delivered and flushed.
     pub checkpoint: AtomicU64,
+    /// Events in its dead-letter file (all runs).
+    pub rejected: AtomicU64,
     /// The rest.
     pub live: Mutex<Live>,
 }
@@ -73,6 +75,7 @@ impl SinkShared {
             plugin,
             hold_retention,
             checkpoint: AtomicU64::new(checkpoint),
+            rejected: AtomicU64::new(0),
             live: Mutex::new(Live {
                 state: SinkState::Starting,
                 delivered: 0,
@@ -174,6 +177,7 @@ impl SinkBoard {
                     delivered: live.delivered,
                     errors: live.errors,
                     last_error: live.last_error.clone(),
+                    rejected: s.rejected.load(Ordering::Acquire),
                 }
             })
             .collect()

@@ -28,11 +28,13 @@ fn received(name: &str) -> Vec<u64> {
 }
 
 /// Fails `fail` writes with a retryable error, panics on a batch holding
-/// iteration `panic_at`, records everything else.
+/// iteration `panic_at`, rejects any batch holding an iteration of
+/// `reject`, records everything else.
 struct TestSink {
     name: String,
     fail: u32,
     panic_at: u64,
+    reject: Vec<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -41,6 +43,8 @@ struct Settings {
     fail: u32,
     #[serde(default)]
     panic_at: u64,
+    #[serde(default)]
+    reject: Vec<u64>,
 }
 
 impl Sink for TestSink {
@@ -50,6 +54,7 @@ impl Sink for TestSink {
             name: ctx.name.to_owned(),
             fail: s.fail,
             panic_at: s.panic_at,
+            reject: s.reject,
         })
     }
 
@@ -57,6 +62,9 @@ impl Sink for TestSink {
         if self.fail > 0 {
             self.fail -= 1;
             return Err(Error::retry("destination down"));
+        }
+        if let Some(e) = events.iter().find(|e| self.reject.contains(&e.iteration())) {
+            return Err(Error::reject(format!("cannot store {}", e.iteration())));
         }
         if events.iter().any(|e| e.iteration() == self.panic_at) {
             panic!("boom at {}", self.panic_at);
@@ -174,4 +182,44 @@ fn a_panicking_sink_is_stopped_and_keeps_its_checkpoint() {
     assert_eq!(report.lag_events, 100 - report.checkpoint);
     sinks.stop(Duration::from_secs(5));
     assert_eq!(board.sinks()[0].live.lock().state, SinkState::Failed);
+}
+
+#[test]
+fn rejected_events_are_dead_lettered_and_the_rest_is_delivered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), 1..=100);
+    let (sinks, committed) = run(dir.path(), config("poison", "reject = [5, 6, 40]"), 100);
+    let board = sinks.board().clone();
+    wait_for("checkpoint 100", || {
+        board.reports(&committed)[0].checkpoint == 100
+    });
+    let report = &board.reports(&committed)[0];
+    assert_eq!(report.state, "running");
+    assert_eq!(report.rejected, 3);
+    assert!(
+        report
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("rejected iteration 40"),
+        "{report:?}"
+    );
+    sinks.stop(Duration::from_secs(5));
+    let expected: Vec<u64> = (1..=100).filter(|i| ![5, 6, 40].contains(i)).collect();
+    assert_eq!(received("poison"), expected);
+    let file = super::dead_letter::path(&super::checkpoints_dir(dir.path()), "poison");
+    let letters: Vec<super::dead_letter::Letter> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let iterations: Vec<u64> = letters.iter().map(|l| l.iteration).collect();
+    assert_eq!(iterations, [5, 6, 40]);
+    assert_eq!(letters[0].error, "cannot store 5");
+    assert_eq!(letters[0].topic, "t/1");
+    // The count survives a restart.
+    let (sinks, committed) = run(dir.path(), config("poison", "reject = []"), 100);
+    let board = sinks.board().clone();
+    wait_for("the count", || board.reports(&committed)[0].rejected == 3);
+    sinks.stop(Duration::from_secs(5));
 }

@@ -418,6 +418,7 @@ fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::R
                     "delivered": s.delivered,
                     "errors": s.errors,
                     "last_error": s.last_error,
+                    "rejected": s.rejected,
                 })
             })
             .collect();
@@ -447,13 +448,13 @@ fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::R
     }
     writeln!(
         out,
-        "{:<16} {:<9} {:>20} {:>10} {:>9} {:>12} {:>7}  PLUGIN",
-        "SINK", "STATE", "CHECKPOINT", "LAG", "LAG(s)", "DELIVERED", "ERRORS"
+        "{:<16} {:<9} {:>20} {:>10} {:>9} {:>12} {:>7} {:>8}  PLUGIN",
+        "SINK", "STATE", "CHECKPOINT", "LAG", "LAG(s)", "DELIVERED", "ERRORS", "REJECTED"
     )?;
     for s in &r.sinks {
         writeln!(
             out,
-            "{:<16} {:<9} {:>20} {:>10} {:>9.1} {:>12} {:>7}  {}",
+            "{:<16} {:<9} {:>20} {:>10} {:>9.1} {:>12} {:>7} {:>8}  {}",
             s.name,
             s.state,
             s.checkpoint,
@@ -461,6 +462,7 @@ fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::R
             s.lag_ms as f64 / 1000.0,
             s.delivered,
             s.errors,
+            s.rejected,
             s.plugin
         )?;
         if let Some(e) = &s.last_error {

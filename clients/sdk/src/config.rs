@@ -53,6 +53,10 @@ pub struct ClientConfig {
     /// Ping the broker this often, so that a broker with an idle timeout
     /// keeps a quiet connection (a subscriber that only listens) open.
     pub keepalive: Option<Duration>,
+    /// The topic rules checked before sending (the broker checks its own
+    /// again): set them to a broker's `--max-topic-len` and
+    /// `--max-topic-depth` when those are raised.
+    pub topic_rules: spread_protocol::TopicRules,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -86,6 +90,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             subscription_buffer: 8192,
             keepalive: Some(Duration::from_secs(30)),
+            topic_rules: spread_protocol::TopicRules::default(),
         }
     }
 

@@ -64,8 +64,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(config: ClientConfig, tls: TlsConnector) -> Self {
         Shared {
+            rules: config.topic_rules,
             config,
-            rules: TopicRules::default(),
             tls,
             next_id: AtomicU64::new(1),
             out: Mutex::new(Out {

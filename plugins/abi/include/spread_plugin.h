@@ -28,6 +28,9 @@ extern "C" {
 #define SPREAD_OK 0    /* success */
 #define SPREAD_RETRY 1 /* failed, may succeed later: the host backs off and retries */
 #define SPREAD_FATAL 2 /* failed for good: the host stops the sink */
+/* sink_write only: the batch holds an event this sink can never store; the
+ * host splits the batch, dead-letters each event rejected alone, and goes on. */
+#define SPREAD_REJECTED 3
 
 /* Capabilities reported by describe(). */
 #define SPREAD_CAP_SINK 1u    /* sink_* functions are set */

@@ -15,6 +15,13 @@ pub enum Error {
     Retryable(String),
     /// Will not succeed: the host stops this sink and reports the message.
     Fatal(String),
+    /// From `write_batch` only: the batch holds an event the destination
+    /// will never accept (a value too long for a column, a character the
+    /// database refuses). The host narrows the batch down to the rejected
+    /// events, records them in the sink's dead-letter file, and goes on.
+    /// Return it only for such data errors: an event rejected is not
+    /// written by this sink again.
+    Rejected(String),
 }
 
 impl Error {
@@ -28,10 +35,15 @@ impl Error {
         Error::Fatal(e.to_string())
     }
 
+    /// A rejection (see [`Error::Rejected`]) from anything displayable.
+    pub fn reject(e: impl std::fmt::Display) -> Error {
+        Error::Rejected(e.to_string())
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         match self {
-            Error::Retryable(m) | Error::Fatal(m) => m,
+            Error::Retryable(m) | Error::Fatal(m) | Error::Rejected(m) => m,
         }
     }
 
@@ -40,6 +52,7 @@ impl Error {
         match self {
             Error::Retryable(_) => ffi::STATUS_RETRY,
             Error::Fatal(_) => ffi::STATUS_FATAL,
+            Error::Rejected(_) => ffi::STATUS_REJECTED,
         }
     }
 }
@@ -49,6 +62,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Retryable(m) => write!(f, "retryable: {m}"),
             Error::Fatal(m) => write!(f, "fatal: {m}"),
+            Error::Rejected(m) => write!(f, "rejected: {m}"),
         }
     }
 }

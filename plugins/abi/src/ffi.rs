@@ -21,6 +21,13 @@ pub const STATUS_OK: i32 = 0;
 pub const STATUS_RETRY: i32 = 1;
 /// The call failed for good: the host stops the sink.
 pub const STATUS_FATAL: i32 = 2;
+/// `sink_write` only: the batch holds at least one event this sink can never
+/// store (the destination refuses the value itself, so retrying cannot
+/// help). The host splits the batch until it finds the events rejected
+/// alone, records each in the sink's dead-letter file, counts it in the
+/// status and delivers the rest. From any other call it is fatal, and hosts
+/// older than this status treat it as fatal too.
+pub const STATUS_REJECTED: i32 = 3;
 
 /// The plugin can receive the event log (`sink_*` functions).
 pub const CAP_SINK: u32 = 1;

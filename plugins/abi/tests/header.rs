@@ -25,6 +25,7 @@ fn rust_side() -> Vec<(String, u64)> {
         ("SPREAD_OK".to_string(), STATUS_OK as u64),
         ("SPREAD_RETRY".to_string(), STATUS_RETRY as u64),
         ("SPREAD_FATAL".to_string(), STATUS_FATAL as u64),
+        ("SPREAD_REJECTED".to_string(), STATUS_REJECTED as u64),
         ("SPREAD_CAP_SINK".to_string(), u64::from(CAP_SINK)),
         ("SPREAD_CAP_ARCHIVE".to_string(), u64::from(CAP_ARCHIVE)),
         ("SPREAD_KIND_VALUE".to_string(), u64::from(KIND_VALUE)),

@@ -118,6 +118,43 @@ pub fn classify(e: sqlx::Error) -> Error {
     }
 }
 
+/// Maps an error of a write: as [`classify`], except that the database
+/// refusing a value itself rejects the batch (a topic too long for its
+/// column or index, a character the encoding forbids, a row over the
+/// packet size), so that the host sets that event aside instead of
+/// retrying it forever.
+pub fn classify_write(e: sqlx::Error) -> Error {
+    if refuses_the_value(&e) {
+        Error::reject(e)
+    } else {
+        classify(e)
+    }
+}
+
+fn refuses_the_value(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Data too long, incorrect string or value, out of range, row size
+        // too large, packet too large, result over max_allowed_packet.
+        return matches!(my.number(), 1406 | 1366 | 1292 | 1264 | 1118 | 1153 | 1301);
+    }
+    let Some(code) = db.code() else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        // Class 22: data exception (a NUL in text, a value too long);
+        // class 54: program limit exceeded (an index row too large).
+        return code.starts_with("22") || code.starts_with("54");
+    }
+    // SQLite: SQLITE_TOOBIG.
+    code == "18"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

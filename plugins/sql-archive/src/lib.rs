@@ -2,17 +2,20 @@
 //! default, `<data-dir>/archive.db`), PostgreSQL or MySQL/MariaDB, chosen
 //! by URL, and answers replay queries from it.
 //!
-//! - One row per event, keyed by the event id: redelivery after a crash
-//!   never duplicates a row (`ON CONFLICT DO NOTHING` / `INSERT IGNORE` /
-//!   `INSERT OR IGNORE`), so the host's at-least-once delivery archives
+//! - One row per event, keyed by its CmRDT order and topic: redelivery
+//!   after a crash never duplicates a row (`ON CONFLICT DO NOTHING`, MySQL's
+//!   `ON DUPLICATE KEY UPDATE id = id`), so the host's at-least-once delivery archives
 //!   each event exactly once.
 //! - One transaction per batch: binary `COPY` into a staging table for
 //!   PostgreSQL, multi-row inserts for MySQL and SQLite (WAL, synced at
 //!   each commit).
 //! - The schema is created and migrated at open, safely with several
 //!   brokers on one database ([`schema`]).
-//! - Any database error but a configuration mistake is retryable: the host
-//!   backs off and delivers the same batch again once the database is back.
+//! - A value the database refuses (a topic too long for its column, a NUL
+//!   in PostgreSQL text, a row over MySQL's `max_allowed_packet`) rejects
+//!   the batch, and the host dead-letters that event; any other database
+//!   error but a configuration mistake is retryable: the host backs off and
+//!   delivers the same batch again once the database is back.
 //!
 //! The schema is documented in `docs/plugins.md` for plain SQL use.
 //!
@@ -82,26 +85,28 @@ pub struct SqlSink {
     target: Target,
     rt: tokio::runtime::Runtime,
     /// `None` after an error: reconnected at the next call.
-    db: Option<Db>,
+    db: Option<(Db, write::Limits)>,
 }
 
 impl SqlSink {
-    async fn connected(target: &Target) -> Result<Db> {
+    async fn connected(target: &Target) -> Result<(Db, write::Limits)> {
         let mut db = db::connect(&target.url).await?;
         schema::migrate(&mut db, &target.table).await?;
-        write::prepare(&mut db, &target.table).await?;
-        Ok(db)
+        let limits = write::prepare(&mut db, &target.table).await?;
+        Ok((db, limits))
     }
 
-    /// Inserts `events`; returns how many rows were new.
+    /// Inserts `events`; returns how many rows were new (MySQL counts a
+    /// row already stored too: sqlx always asks it for found rows, so
+    /// duplicates show only in what queries return).
     pub fn insert(&mut self, events: &[Event<'_>]) -> Result<u64> {
         let SqlSink { target, rt, db } = self;
         rt.block_on(async {
-            let conn = match db {
+            let (conn, limits) = match db {
                 Some(c) => c,
                 None => db.insert(Self::connected(target).await?),
             };
-            let result = write::insert(conn, &target.table, events).await;
+            let result = write::insert(conn, *limits, &target.table, events).await;
             if result.is_err() {
                 // The connection's state is unknown: start afresh next time.
                 *db = None;
@@ -115,12 +120,10 @@ impl SqlSink {
     /// Drops the archive's tables (for scratch tables in tools and tests).
     pub fn drop_table(&mut self) -> Result<()> {
         let SqlSink { target, rt, db } = self;
+        *db = None;
         rt.block_on(async {
-            let conn = match db {
-                Some(c) => c,
-                None => db.insert(db::connect(&target.url).await?),
-            };
-            schema::drop(conn, &target.table).await
+            let mut conn = db::connect(&target.url).await?;
+            schema::drop(&mut conn, &target.table).await
         })
     }
 }

@@ -1,5 +1,5 @@
-//! Archive queries: events in a range, in CmRDT order (timestamp, origin,
-//! id), fetched page by page with keyset pagination so a result of any size
+//! Archive queries: events in a range, in the archive's key order (CmRDT
+//! order, timestamp, origin, id, then the topic), fetched page by page with keyset pagination so a result of any size
 //! streams in bounded memory.
 //!
 //! A prefix matches by whole segments with an index-friendly range instead
@@ -23,10 +23,11 @@ enum Bind {
     Blob(Vec<u8>),
 }
 
-/// Where a query stands: the order key of the last row returned.
+/// Where a query stands: the order key of the last row returned (its last
+/// part is the topic, or MySQL's topic digest).
 #[derive(Debug, Clone, Default)]
 pub struct Position {
-    after: Option<(i64, String, Vec<u8>)>,
+    after: Option<(i64, String, Vec<u8>, Bind)>,
     /// Rows returned so far.
     pub returned: u64,
 }
@@ -36,6 +37,7 @@ pub struct Position {
 fn page_sql(
     table: &str,
     columns: &str,
+    tie: &str,
     q: &Query,
     pos: &Position,
     limit: usize,
@@ -76,17 +78,20 @@ fn page_sql(
     if let Some(i) = q.to_iteration {
         conds.push(format!("iteration < {}", bind(Bind::Int(clamp(i)))));
     }
-    if let Some((ts, origin, id)) = &pos.after {
-        // `(timestamp_us, origin, id) > (a, b, c)`, spelled out: MySQL and
-        // MariaDB do not turn a row comparison into an index range, which
-        // made every page a scan.
+    if let Some((ts, origin, id, last)) = &pos.after {
+        // `(timestamp_us, origin, id, tie) > (a, b, c, d)`, spelled out:
+        // MySQL and MariaDB do not turn a row comparison into an index
+        // range, which made every page a scan.
         let a = bind(Bind::Int(*ts));
         let a2 = bind(Bind::Int(*ts));
         let b = bind(Bind::Text(origin.clone()));
         let b2 = bind(Bind::Text(origin.clone()));
         let c = bind(Bind::Blob(id.clone()));
+        let c2 = bind(Bind::Blob(id.clone()));
+        let d = bind(last.clone());
         conds.push(format!(
-            "timestamp_us >= {a} AND (timestamp_us > {a2} OR origin > {b} OR (origin = {b2} AND id > {c}))"
+            "timestamp_us >= {a} AND (timestamp_us > {a2} OR origin > {b} OR (origin = {b2} AND \
+             (id > {c} OR (id = {c2} AND {tie} > {d}))))"
         ));
     }
     let filter = if conds.is_empty() {
@@ -96,7 +101,7 @@ fn page_sql(
     };
     let sql = format!(
         "SELECT {columns} FROM {table}{filter} \
-         ORDER BY {table}.timestamp_us, {table}.origin, {table}.id LIMIT {limit}"
+         ORDER BY {table}.timestamp_us, {table}.origin, {table}.id, {table}.{tie} LIMIT {limit}"
     );
     (sql, binds)
 }
@@ -161,20 +166,35 @@ pub async fn next_page(
     }
     let rows = match db {
         Db::Pg(c) => {
-            let (sql, binds) = page_sql(table, COLUMNS_PG, q, pos, limit, |i| format!("${i}"));
+            let (sql, binds) = page_sql(table, COLUMNS_PG, "topic", q, pos, limit, |i| {
+                format!("${i}")
+            });
             run_page!(&mut *c, sql, binds, sqlx::Postgres)
         }
         Db::My(c) => {
-            let (sql, binds) = page_sql(table, COLUMNS_MYSQL, q, pos, limit, |_| "?".into());
+            let (sql, binds) = page_sql(table, COLUMNS_MYSQL, "topic_key", q, pos, limit, |_| {
+                "?".into()
+            });
             run_page!(&mut *c, sql, binds, sqlx::MySql)
         }
         Db::Lite(c) => {
-            let (sql, binds) = page_sql(table, COLUMNS_SQLITE, q, pos, limit, |_| "?".into());
+            let (sql, binds) = page_sql(table, COLUMNS_SQLITE, "topic", q, pos, limit, |_| {
+                "?".into()
+            });
             run_page!(&mut *c, sql, binds, sqlx::Sqlite)
         }
     };
     if let Some(last) = rows.last() {
-        pos.after = Some((last.timestamp as i64, last.origin.clone(), last.id.to_vec()));
+        let tie = match db {
+            Db::My(_) => Bind::Blob(crate::write::topic_key(&last.topic)),
+            _ => Bind::Text(last.topic.clone()),
+        };
+        pos.after = Some((
+            last.timestamp as i64,
+            last.origin.clone(),
+            last.id.to_vec(),
+            tie,
+        ));
     }
     pos.returned += rows.len() as u64;
     page.extend(rows);
@@ -193,23 +213,24 @@ mod tests {
             ..Query::default()
         };
         let pos = Position {
-            after: Some((7, "o".into(), vec![1])),
+            after: Some((7, "o".into(), vec![1], Bind::Text("a/b/x".into()))),
             returned: 1,
         };
-        let (sql, binds) = page_sql("t", "id", &q, &pos, 10, |i| format!("${i}"));
+        let (sql, binds) = page_sql("t", "id", "topic", &q, &pos, 10, |i| format!("${i}"));
         assert!(
             sql.contains("(topic = $1 OR (topic >= $2 AND topic < $3))"),
             "{sql}"
         );
         assert!(
             sql.contains(
-                "timestamp_us >= $5 AND (timestamp_us > $6 OR origin > $7 OR (origin = $8 AND id > $9))"
+                "timestamp_us >= $5 AND (timestamp_us > $6 OR origin > $7 OR (origin = $8 AND \
+                 (id > $9 OR (id = $10 AND topic > $11))))"
             ),
             "{sql}"
         );
         // Qualified: in MySQL an unqualified name would sort by the CAST
         // alias of the same name, not the indexed column.
-        assert!(sql.ends_with("ORDER BY t.timestamp_us, t.origin, t.id LIMIT 10"));
+        assert!(sql.ends_with("ORDER BY t.timestamp_us, t.origin, t.id, t.topic LIMIT 10"));
         assert_eq!(binds[1], Bind::Text("a/b/".into()));
         assert_eq!(binds[2], Bind::Text("a/b0".into()));
         assert_eq!(binds[3], Bind::Int(5));

@@ -1,11 +1,14 @@
 //! The archive's schema and its versioned migrations.
 //!
-//! The primary key is the CmRDT order `(timestamp_us, origin, id)`: an
-//! event's id fixes its timestamp and origin, so the key is unique exactly
-//! when the id is (redelivered events are skipped), and it is the order
-//! replays read in (clustered in MySQL and SQLite). Two more indexes serve
-//! prefix queries (`topic, timestamp_us`) and iteration ranges (`node,
-//! iteration`).
+//! The primary key is the CmRDT order and the topic, `(timestamp_us,
+//! origin, id, topic)`: a redelivered event is skipped, while one id that a
+//! client used on two topics (two events to the broker) is kept twice
+//! (schema version 1 keyed without the topic and dropped the second). It
+//! is the order replays read in (clustered in MySQL and SQLite). MySQL's
+//! key holds `topic_key`, the first 16 bytes of the topic's SHA-256,
+//! instead of the topic, which is too long for an InnoDB key. Two more
+//! indexes serve prefix queries (`topic, timestamp_us`) and iteration
+//! ranges (`node, iteration`).
 //!
 //! Migrations are applied at every open, under a lock that serialises
 //! brokers sharing one database (PostgreSQL: an advisory transaction lock;
@@ -23,7 +26,8 @@ use crate::db::{classify, Db};
 /// `(version, statements)` per backend, oldest first; `{t}` is the table.
 type Migration = (i64, &'static [&'static str]);
 
-const POSTGRES: &[Migration] = &[(
+const POSTGRES: &[Migration] = &[
+    (
     1,
     &[
         r#"CREATE TABLE IF NOT EXISTS {t} (
@@ -40,11 +44,17 @@ const POSTGRES: &[Migration] = &[(
         "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
         "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
     ],
-)];
+    ),
+    (
+        2,
+        &["ALTER TABLE {t} DROP CONSTRAINT {t}_pkey, ADD PRIMARY KEY (timestamp_us, origin, id, topic)"],
+    ),
+];
 
-const MYSQL: &[Migration] = &[(
-    1,
-    &["CREATE TABLE IF NOT EXISTS {t} (
+const MYSQL: &[Migration] = &[
+    (
+        1,
+        &["CREATE TABLE IF NOT EXISTS {t} (
             id BINARY(16) NOT NULL,
             node VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
             iteration BIGINT UNSIGNED NOT NULL,
@@ -58,9 +68,22 @@ const MYSQL: &[Migration] = &[(
             KEY {t}_topic_time (topic(500), timestamp_us),
             KEY {t}_node_iteration (node, iteration)
         ) ENGINE=InnoDB"],
-)];
+    ),
+    (
+        2,
+        &[
+            // One statement, so that a crash leaves the table as it was or
+            // fully keyed; rows get their digest just after, in the same
+            // migration, before anything is inserted.
+            "ALTER TABLE {t} ADD COLUMN topic_key BINARY(16) NOT NULL DEFAULT '', \
+             DROP PRIMARY KEY, ADD PRIMARY KEY (timestamp_us, origin, id, topic_key)",
+            "UPDATE {t} SET topic_key = UNHEX(LEFT(SHA2(topic, 256), 32))",
+        ],
+    ),
+];
 
-const SQLITE: &[Migration] = &[(
+const SQLITE: &[Migration] = &[
+    (
     1,
     &[
         "CREATE TABLE IF NOT EXISTS {t} (
@@ -77,10 +100,34 @@ const SQLITE: &[Migration] = &[(
         "CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, timestamp_us)",
         "CREATE INDEX IF NOT EXISTS {t}_node_iteration ON {t} (node, iteration)",
     ],
-)];
+    ),
+    (
+        2,
+        // SQLite cannot change a primary key: the table is rebuilt, inside
+        // the migration's transaction.
+        &[
+            "CREATE TABLE {t}_v2 (
+            id BLOB NOT NULL,
+            node TEXT NOT NULL,
+            iteration INTEGER NOT NULL,
+            topic TEXT NOT NULL,
+            timestamp_us INTEGER NOT NULL,
+            origin TEXT NOT NULL,
+            kind INTEGER NOT NULL,
+            payload BLOB NOT NULL,
+            archived_at_us INTEGER NOT NULL,
+            PRIMARY KEY (timestamp_us, origin, id, topic)) WITHOUT ROWID",
+            "INSERT INTO {t}_v2 SELECT id, node, iteration, topic, timestamp_us, origin, kind, payload, archived_at_us FROM {t}",
+            "DROP TABLE {t}",
+            "ALTER TABLE {t}_v2 RENAME TO {t}",
+            "CREATE INDEX {t}_topic_time ON {t} (topic, timestamp_us)",
+            "CREATE INDEX {t}_node_iteration ON {t} (node, iteration)",
+        ],
+    ),
+];
 
 /// The newest schema version.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 /// Whether `table` is a safe SQL identifier for the archive.
 pub fn valid_table(table: &str) -> bool {
@@ -99,9 +146,11 @@ fn lock_key(table: &str) -> i64 {
 
 /// Creates the migration log, reads the version and applies (and records)
 /// every newer migration on connection or transaction `$c`; evaluates to
-/// `Result<(), sqlx::Error>`.
+/// `Result<(), sqlx::Error>`. A statement failing with an error that
+/// `$done_before` recognises had already run (before a crash, where DDL is
+/// not transactional).
 macro_rules! apply {
-    ($c:expr, $sql:expr, $create_log:expr, $migrations:expr, $now:expr, $current:literal, $insert:literal) => {
+    ($c:expr, $sql:expr, $create_log:expr, $migrations:expr, $now:expr, $current:literal, $insert:literal, $done_before:expr) => {
         async {
             $c.execute(AssertSqlSafe($sql($create_log))).await?;
             let current: i64 = sqlx::query(AssertSqlSafe($sql($current)))
@@ -110,7 +159,12 @@ macro_rules! apply {
                 .try_get(0)?;
             for (version, statements) in $migrations.iter().filter(|(v, _)| *v > current) {
                 for s in *statements {
-                    $c.execute(AssertSqlSafe($sql(s))).await?;
+                    match $c.execute(AssertSqlSafe($sql(s))).await {
+                        Err(e) if $done_before(&e) => {}
+                        other => {
+                            other?;
+                        }
+                    }
                 }
                 sqlx::query(AssertSqlSafe($sql($insert)))
                     .bind(version)
@@ -124,13 +178,27 @@ macro_rules! apply {
     };
 }
 
+/// MySQL's "duplicate column name": an `ADD COLUMN` that ran before a crash
+/// (MySQL commits each DDL statement on its own).
+fn column_exists(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d)
+        if d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>().is_some_and(|m| m.number() == 1060))
+}
+
 /// Applies the migrations `table` lacks; returns the schema version.
 pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
-    let (migrations, create_log) = match db {
+    migrate_to(db, table, VERSION).await
+}
+
+/// Applies the migrations `table` lacks up to version `upto` (tests build
+/// older schemas with it); returns `upto`.
+pub async fn migrate_to(db: &mut Db, table: &str, upto: i64) -> Result<i64, Error> {
+    let (all, create_log): (&[Migration], _) = match db {
         Db::Pg(_) => (POSTGRES, "CREATE TABLE IF NOT EXISTS {t}_migrations (version BIGINT PRIMARY KEY, applied_at_us BIGINT NOT NULL)"),
         Db::My(_) => (MYSQL, "CREATE TABLE IF NOT EXISTS {t}_migrations (version BIGINT PRIMARY KEY, applied_at_us BIGINT UNSIGNED NOT NULL) ENGINE=InnoDB"),
         Db::Lite(_) => (SQLITE, "CREATE TABLE IF NOT EXISTS {t}_migrations (version INTEGER PRIMARY KEY, applied_at_us INTEGER NOT NULL)"),
     };
+    let migrations = &all[..all.iter().take_while(|(v, _)| *v <= upto).count()];
     let sql = |s: &str| s.replace("{t}", table);
     let now = crate::now_micros() as i64;
     let key = lock_key(table);
@@ -150,7 +218,8 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 migrations,
                 now,
                 "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
-                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)"
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES ($1, $2)",
+                |_: &sqlx::Error| false
             )
             .map_err(classify)?;
             tx.commit().await.map_err(classify)?;
@@ -176,7 +245,8 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 migrations,
                 now,
                 "SELECT CAST(COALESCE(MAX(version), 0) AS SIGNED) FROM {t}_migrations",
-                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)"
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
+                column_exists
             );
             let released = sqlx::query("SELECT RELEASE_LOCK(?)")
                 .bind(&name)
@@ -194,7 +264,8 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
                 migrations,
                 now,
                 "SELECT COALESCE(MAX(version), 0) FROM {t}_migrations",
-                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)"
+                "INSERT INTO {t}_migrations (version, applied_at_us) VALUES (?, ?)",
+                |_: &sqlx::Error| false
             );
             match result {
                 Ok(()) => {
@@ -207,7 +278,7 @@ pub async fn migrate(db: &mut Db, table: &str) -> Result<i64, Error> {
             }
         }
     }
-    Ok(VERSION)
+    Ok(upto)
 }
 
 /// Drops the archive's table and its migration log.

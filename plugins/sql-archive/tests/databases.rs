@@ -127,11 +127,9 @@ fn every_event_once_and_queries_in_order_with_whole_segment_prefixes() {
             inserted += sink.insert(chunk).unwrap();
         }
         assert_eq!(inserted, 12_000, "{name}");
-        assert_eq!(
-            sink.insert(&views[4000..9000]).unwrap(),
-            0,
-            "{name}: duplicates"
-        );
+        // MySQL counts found rows too; the queries below show no duplicate.
+        let again = sink.insert(&views[4000..9000]).unwrap();
+        assert_eq!(again, if name == "mariadb" { 5000 } else { 0 }, "{name}");
         sink.flush().unwrap();
         drop(sink);
 
@@ -224,4 +222,159 @@ fn bad_settings_are_fatal() {
     let sink = SqlSink::open(&ctx("{}", dir.path())).unwrap();
     drop(sink);
     assert!(dir.path().join("archive.db").exists());
+}
+
+#[test]
+fn events_with_one_id_on_two_topics_are_both_kept() {
+    // A client may reuse an id (and timestamp) on several topics: the
+    // broker applies each, so the archive must keep each.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, url) in backends(dir.path()) {
+        let table = table(name);
+        let config = settings(&url, &table);
+        let mut all = events(2);
+        all[1].id = all[0].id;
+        all[1].timestamp = all[0].timestamp;
+        all[1].origin = all[0].origin.clone();
+        all[1].topic = "other/topic".into();
+        let mut sink = SqlSink::open(&ctx(&config, dir.path())).unwrap();
+        let views: Vec<Event<'_>> = all.iter().map(OwnedEvent::as_event).collect();
+        assert_eq!(sink.insert(&views).unwrap(), 2, "{name}");
+        // Redelivered: still skipped (MySQL counts found rows).
+        let again = sink.insert(&views).unwrap();
+        assert_eq!(again, if name == "mariadb" { 2 } else { 0 }, "{name}");
+        drop(sink);
+        let archive = SqlArchive::open(&ctx(&config, dir.path())).unwrap();
+        let mut got = query_all(&archive, &Query::default());
+        got.sort_by(|a, b| a.topic.cmp(&b.topic));
+        all.sort_by(|a, b| a.topic.cmp(&b.topic));
+        assert_eq!(got, all, "{name}");
+        drop(archive);
+        drop_tables(&url, &table);
+    }
+}
+
+/// An event no database of its backend can store: PostgreSQL refuses NUL
+/// in text (such topics are refused at publish now, but older logs may
+/// hold them), MariaDB a topic longer than its column and a row above its
+/// `max_allowed_packet`.
+fn poison(name: &str, template: &OwnedEvent) -> Vec<OwnedEvent> {
+    let with = |f: &dyn Fn(&mut OwnedEvent)| {
+        let mut e = template.clone();
+        e.id[15] ^= 0x55;
+        f(&mut e);
+        e
+    };
+    match name {
+        "postgres" => vec![with(&|e| e.topic = "a\0b".into())],
+        "mariadb" => vec![
+            with(&|e| e.topic = "t/".to_string() + &"x".repeat(1100)),
+            with(&|e| e.payload = vec![7; 17 << 20]),
+        ],
+        _ => vec![],
+    }
+}
+
+#[test]
+fn events_the_database_refuses_are_rejected_and_the_rest_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, url) in backends(dir.path()) {
+        let table = table(name);
+        let config = settings(&url, &table);
+        let good = events(2);
+        let mut sink = SqlSink::open(&ctx(&config, dir.path())).unwrap();
+        for bad in poison(name, &good[0]) {
+            let batch = [good[0].clone(), bad.clone(), good[1].clone()];
+            let views: Vec<Event<'_>> = batch.iter().map(OwnedEvent::as_event).collect();
+            match sink.insert(&views) {
+                Err(spread_plugin::Error::Rejected(m)) => eprintln!("{name}: {m}"),
+                other => panic!("{name}: {other:?} for {:.60}", bad.topic),
+            }
+            let alone = [bad.as_event()];
+            assert!(
+                matches!(sink.insert(&alone), Err(spread_plugin::Error::Rejected(_))),
+                "{name}"
+            );
+        }
+        // Nothing of a rejected batch was stored; the good events go in.
+        let views: Vec<Event<'_>> = good.iter().map(OwnedEvent::as_event).collect();
+        assert_eq!(sink.insert(&views).unwrap(), 2, "{name}");
+        drop(sink);
+        drop_tables(&url, &table);
+    }
+}
+
+#[test]
+fn version_1_archives_are_rekeyed_with_the_topic_and_keep_their_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (name, url) in backends(dir.path()) {
+        let table = table(name);
+        let config = settings(&url, &table);
+        let old = events(3);
+        rt.block_on(async {
+            let mut conn = db::connect(&url).await.unwrap();
+            spread_sql_archive::schema::migrate_to(&mut conn, &table, 1)
+                .await
+                .unwrap();
+            let insert = |mark: &dyn Fn(usize) -> String| {
+                let marks: Vec<String> = (1..=8).map(mark).collect();
+                format!(
+                    "INSERT INTO {table} (id, node, iteration, topic, timestamp_us, origin, \
+                     kind, payload, archived_at_us) VALUES ({}, 1)",
+                    marks.join(", ")
+                )
+            };
+            for e in &old {
+                macro_rules! run {
+                    ($c:expr, $sql:expr) => {
+                        sqlx::query(sqlx::AssertSqlSafe($sql))
+                            .bind(e.id.to_vec())
+                            .bind(e.node.clone())
+                            .bind(e.iteration as i64)
+                            .bind(e.topic.clone())
+                            .bind(e.timestamp as i64)
+                            .bind(e.origin.clone())
+                            .bind(i16::from(e.kind.to_byte()))
+                            .bind(e.payload.clone())
+                            .execute(&mut *$c)
+                            .await
+                            .unwrap()
+                    };
+                }
+                match &mut conn {
+                    db::Db::Pg(c) => {
+                        run!(c, insert(&|i| format!("${i}")));
+                    }
+                    db::Db::My(c) => {
+                        run!(c, insert(&|_| "?".into()));
+                    }
+                    db::Db::Lite(c) => {
+                        run!(c, insert(&|_| "?".into()));
+                    }
+                }
+            }
+        });
+        // Opening migrates to version 2; the rows are still there, and a
+        // redelivery of them is still skipped.
+        let mut sink = SqlSink::open(&ctx(&config, dir.path())).unwrap();
+        let views: Vec<Event<'_>> = old.iter().map(OwnedEvent::as_event).collect();
+        sink.insert(&views).unwrap();
+        let mut twin = old[0].clone();
+        twin.topic = "twin".into();
+        assert_eq!(sink.insert(&[twin.as_event()]).unwrap(), 1, "{name}");
+        drop(sink);
+        let archive = SqlArchive::open(&ctx(&config, dir.path())).unwrap();
+        let mut got = query_all(&archive, &Query::default());
+        let mut want = old.clone();
+        want.push(twin);
+        got.sort_by(|a, b| (a.iteration, &a.topic).cmp(&(b.iteration, &b.topic)));
+        want.sort_by(|a, b| (a.iteration, &a.topic).cmp(&(b.iteration, &b.topic)));
+        assert_eq!(got, want, "{name}");
+        drop(archive);
+        drop_tables(&url, &table);
+    }
 }
