@@ -230,6 +230,7 @@ impl EngineHandle {
             round_records: 0,
             forgotten_deletes,
             applied_by: recovered_times(&recovery, start),
+            checkpoint_walk: None,
             reserved_through,
         };
         let thread = std::thread::Builder::new()
@@ -348,6 +349,8 @@ struct Engine {
     /// checkpoint. Deletes are forgotten by when they were applied, never
     /// by the timestamp a client chose.
     applied_by: std::collections::VecDeque<(u64, std::time::SystemTime)>,
+    /// A checkpoint being gathered over several rounds.
+    checkpoint_walk: Option<persist::CheckpointWalk>,
     /// Iterations up to this one may be handed out (see
     /// [`ITERATIONS_RESERVED_AHEAD`]).
     reserved_through: u64,
@@ -357,7 +360,7 @@ impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             // Snapshots in progress go on even when no command comes.
-            let first = if self.snapshots.is_empty() {
+            let first = if self.snapshots.is_empty() && self.checkpoint_walk.is_none() {
                 match rx.blocking_recv() {
                     Some(cmd) => Some(cmd),
                     None => break,
@@ -384,7 +387,9 @@ impl Engine {
             }
             self.reserve_iterations();
             self.end_round();
-            if self.since_checkpoint >= self.checkpoints.every {
+            if self.checkpoint_walk.is_some() {
+                self.advance_checkpoint(persist::CHECKPOINT_NODES_PER_ROUND, false);
+            } else if self.since_checkpoint >= self.checkpoints.every {
                 self.checkpoint(false);
             }
             self.enforce_retention();

@@ -5,8 +5,25 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::tree::Walk;
 use super::{fanout, Engine, Release};
 use crate::log::sync::Round;
+
+/// Nodes a checkpoint walks per engine round: about 3 ms (0.8 µs a node
+/// measured on a table of 1,000,000 topics).
+pub(super) const CHECKPOINT_NODES_PER_ROUND: usize = 4096;
+
+/// A checkpoint being gathered. It covers every iteration up to
+/// `iteration`, where the walk began; the events it gathers may be newer
+/// (each topic's latest when visited), which recovery's replay of the log
+/// after `iteration` makes harmless.
+pub(super) struct CheckpointWalk {
+    walk: Walk,
+    iteration: u64,
+    cutoff: u64,
+    events: Vec<spread_protocol::Event>,
+    forgotten: u64,
+}
 
 impl Engine {
     /// Deletes history beyond the retention limits once a newer checkpoint
@@ -32,46 +49,104 @@ impl Engine {
         }
     }
 
-    /// Writes a checkpoint of the latest-value table covering everything
-    /// applied so far: in the background, or in this thread when `wait`.
+    /// Starts a checkpoint of the latest-value table covering everything
+    /// applied so far. The table is gathered over the following rounds, a
+    /// budget of nodes per round ([`CheckpointWalk`]), so a large table
+    /// never stalls the engine; it is then written in the background. With
+    /// `wait` (at shutdown), everything happens now, in this thread.
     pub(super) fn checkpoint(&mut self, wait: bool) {
-        if !self.held.is_empty() || self.checkpointing.swap(true, Ordering::AcqRel) {
-            // Unwritten rounds, or a checkpoint already being written.
+        if wait {
+            // Any walk in progress is superseded by this one.
+            self.checkpoint_walk = None;
+        }
+        if !self.held.is_empty()
+            || self.checkpoint_walk.is_some()
+            || self.checkpointing.swap(true, Ordering::AcqRel)
+        {
+            // Unwritten rounds, or a checkpoint already being gathered or
+            // written.
             return;
         }
         self.since_checkpoint = 0;
-        if let Some(grace) = self.checkpoints.tombstone_grace {
-            // Everything up to the newest iteration reached at least `grace`
-            // ago was applied that long ago.
-            let now = std::time::SystemTime::now();
-            self.applied_by.push_back((self.tree.iteration(), now));
-            let old_enough =
-                |at: &std::time::SystemTime| now.duration_since(*at).is_ok_and(|age| age >= grace);
-            while self.applied_by.len() > 1
-                && self.applied_by.get(1).is_some_and(|(_, at)| old_enough(at))
-            {
-                self.applied_by.pop_front();
-            }
-            let cutoff = match self.applied_by.front() {
-                Some((it, at)) if old_enough(at) => it.saturating_add(1),
-                _ => 0,
-            };
-            let forgotten = self.tree.purge_tombstones(cutoff);
-            if forgotten > self.forgotten_deletes {
-                // Recorded before the checkpoint that lacks them is written.
-                let stored = crate::log::retention::store_value(
-                    self.log.dir(),
-                    crate::log::retention::FORGOTTEN_DELETES,
-                    forgotten,
-                );
-                if let Err(e) = stored {
-                    tracing::error!("cannot record forgotten deletes: {e}");
-                }
-                self.forgotten_deletes = forgotten;
-            }
+        let cutoff = self.tombstone_cutoff();
+        self.checkpoint_walk = Some(CheckpointWalk {
+            walk: self.tree.walk(&spread_protocol::Topic::root()),
+            iteration: self.tree.iteration(),
+            cutoff,
+            events: Vec::with_capacity(self.tree.topics()),
+            forgotten: 0,
+        });
+        self.advance_checkpoint(
+            if wait {
+                usize::MAX
+            } else {
+                CHECKPOINT_NODES_PER_ROUND
+            },
+            wait,
+        );
+    }
+
+    /// The iteration below which deletes are forgotten at this checkpoint:
+    /// everything up to the newest iteration reached at least the grace
+    /// period ago was applied that long ago (0: none).
+    fn tombstone_cutoff(&mut self) -> u64 {
+        let Some(grace) = self.checkpoints.tombstone_grace else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        self.applied_by.push_back((self.tree.iteration(), now));
+        let old_enough =
+            |at: &std::time::SystemTime| now.duration_since(*at).is_ok_and(|age| age >= grace);
+        while self.applied_by.len() > 1
+            && self.applied_by.get(1).is_some_and(|(_, at)| old_enough(at))
+        {
+            self.applied_by.pop_front();
         }
-        let events = self.tree.all_events();
-        let iteration = self.tree.iteration();
+        match self.applied_by.front() {
+            Some((it, at)) if old_enough(at) => it.saturating_add(1),
+            _ => 0,
+        }
+    }
+
+    /// Walks `budget` more nodes of the checkpoint being gathered; once all
+    /// are, hands it to a writer (this thread when `wait`). Called after the
+    /// round's records were written, so every event gathered is in the log
+    /// file that the writer syncs before writing the checkpoint.
+    pub(super) fn advance_checkpoint(&mut self, budget: usize, wait: bool) {
+        let Some(mut cw) = self.checkpoint_walk.take() else {
+            return;
+        };
+        if !self.held.is_empty() {
+            // The table now holds events of rounds the log could not write:
+            // none of them may be in a checkpoint. Started again later.
+            self.checkpointing.store(false, Ordering::Release);
+            self.since_checkpoint = self.checkpoints.every;
+            return;
+        }
+        let mut budget = budget;
+        let forgotten =
+            self.tree
+                .checkpoint_step(&mut cw.walk, cw.cutoff, &mut budget, &mut cw.events);
+        cw.forgotten = cw.forgotten.max(forgotten);
+        if !cw.walk.is_done() {
+            self.checkpoint_walk = Some(cw);
+            return;
+        }
+        if cw.forgotten > self.forgotten_deletes {
+            // Recorded before the checkpoint that lacks them is written.
+            let stored = crate::log::retention::store_value(
+                self.log.dir(),
+                crate::log::retention::FORGOTTEN_DELETES,
+                cw.forgotten,
+            );
+            if let Err(e) = stored {
+                tracing::error!("cannot record forgotten deletes: {e}");
+            }
+            self.forgotten_deletes = cw.forgotten;
+        }
+        let CheckpointWalk {
+            events, iteration, ..
+        } = cw;
         let file = self.log.active_file();
         let dir = self.log.dir().to_owned();
         let busy = self.checkpointing.clone();

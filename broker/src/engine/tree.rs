@@ -63,6 +63,15 @@ impl<S> Node<S> {
         Some(node)
     }
 
+    /// The node at `topic`, if there is one.
+    fn descend_existing_mut(&mut self, topic: &str) -> Option<&mut Node<S>> {
+        let mut node = self;
+        for seg in segments(topic) {
+            node = node.children.get_mut(seg)?;
+        }
+        Some(node)
+    }
+
     fn collect(&self, since: u64, tombstones: bool, out: &mut Vec<Event>) {
         if self.max_iteration <= since {
             return;
@@ -77,27 +86,17 @@ impl<S> Node<S> {
         }
     }
 
-    /// Drops tombstones whose iteration is below `cutoff`, pruning emptied
-    /// nodes.
-    /// Returns how many, and the greatest iteration among them.
-    fn purge_tombstones(&mut self, cutoff: u64) -> (usize, u64) {
-        let mut purged = (0, 0);
-        if self
-            .value
-            .as_ref()
-            .is_some_and(|v| v.is_tombstone() && v.iteration() < cutoff)
-        {
-            if let Some(v) = self.value.take() {
-                purged = (1, v.iteration());
+    /// Removes the nodes on the path of `segs` that are empty, deepest
+    /// first.
+    fn prune(&mut self, segs: &[&str]) {
+        if let Some((first, rest)) = segs.split_first() {
+            if let Some(child) = self.children.get_mut(*first) {
+                child.prune(rest);
+                if child.is_empty() {
+                    self.children.remove(*first);
+                }
             }
         }
-        self.children.retain(|_, child| {
-            let (n, it) = child.purge_tombstones(cutoff);
-            purged.0 += n;
-            purged.1 = purged.1.max(it);
-            !child.is_empty()
-        });
-        purged
     }
 
     /// Removes every subscriber matching `pred` at the node of `segs`, then
@@ -584,6 +583,75 @@ impl<S> Tree<S> {
         }
     }
 
+    /// Visits up to `*budget` nodes of `walk` (a walk of the root) for a
+    /// checkpoint: forgets the deletes below `cutoff` it meets (pruning the
+    /// nodes they leave empty) and adds every other latest event to `out`.
+    /// Returns the greatest iteration forgotten (0 if none).
+    ///
+    /// Between steps the tree changes, so the events gathered are each
+    /// topic's latest *when visited*: restoring them and then the log after
+    /// the iteration at which the walk began rebuilds the same table, since
+    /// restoring keeps the greater event whatever the order.
+    pub fn checkpoint_step(
+        &mut self,
+        walk: &mut Walk,
+        cutoff: u64,
+        budget: &mut usize,
+        out: &mut Vec<Event>,
+    ) -> u64 {
+        let mut forgotten = 0;
+        while *budget > 0 {
+            let Some((parent, names)) = walk.stack.last_mut() else {
+                break;
+            };
+            let Some(name) = names.pop() else {
+                walk.stack.pop();
+                continue;
+            };
+            let parent = parent.clone();
+            *budget -= 1;
+            // Gone since the walk began: its events are in the log after.
+            let Some(parent_node) = self.root.descend_existing_mut(&parent) else {
+                continue;
+            };
+            let Some(node) = parent_node.children.get_mut(&name) else {
+                continue;
+            };
+            if node
+                .value
+                .as_ref()
+                .is_some_and(|v| v.is_tombstone() && v.iteration() < cutoff)
+            {
+                if let Some(v) = node.value.take() {
+                    forgotten = forgotten.max(v.iteration());
+                    self.topics -= 1;
+                }
+            }
+            if let Some(v) = &node.value {
+                out.push(v.clone());
+            }
+            if node.is_empty() {
+                parent_node.children.remove(&name);
+                if parent_node.is_empty() {
+                    // Ancestors emptied by the deletes forgotten below them.
+                    let segs: SmallVec<[&str; 16]> = segments(&parent).collect();
+                    self.root.prune(&segs);
+                }
+                continue;
+            }
+            if !node.children.is_empty() {
+                let names = node.children.keys().cloned().collect();
+                let path = if parent.is_empty() {
+                    name.into_string()
+                } else {
+                    format!("{parent}/{name}")
+                };
+                walk.stack.push((path, names));
+            }
+        }
+        forgotten
+    }
+
     /// The subscription on `prefix` matching `pred`, to change it in place.
     pub fn subscriber_mut(
         &mut self,
@@ -595,22 +663,6 @@ impl<S> Tree<S> {
             node = node.children.get_mut(seg)?;
         }
         node.subs.iter_mut().find(pred)
-    }
-
-    /// Forgets deletes whose iteration is below `cutoff`: the topic then
-    /// simply has no value. Returns the greatest iteration forgotten (0 if
-    /// none): a client resuming from before it cannot learn of those deletes.
-    pub fn purge_tombstones(&mut self, cutoff: u64) -> u64 {
-        let (n, max) = self.root.purge_tombstones(cutoff);
-        self.topics -= n;
-        max
-    }
-
-    /// The latest event of every topic, tombstones included (for checkpoints).
-    pub fn all_events(&self) -> Vec<Event> {
-        let mut out = Vec::with_capacity(self.topics);
-        self.root.collect(0, true, &mut out);
-        out
     }
 
     /// Registers `sub` on `prefix` without a snapshot.
@@ -642,6 +694,66 @@ impl<S> Tree<S> {
 mod tests {
     use super::*;
     use spread_protocol::TopicRules;
+
+    /// A whole checkpoint walk: (events gathered, greatest forgotten).
+    fn checkpoint(tr: &mut Tree<u32>, cutoff: u64) -> (usize, u64) {
+        let mut walk = tr.walk(&Topic::root());
+        let mut out = Vec::new();
+        let forgotten = tr.checkpoint_step(&mut walk, cutoff, &mut usize::MAX.clone(), &mut out);
+        assert!(walk.is_done());
+        (out.len(), forgotten)
+    }
+
+    #[test]
+    fn a_checkpoint_gathered_while_the_tree_changes_restores_the_same_table() {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        let mut x = seed | 1;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..20 {
+            let mut tr = tree();
+            let topic = |i: u64| format!("t/{}/{}", i % 7, i % 40);
+            for i in 0..200 {
+                tr.publish(set(&topic(i * 13), format!("a{i}").as_bytes()), |_, _| {});
+            }
+            let start = tr.iteration();
+            let mut walk = tr.walk(&Topic::root());
+            let mut gathered = Vec::new();
+            let mut after = Vec::new();
+            while !walk.is_done() {
+                let mut budget = 1 + next(8) as usize;
+                tr.checkpoint_step(&mut walk, 0, &mut budget, &mut gathered);
+                for _ in 0..next(4) {
+                    let mut d = set("", b"");
+                    let name = topic(next(60));
+                    let payload = format!("b{}", next(1000));
+                    d.topic = &name;
+                    d.payload = payload.as_bytes();
+                    if next(4) == 0 {
+                        d.mode = PublishMode::Delete;
+                    }
+                    if let Applied::New { event, .. } = tr.publish(d, |_, _| {}) {
+                        after.push(event);
+                    }
+                }
+            }
+            // Recovery: the checkpoint, then the log after its iteration.
+            let mut restored = tree();
+            for e in gathered {
+                restored.restore(e);
+            }
+            for e in after.into_iter().filter(|e| e.iteration() > start) {
+                restored.restore(e);
+            }
+            assert_eq!(state(&restored), state(&tr), "seed {seed}");
+        }
+    }
 
     fn tree() -> Tree<u32> {
         Tree::new(
@@ -746,7 +858,7 @@ mod tests {
             &mut all,
         );
         assert!(walk.is_done());
-        assert_eq!(all.len(), tr.all_events().len());
+        assert_eq!(all.len(), checkpoint(&mut tr, 0).0);
     }
 
     #[test]
@@ -873,12 +985,12 @@ mod tests {
         let tomb_it = tr.iteration();
         assert_eq!(tr.topics(), 2);
         // A cutoff before the delete keeps it.
-        assert_eq!(tr.purge_tombstones(1), 0);
-        assert_eq!(tr.purge_tombstones(tomb_it), 0);
-        assert_eq!(tr.purge_tombstones(u64::MAX), tomb_it);
+        assert_eq!(checkpoint(&mut tr, 1), (2, 0));
+        assert_eq!(checkpoint(&mut tr, tomb_it).1, 0);
+        assert_eq!(checkpoint(&mut tr, u64::MAX), (1, tomb_it));
         assert_eq!(tr.topics(), 1);
         assert!(!tr.root.children["p"].children.contains_key("gone"));
-        assert_eq!(tr.all_events().len(), 1);
+        assert_eq!(checkpoint(&mut tr, 0).0, 1);
     }
 
     #[test]
