@@ -128,21 +128,24 @@ impl Engine {
             self.tree
                 .checkpoint_step(&mut cw.walk, cw.cutoff, &mut budget, &mut cw.events);
         cw.forgotten = cw.forgotten.max(forgotten);
+        // At once: a subscription resuming from before a delete forgotten
+        // in this step must be told that it cannot learn of it.
+        self.forgotten_deletes = self.forgotten_deletes.max(forgotten);
         if !cw.walk.is_done() {
             self.checkpoint_walk = Some(cw);
             return;
         }
-        if cw.forgotten > self.forgotten_deletes {
-            // Recorded before the checkpoint that lacks them is written.
+        if cw.forgotten > 0 {
+            // Recorded before the checkpoint that lacks them is written
+            // (until then, a restart finds them in the log).
             let stored = crate::log::retention::store_value(
                 self.log.dir(),
                 crate::log::retention::FORGOTTEN_DELETES,
-                cw.forgotten,
+                self.forgotten_deletes,
             );
             if let Err(e) = stored {
                 tracing::error!("cannot record forgotten deletes: {e}");
             }
-            self.forgotten_deletes = cw.forgotten;
         }
         let CheckpointWalk {
             events, iteration, ..
