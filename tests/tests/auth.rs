@@ -527,3 +527,78 @@ async fn tokens_cannot_stretch_their_rights_algorithms_or_validity() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_a_subscriber_may_not_read_never_counts_against_it() {
+    use spread_protocol::{Response, SubscribeMode, Topic};
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--jwt-secret",
+        SECRET,
+        "--subscriber-buffer",
+        "1048576",
+    ]);
+    let admin = client(&broker, &mint(&broker, "admin", &[])).await.unwrap();
+    // May subscribe to `a` (it reaches a/x) but read only a/x; it does
+    // not read its socket yet.
+    let mut raw = broker.raw_unhandshaken().await;
+    raw.send(&Request::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        client_name: "narrow".into(),
+        token: Some(mint(&broker, "narrow", &["--read", "a/x"])),
+    }))
+    .await;
+    assert!(matches!(raw.recv().await, Some(Response::Welcome { .. })));
+    raw.send(&Request::Subscribe {
+        req_id: 1,
+        prefix: Topic::new("a", &Default::default()).unwrap(),
+        since: 0,
+        mode: SubscribeMode::Latest,
+    })
+    .await;
+    let publish_all = |topics: Vec<String>| {
+        let admin = admin.clone();
+        async move {
+            for chunk in topics.chunks(512) {
+                let writes = chunk.iter().map(|t| admin.publish(t, vec![b'p'; 1024]));
+                for r in futures_util::future::join_all(writes).await {
+                    r.unwrap();
+                }
+            }
+        }
+    };
+    // 8 MiB it may read, on distinct topics (nothing to conflate away),
+    // more than the socket holds: its queue is now backed up...
+    publish_all((0..8192).map(|i| format!("a/x/{i}")).collect()).await;
+    // ...when 16 MiB it may not read arrive, 100 topics rewritten.
+    publish_all((0..16_000).map(|i| format!("a/y/{}", i % 100)).collect()).await;
+    admin.publish("a/x/end", "end").await.unwrap();
+    let mut seen = 0;
+    let mut skipped = 0;
+    loop {
+        match raw.recv().await.expect("open") {
+            Response::Event { event, .. } => {
+                assert!(event.topic().starts_with("a/x/"), "{}", event.topic());
+                seen += 1;
+                if event.topic() == "a/x/end" {
+                    break;
+                }
+            }
+            Response::Conflated { skipped: n, .. } => skipped += n,
+            Response::SnapshotComplete { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A conflated notice follows the latest values it stands for.
+    raw.send(&Request::Ping { req_id: 9 }).await;
+    loop {
+        match raw.recv().await.expect("open") {
+            Response::Conflated { skipped: n, .. } => skipped += n,
+            Response::Pong { .. } => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, 8193);
+    assert_eq!(skipped, 0, "events it may not read were counted as skipped");
+}

@@ -81,6 +81,16 @@ impl Rights {
         !self.denied(topic) && self.read.iter().any(|p| covers(p, topic))
     }
 
+    /// Whether every topic under `prefix` may be read, so that its
+    /// events need no check one by one.
+    pub fn reads_all_under(&self, prefix: &str) -> bool {
+        self.read.iter().any(|p| covers(p, prefix))
+            && !self
+                .deny
+                .iter()
+                .any(|d| covers(d, prefix) || covers(prefix, d))
+    }
+
     /// Whether a subscription (or replay) of `prefix` may reach any topic:
     /// it overlaps a readable prefix and is not wholly denied. Its events
     /// are still filtered one by one with [`can_read`](Rights::can_read).
@@ -107,6 +117,21 @@ mod tests {
 
     fn claim(json: &str) -> RightsClaim {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn reads_all_under_needs_a_covering_right_and_no_deny_inside() {
+        let r = rights();
+        assert!(r.reads_all_under("sensors"));
+        assert!(r.reads_all_under("sensors/a/b"));
+        assert!(
+            !r.reads_all_under(""),
+            "only parts of the root are readable"
+        );
+        assert!(!r.reads_all_under("config"), "config/secrets is denied");
+        assert!(!r.reads_all_under("config/secrets/x"));
+        assert!(r.reads_all_under("config/public"));
+        assert!(!r.reads_all_under("users"));
     }
 
     #[test]

@@ -376,6 +376,14 @@ impl Conn {
         self.rights.as_ref().is_none_or(|r| r.can_read(topic))
     }
 
+    /// Whether every event under `prefix` may be delivered to this
+    /// connection (else a subscription of it filters at delivery).
+    pub fn reads_all_under(&self, prefix: &str) -> bool {
+        self.rights
+            .as_ref()
+            .is_none_or(|r| r.reads_all_under(prefix))
+    }
+
     /// Whether this connection may publish to `topic`.
     pub fn may_publish(&self, topic: &str) -> bool {
         self.rights.as_ref().is_none_or(|r| r.can_publish(topic))

@@ -272,6 +272,7 @@ impl Engine {
                 sub_id,
                 exact: true,
                 pending: false,
+                filtered: !conn.reads_all_under(prefix.as_str()),
             },
         );
         self.fanout.push(
@@ -293,6 +294,7 @@ impl Engine {
                 sub_id,
                 exact: true,
                 pending: false,
+                filtered: !conn.reads_all_under(prefix.as_str()),
             },
         );
         if !events.is_empty() {

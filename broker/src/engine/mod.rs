@@ -102,6 +102,10 @@ struct Subscriber {
     exact: bool,
     /// Its snapshot is still being walked: live events are held.
     pending: bool,
+    /// Its token may not read every topic under its prefix: events are
+    /// checked before they are queued, so that what it may not read never
+    /// takes its queue's room nor counts as skipped when it is conflated.
+    filtered: bool,
 }
 
 /// What the engine shares with the rest of the broker.
@@ -622,6 +626,9 @@ impl Engine {
             mode: p.mode,
         };
         let applied = tree.publish(draft, |s, event| {
+            if s.filtered && !s.conn.may_read(event.topic()) {
+                return;
+            }
             if s.pending {
                 if let Some(p) = snapshots.get_mut(&(s.conn.id, s.sub_id)) {
                     p.hold(event);

@@ -106,6 +106,7 @@ impl Engine {
                 sub_id,
                 exact: false,
                 pending,
+                filtered: !conn.reads_all_under(prefix.as_str()),
             },
         );
         let Some(permit) = permit else {
