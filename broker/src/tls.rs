@@ -203,10 +203,13 @@ fn ensure_local_ca(dir: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// Writes `path` whole or not at all: a temporary file, synced, renamed
+/// over it (a crash never leaves a truncated key or certificate).
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
-    let err = |source| TlsError::Io {
-        path: path.to_owned(),
-        source,
+    let tmp = path.with_extension("pem.tmp");
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TlsError::Io { path, source }
     };
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -215,9 +218,16 @@ fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError>
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(if secret { 0o600 } else { 0o644 });
     }
-    let mut f = opts.open(path).map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)
+    let mut f = opts.open(&tmp).map_err(err(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(err(&tmp))?;
+    f.sync_all().map_err(err(&tmp))?;
+    fs::rename(&tmp, path).map_err(err(path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err(dir))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
