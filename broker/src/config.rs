@@ -137,6 +137,10 @@ pub struct Args {
     /// Most live subscriptions per connection [default: 10000].
     #[arg(long, env = "SPREAD_MAX_SUBSCRIPTIONS")]
     pub max_subscriptions: Option<usize>,
+    /// Most topics the broker holds, deletes included; a publish that would
+    /// add one more is refused [default: 10000000].
+    #[arg(long, env = "SPREAD_MAX_TOPICS")]
+    pub max_topics: Option<usize>,
     /// Publishes per second allowed per connection, bursts of one second [default: unlimited].
     #[arg(long, env = "SPREAD_MAX_PUBLISH_RATE")]
     pub max_publish_rate: Option<u32>,
@@ -206,6 +210,7 @@ struct FileConfig {
     require_auth: Option<bool>,
     max_connections_per_ip: Option<usize>,
     max_subscriptions: Option<usize>,
+    max_topics: Option<usize>,
     max_publish_rate: Option<u32>,
     handshake_timeout_ms: Option<u64>,
     plain_listen: Option<SocketAddr>,
@@ -263,6 +268,8 @@ pub struct Config {
     pub max_connections_per_ip: usize,
     /// Live subscriptions allowed per connection.
     pub max_subscriptions: usize,
+    /// Topics the broker holds at most (tombstones included).
+    pub max_topics: usize,
     /// Publishes per second per connection (`None`: unlimited).
     pub max_publish_rate: Option<u32>,
     /// Time allowed for the TLS handshake and the hello.
@@ -391,6 +398,7 @@ impl Config {
                 .max_subscriptions
                 .or(file.max_subscriptions)
                 .unwrap_or(10_000),
+            max_topics: args.max_topics.or(file.max_topics).unwrap_or(10_000_000),
             max_publish_rate: args.max_publish_rate.or(file.max_publish_rate),
             handshake_timeout: std::time::Duration::from_millis(
                 args.handshake_timeout_ms
@@ -466,6 +474,7 @@ impl Config {
         positive("max_connections", self.max_connections)?;
         positive("max_connections_per_ip", self.max_connections_per_ip)?;
         positive("max_subscriptions", self.max_subscriptions)?;
+        positive("max_topics", self.max_topics)?;
         positive("max_reads_per_connection", self.reads.per_connection)?;
         positive("max_replays", self.reads.replays)?;
         positive("max_catch_ups", self.reads.catch_ups)?;

@@ -118,9 +118,27 @@ struct PerIp {
     ip: IpAddr,
 }
 
+/// The address a connection counts against: IPv4 addresses as they are
+/// (IPv4-mapped IPv6 ones too), IPv6 by their /64, the block one host is
+/// usually given, so that a host cannot take every slot by rotating through
+/// its own addresses.
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerIp {
-    /// Counts a connection from `ip`, unless it already has `max`.
+    /// Counts a connection from `ip`, unless its address (see [`limit_key`])
+    /// already has `max`.
     fn enter(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr, max: usize) -> Option<PerIp> {
+        let ip = limit_key(ip);
         let mut map = counts.lock();
         let n = map.entry(ip).or_insert(0);
         if *n >= max {
@@ -246,6 +264,7 @@ impl Server {
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
                 max_subscriptions: config.max_subscriptions,
+                max_topics: config.max_topics,
                 max_clock_skew: config.max_clock_skew,
                 reads,
             },
@@ -432,6 +451,33 @@ impl Server {
             rate_limited = stats.rate_limited.load(Ordering::Relaxed),
             idle_closed = stats.idle_closed.load(Ordering::Relaxed),
             "stopped"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_hosts_count_by_their_64_block() {
+        let counts = Arc::default();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let first = PerIp::enter(&counts, a, 2).unwrap();
+        let _second = PerIp::enter(&counts, b, 2).unwrap();
+        assert!(PerIp::enter(&counts, b, 2).is_none(), "same /64");
+        assert!(PerIp::enter(&counts, other, 2).is_some());
+        drop(first);
+        assert!(PerIp::enter(&counts, a, 2).is_some());
+        // IPv4, plain or mapped, is one address.
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limit_key(mapped), v4);
+        assert_eq!(
+            limit_key("192.0.2.8".parse().unwrap()),
+            "192.0.2.8".parse::<IpAddr>().unwrap()
         );
     }
 }

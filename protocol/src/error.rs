@@ -127,6 +127,9 @@ error_codes! {
     /// The connection (or the broker) already runs as many replays and
     /// history catch-ups as allowed; retry once one finished.
     TooManyReads = 22, "too_many_reads";
+    /// The broker holds as many topics as allowed (`--max-topics`) and the
+    /// publish or delete would add one; it was not applied.
+    TooManyTopics = 23, "too_many_topics";
 }
 
 impl ErrorCode {
@@ -144,6 +147,7 @@ impl ErrorCode {
                 | ErrorCode::RateLimited
                 | ErrorCode::TimestampOutOfRange
                 | ErrorCode::TooManyReads
+                | ErrorCode::TooManyTopics
         )
     }
 }

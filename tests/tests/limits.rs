@@ -32,6 +32,31 @@ async fn a_flood_of_subscriptions_stops_at_the_limit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_stop_at_the_limit_deletes_included() {
+    let broker = Broker::start(&["--archive", "off", "--max-topics", "3"]);
+    let client = broker.client().await;
+    client.publish("t/1", "a").await.unwrap();
+    client.publish("t/2", "a").await.unwrap();
+    // A delete of a topic nobody wrote still leaves a tombstone: one more.
+    client.delete("t/3").await.unwrap();
+    let refused = |r: Result<spread_client::Outcome, spread_client::Error>| match r {
+        Err(e) => assert_eq!(e.code(), Some(ErrorCode::TooManyTopics), "{e}"),
+        Ok(o) => panic!("expected too_many_topics, got {o:?}"),
+    };
+    refused(client.publish("t/4", "a").await);
+    refused(client.delete("t/5").await);
+    // Topics it holds still change, the deleted one included.
+    client.publish("t/1", "b").await.unwrap();
+    client.delete("t/2").await.unwrap();
+    client.publish("t/3", "back").await.unwrap();
+    assert_eq!(
+        client.get("t/3").await.unwrap().unwrap().payload_bytes(),
+        b"back"
+    );
+    assert!(client.get("t/4").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_address_are_capped() {
     let broker = Broker::start(&["--archive", "off", "--max-connections-per-ip", "3"]);
     let mut clients = Vec::new();

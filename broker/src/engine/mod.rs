@@ -118,6 +118,8 @@ pub struct Services {
     pub node_id: Arc<str>,
     /// Live subscriptions allowed per connection.
     pub max_subscriptions: usize,
+    /// Topics held at most, tombstones included.
+    pub max_topics: usize,
     /// How far ahead of the broker's clock a client timestamp may be.
     pub max_clock_skew: std::time::Duration,
     /// Where catch-ups and replays run.
@@ -172,6 +174,7 @@ impl EngineHandle {
             replay,
             node_id,
             max_subscriptions,
+            max_topics,
             max_clock_skew,
             reads,
         } = services;
@@ -222,6 +225,7 @@ impl EngineHandle {
             replay,
             node_id,
             max_subscriptions,
+            max_topics,
             max_clock_skew: max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
             reads,
             me: tx.downgrade(),
@@ -325,6 +329,7 @@ struct Engine {
     replay: Option<Arc<ReplaySource>>,
     /// Live subscriptions allowed per connection.
     max_subscriptions: usize,
+    max_topics: usize,
     /// How far ahead of the clock a client timestamp may be, in µs.
     max_clock_skew: u64,
     /// Where catch-ups and replays run.
@@ -491,6 +496,19 @@ impl Engine {
                                 self.max_clock_skew
                             ),
                         ),
+                    // A delete of an unknown topic adds one too (its
+                    // tombstone must outlive older writes elsewhere).
+                    _ if self.tree.topics() >= self.max_topics
+                        && !self.tree.holds(p.topic.as_str()) =>
+                    {
+                        let max = self.max_topics;
+                        self.error(
+                            conn,
+                            p.req_id,
+                            ErrorCode::TooManyTopics,
+                            format!("the broker already holds {max} topics, the most allowed"),
+                        )
+                    }
                     _ => self.publish(conn, p),
                 },
             },

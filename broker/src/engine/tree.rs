@@ -505,6 +505,11 @@ impl<S> Tree<S> {
         counts
     }
 
+    /// Whether `topic` holds an event, a tombstone included.
+    pub fn holds(&self, topic: &str) -> bool {
+        self.root.descend(topic).is_some_and(|n| n.value.is_some())
+    }
+
     /// The latest live event of `topic` (not a tombstone).
     pub fn get(&self, topic: &str) -> Option<&Event> {
         self.root
