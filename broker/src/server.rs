@@ -433,11 +433,9 @@ impl Server {
         drop(sender);
         let stats = shared.stats.clone();
         drop(shared);
-        // Connection tasks that timed out still hold engine senders; the
-        // engine thread stops with the process in that case.
-        if tracker.is_empty() {
-            let _ = tokio::task::spawn_blocking(move || engine.join()).await;
-        }
+        // Stopped even if a connection task that timed out still holds a
+        // sender: the shutdown checkpoint is written either way.
+        let _ = tokio::task::spawn_blocking(move || engine.join()).await;
         // Sinks flush and record their checkpoints; one stuck in its plugin
         // resumes from its checkpoint at the next start.
         let _ = tokio::task::spawn_blocking(move || sinks.stop(Duration::from_secs(5))).await;

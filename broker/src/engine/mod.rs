@@ -84,6 +84,8 @@ pub enum Command {
         /// `None`: attached (or gone); `Some`: read on with this reader.
         reply: std::sync::mpsc::Sender<Option<crate::log::LogReader>>,
     },
+    /// The broker is stopping: the engine ends after this command.
+    Stop,
     /// The connection's reader stopped: answer what came before, drop its
     /// subscriptions, then close it (with `error` last, if any).
     Closed {
@@ -239,6 +241,8 @@ impl EngineHandle {
             forgotten_deletes,
             applied_by: recovered_times(&recovery, start),
             checkpoint_walk: None,
+            stopping: false,
+            checkpoint_writer: None,
             reserved_through,
         };
         let thread = std::thread::Builder::new()
@@ -272,10 +276,14 @@ impl EngineHandle {
         self.committed.clone()
     }
 
-    /// Waits for the engine to stop, which it does once every sender
-    /// (this handle's and the connections') is dropped.
+    /// Stops the engine after the commands already queued (writing the
+    /// shutdown checkpoint) and waits for it, even if a connection that did
+    /// not close still holds a sender: its later commands are dropped.
     pub fn join(self) {
         let EngineHandle { tx, thread, .. } = self;
+        if tx.blocking_send(Command::Stop).is_err() {
+            tracing::debug!("the engine had stopped already");
+        }
         drop(tx);
         if let Some(t) = thread {
             if t.join().is_err() {
@@ -360,6 +368,10 @@ struct Engine {
     applied_by: std::collections::VecDeque<(u64, std::time::SystemTime)>,
     /// A checkpoint being gathered over several rounds.
     checkpoint_walk: Option<persist::CheckpointWalk>,
+    /// A stop was asked: the loop ends after this round.
+    stopping: bool,
+    /// The thread writing the last checkpoint, if it may still run.
+    checkpoint_writer: Option<JoinHandle<()>>,
     /// Iterations up to this one may be handed out (see
     /// [`ITERATIONS_RESERVED_AHEAD`]).
     reserved_through: u64,
@@ -385,6 +397,9 @@ impl Engine {
             if let Some(cmd) = first {
                 self.execute(cmd);
                 for _ in 1..MAX_ROUND {
+                    if self.stopping {
+                        break;
+                    }
                     match rx.try_recv() {
                         Ok(cmd) => self.execute(cmd),
                         Err(_) => break,
@@ -402,6 +417,9 @@ impl Engine {
                 self.checkpoint(false);
             }
             self.enforce_retention();
+            if self.stopping {
+                break;
+            }
         }
         // A checkpoint at shutdown makes the next start replay nothing.
         if self.since_checkpoint > 0 {
@@ -443,6 +461,7 @@ impl Engine {
                 job,
                 reply,
             } => self.attach_caught_up(&conn, sub_id, after, &job, reply),
+            Command::Stop => self.stopping = true,
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
                     let mut prefixes = hashbrown::HashSet::new();

@@ -56,8 +56,16 @@ impl Engine {
     /// `wait` (at shutdown), everything happens now, in this thread.
     pub(super) fn checkpoint(&mut self, wait: bool) {
         if wait {
-            // Any walk in progress is superseded by this one.
-            self.checkpoint_walk = None;
+            // A walk in progress is superseded by this one (it held the
+            // flag); a checkpoint being written is waited for.
+            if self.checkpoint_walk.take().is_some() {
+                self.checkpointing.store(false, Ordering::Release);
+            }
+            if let Some(writer) = self.checkpoint_writer.take() {
+                if writer.join().is_err() {
+                    tracing::error!("the checkpoint writer panicked");
+                }
+            }
         }
         if !self.held.is_empty()
             || self.checkpoint_walk.is_some()
@@ -178,12 +186,17 @@ impl Engine {
         };
         if wait {
             job();
-        } else if let Err(e) = std::thread::Builder::new()
+            return;
+        }
+        match std::thread::Builder::new()
             .name("spread-checkpoint".into())
             .spawn(job)
         {
-            tracing::error!("cannot start a checkpoint: {e}");
-            self.checkpointing.store(false, Ordering::Release);
+            Ok(writer) => self.checkpoint_writer = Some(writer),
+            Err(e) => {
+                tracing::error!("cannot start a checkpoint: {e}");
+                self.checkpointing.store(false, Ordering::Release);
+            }
         }
     }
 

@@ -341,9 +341,14 @@ impl Runner {
         });
         if let Outcome::Done(()) = outcome {
             let total = self.shared.rejected.fetch_add(1, Ordering::AcqRel) + 1;
+            // A topic refused for its length would flood the log.
+            let topic = match event.topic().char_indices().nth(120) {
+                Some((cut, _)) => format!("{}…", &event.topic()[..cut]),
+                None => event.topic().to_owned(),
+            };
             tracing::error!(
                 iteration = event.iteration(),
-                topic = event.topic(),
+                topic,
                 total,
                 "the sink rejected an event; kept in {}: {error}",
                 path.display()
@@ -351,9 +356,8 @@ impl Runner {
             let mut live = self.shared.live.lock();
             live.errors += 1;
             live.last_error = Some(format!(
-                "rejected iteration {} ({}): {error}",
-                event.iteration(),
-                event.topic()
+                "rejected iteration {} ({topic}): {error}",
+                event.iteration()
             ));
         }
         outcome
