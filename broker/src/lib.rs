@@ -10,24 +10,31 @@
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod auth;
-pub mod config;
-pub mod connection;
-pub mod engine;
+// The crate's surface is what the binary, the fuzz target and the tests
+// start a broker with; every module is private, so the compiler sees dead
+// code and the docs needed are those of that surface.
+mod auth;
+mod config;
+mod connection;
+mod engine;
 mod fds;
-pub mod log;
-pub mod node;
-pub mod reads;
-pub mod replay;
-pub mod server;
-pub mod sinks;
-pub mod tls;
+mod log;
+mod node;
+mod reads;
+mod replay;
+mod server;
+mod sinks;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use config::{Args, Config};
+pub use auth::AuthConfigError;
+pub use config::{Args, Config, ConfigError};
+pub use engine::EngineError;
 pub use server::Server;
+pub use sinks::SinkError;
+pub use tls::{load_certs, TlsError, TlsSource};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]

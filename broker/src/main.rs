@@ -4,8 +4,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Parser;
-use spread_broker::tls::TlsSource;
-use spread_broker::{Args, Config, Server};
+use spread_broker::{Args, Config, Server, TlsSource};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -182,14 +182,6 @@ impl Reads {
             _permit: permit,
         }
     }
-
-    /// Reads running now: (catch-ups, replays).
-    pub fn running(&self) -> (usize, usize) {
-        (
-            self.shared.catch_ups.load(Ordering::Acquire),
-            self.shared.replays.load(Ordering::Acquire),
-        )
-    }
 }
 
 impl Drop for Reads {

@@ -53,11 +53,6 @@ impl ReplaySource {
         }
     }
 
-    /// The sink whose archive this is.
-    pub fn sink(&self) -> &str {
-        &self.sink
-    }
-
     fn archive(&self) -> Result<Arc<dyn ArchiveDriver>, spread_plugin::Error> {
         let mut slot = self.archive.lock();
         if let Some(a) = slot.as_ref() {

@@ -24,7 +24,6 @@ use crate::{node, BrokerError};
 
 /// What every connection shares.
 pub struct Shared {
-    /// The resolved configuration.
     pub config: Config,
     /// TLS acceptor; replaced when the certificate is reloaded.
     pub tls: parking_lot::RwLock<TlsAcceptor>,

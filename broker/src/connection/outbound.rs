@@ -35,9 +35,7 @@ pub enum Outbound {
     },
     /// A live event for a subscription.
     Event {
-        /// Subscription id.
         sub_id: u64,
-        /// The event.
         event: Event,
         /// Of a history subscription, which must get every event: never
         /// conflated; past the hard limit the connection is closed instead.
@@ -45,28 +43,24 @@ pub enum Outbound {
     },
     /// Events a history subscription reads back from the log.
     History {
-        /// Subscription id.
         sub_id: u64,
         /// Events in iteration order.
         events: Vec<Event>,
     },
     /// A history subscription asked for events older than the log retains.
     Truncated {
-        /// Subscription id.
         sub_id: u64,
         /// The oldest iteration still retained.
         oldest: u64,
     },
     /// A history subscription caught up and is live from `iteration`.
     Synced {
-        /// Subscription id.
         sub_id: u64,
         /// The broker iteration it caught up to.
         iteration: u64,
     },
     /// The answer to a subscribe: the snapshot, then the snapshot marker.
     Snapshot {
-        /// Subscription id.
         sub_id: u64,
         /// Latest events under the prefix, in any order.
         events: Vec<Event>,
@@ -77,7 +71,6 @@ pub enum Outbound {
     Unsubscribed {
         /// Request id.
         req_id: u64,
-        /// The ended subscription.
         sub_id: u64,
     },
     /// An answer that carries a large event (a value, a report's current
@@ -137,7 +130,6 @@ impl Batch {
 /// A conflated event, keyed by subscription and topic.
 #[derive(Debug)]
 pub struct Conflated {
-    /// Subscription id.
     pub sub_id: u64,
     /// The latest event of the topic.
     pub event: Event,

@@ -88,6 +88,7 @@ impl IdGen {
     }
 
     /// A generator with a fixed prefix (tests).
+    #[cfg(test)]
     pub fn with_prefix(prefix: [u8; 8]) -> Self {
         IdGen { prefix, counter: 0 }
     }

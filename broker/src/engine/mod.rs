@@ -65,16 +65,12 @@ enum Release {
 pub enum Command {
     /// Requests of one connection, in the order they arrived.
     Requests {
-        /// The connection.
         conn: Arc<Conn>,
-        /// Its requests.
         requests: Vec<Request>,
     },
     /// A history catch-up job read the log up to `after` and asks to go live.
     Attach {
-        /// The connection.
         conn: Arc<Conn>,
-        /// The subscription.
         sub_id: u64,
         /// Everything up to this iteration was delivered.
         after: u64,
@@ -89,7 +85,6 @@ pub enum Command {
     /// The connection's reader stopped: answer what came before, drop its
     /// subscriptions, then close it (with `error` last, if any).
     Closed {
-        /// The connection.
         conn: Arc<Conn>,
         /// A fatal error to send before closing.
         error: Option<ErrorFrame>,

@@ -170,7 +170,6 @@ pub struct Draft<'a> {
     pub timestamp: Option<u64>,
     /// Event id; generated when absent.
     pub id: Option<EventId>,
-    /// Who writes.
     pub origin: &'a str,
     /// Set, set-if-absent or delete.
     pub mode: PublishMode,
@@ -182,7 +181,6 @@ pub struct Draft<'a> {
 pub enum Applied {
     /// The event is now the topic's latest.
     New {
-        /// The applied event.
         event: Event,
         /// The event it replaced.
         previous: Option<Event>,
@@ -190,22 +188,15 @@ pub enum Applied {
         notified: Counts,
     },
     /// This exact event was applied before.
-    Existing {
-        /// The stored event.
-        event: Event,
-    },
+    Existing { event: Event },
     /// A later event is already there.
     TooLate {
         /// The event not applied (iteration 0).
         rejected: Event,
-        /// The current event.
         current: Event,
     },
     /// Publish-if-absent found a live value.
-    Present {
-        /// The current event.
-        current: Event,
-    },
+    Present { current: Event },
 }
 
 impl Applied {
@@ -464,7 +455,9 @@ impl<S> Tree<S> {
         }
     }
 
-    /// Applies a complete event (from a peer or a replay) by the same rule.
+    /// Applies a complete event (from a peer or a replay) by the same rule;
+    /// only the convergence property test uses it until peers do.
+    #[cfg(test)]
     pub fn apply(&mut self, event: &Event, deliver: impl FnMut(&S, &Event)) -> Applied {
         let draft = Draft {
             topic: event.topic(),
@@ -690,6 +683,7 @@ impl<S> Tree<S> {
     }
 
     /// Number of subscriptions registered exactly at `prefix`.
+    #[cfg(test)]
     pub fn subscriptions_at(&self, prefix: &str) -> usize {
         self.root.descend(prefix).map_or(0, |n| n.subs.len())
     }

@@ -62,6 +62,7 @@ impl LogCursor {
     }
 
     /// The last iteration read (or skipped as missed).
+    #[cfg(test)]
     pub fn position(&self) -> u64 {
         self.after
     }

@@ -42,24 +42,19 @@ pub enum LogError {
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// The cause.
         source: std::io::Error,
     },
     /// A segment is damaged somewhere other than the tail of the last one.
     #[error("{path}: corrupt at byte {offset}: {reason}")]
     Corrupt {
-        /// The segment.
         path: PathBuf,
-        /// Where.
         offset: u64,
-        /// What is wrong.
         reason: &'static str,
     },
     /// The checkpoint is damaged and retention deleted the segments it
     /// replaced, so the log alone cannot rebuild the state.
     #[error("{path}: unusable checkpoint ({reason}), and retention already deleted the log history it replaced: restore the data dir from a backup; starting from the log alone would lose every topic last written before the retained history")]
     UnusableCheckpoint {
-        /// The checkpoint.
         path: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
@@ -67,21 +62,17 @@ pub enum LogError {
     /// The last segment has a damaged record followed by valid ones.
     #[error("{path}: damaged record at byte {offset} ({reason}) followed by valid records from byte {next}: this is corruption, not a torn write; start once with --repair-log to cut the log there (the cut bytes are kept in a .damaged file beside it)")]
     DamagedMiddle {
-        /// The segment.
         path: PathBuf,
         /// Where the damage starts.
         offset: u64,
         /// Where the next valid record starts.
         next: u64,
-        /// What is wrong.
         reason: &'static str,
     },
     /// A record's checksum matched but its event does not decode.
     #[error("{path}: undecodable event: {source}")]
     Decode {
-        /// The segment.
         path: PathBuf,
-        /// The cause.
         source: ProtocolError,
     },
 }

@@ -32,7 +32,6 @@ pub enum Read<'a> {
     Record {
         /// The record's iteration.
         iteration: u64,
-        /// The encoded event.
         event: &'a [u8],
         /// Offset of the following record.
         next: usize,

@@ -25,7 +25,6 @@ pub enum LoadError {
     /// The file could not be loaded as a shared library.
     #[error("cannot load {path}: {reason}")]
     Open {
-        /// The library.
         path: PathBuf,
         /// What the loader said.
         reason: String,
@@ -33,7 +32,6 @@ pub enum LoadError {
     /// The library lacks the entry symbol.
     #[error("{path} is not a Spread plugin: no symbol spread_plugin_entry ({reason})")]
     NoEntry {
-        /// The library.
         path: PathBuf,
         /// What the loader said.
         reason: String,
@@ -41,7 +39,6 @@ pub enum LoadError {
     /// The plugin speaks another ABI version.
     #[error("{path} speaks plugin ABI version {found}; this broker speaks version {expected}")]
     Version {
-        /// The library.
         path: PathBuf,
         /// The plugin's version.
         found: u32,
@@ -50,12 +47,7 @@ pub enum LoadError {
     },
     /// The table is malformed or lacks a function.
     #[error("{path}: {reason}")]
-    Table {
-        /// The library.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    Table { path: PathBuf, reason: String },
 }
 
 /// A loaded plugin library.
@@ -162,11 +154,6 @@ impl Library {
             archive,
             _lib: lib,
         }))
-    }
-
-    /// The plugin's name.
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     /// Takes the error message a failed call returned.

@@ -261,6 +261,7 @@ impl Prepared {
             done,
             stop,
             committed,
+            #[cfg(test)]
             board: self.board,
         })
     }
@@ -278,11 +279,13 @@ pub struct Sinks {
     done: std::sync::mpsc::Receiver<String>,
     stop: Arc<Stop>,
     committed: Arc<Committed>,
+    #[cfg(test)]
     board: Arc<SinkBoard>,
 }
 
 impl Sinks {
     /// The status board.
+    #[cfg(test)]
     pub fn board(&self) -> &Arc<SinkBoard> {
         &self.board
     }

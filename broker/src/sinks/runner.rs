@@ -91,15 +91,12 @@ pub fn checkpoint_name(sink: &str) -> String {
 
 /// Everything a sink thread needs.
 pub struct Runner {
-    /// Its configuration.
     pub config: SinkConfig,
     /// Opens instances.
     pub factory: Arc<dyn Factory>,
     /// The instance opened at start, if that succeeded.
     pub driver: Option<Box<dyn Driver>>,
-    /// Its status.
     pub shared: Arc<SinkShared>,
-    /// The log.
     pub log_dir: PathBuf,
     /// Where checkpoints are stored.
     pub checkpoints_dir: PathBuf,
@@ -109,7 +106,6 @@ pub struct Runner {
     pub node: Arc<str>,
     /// How far the log may be read.
     pub committed: Arc<Committed>,
-    /// The stop request.
     pub stop: Arc<Stop>,
     /// Last iteration the sink accepted (or was told it missed).
     pub delivered: u64,

@@ -38,13 +38,11 @@ impl SinkState {
 /// What changes as a sink runs.
 #[derive(Debug)]
 pub struct Live {
-    /// The state.
     pub state: SinkState,
     /// Events delivered since start.
     pub delivered: u64,
     /// Failed calls since start.
     pub errors: u64,
-    /// The last error.
     pub last_error: Option<String>,
     /// Since when the sink has had committed events it has not delivered.
     pub behind_since: Option<Instant>,
@@ -63,7 +61,6 @@ pub struct SinkShared {
     pub checkpoint: AtomicU64,
     /// Events in its dead-letter file (all runs).
     pub rejected: AtomicU64,
-    /// The rest.
     pub live: Mutex<Live>,
 }
 
@@ -127,6 +124,7 @@ impl SinkBoard {
     }
 
     /// The sinks.
+    #[cfg(test)]
     pub fn sinks(&self) -> &[Arc<SinkShared>] {
         &self.sinks
     }

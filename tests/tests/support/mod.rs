@@ -84,7 +84,7 @@ impl Broker {
     /// A raw TLS connection, no handshake sent.
     pub async fn raw_tls(&self) -> TlsStream<TcpStream> {
         let mut roots = rustls::RootCertStore::empty();
-        for cert in spread_broker::tls::load_certs(&self.ca()).expect("ca") {
+        for cert in spread_broker::load_certs(&self.ca()).expect("ca") {
             roots.add(cert).expect("add ca");
         }
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
