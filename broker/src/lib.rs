@@ -16,6 +16,7 @@
 mod auth;
 mod config;
 mod connection;
+mod durable;
 mod engine;
 mod fds;
 mod log;

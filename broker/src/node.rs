@@ -24,9 +24,12 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, BrokerError> {
     let id: String = std::iter::once("node-".to_string())
         .chain(raw.iter().map(|b| format!("{b:02x}")))
         .collect();
-    let tmp = data_dir.join("node-id.tmp");
-    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    crate::durable::write(&path, format!("{id}\n").as_bytes(), 0o644).map_err(|f| {
+        BrokerError::DataDir {
+            path: f.path,
+            source: f.source,
+        }
+    })?;
     Ok(id)
 }
 

@@ -2,7 +2,6 @@
 //! certificate for localhost generated once in `<data-dir>/tls/`.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -203,31 +202,12 @@ fn ensure_local_ca(dir: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Writes `path` whole or not at all: a temporary file, synced, renamed
-/// over it (a crash never leaves a truncated key or certificate).
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
-    let tmp = path.with_extension("pem.tmp");
-    let err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| TlsError::Io { path, source }
-    };
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let mut f = opts.open(&tmp).map_err(err(&tmp))?;
-    f.write_all(contents.as_bytes()).map_err(err(&tmp))?;
-    f.sync_all().map_err(err(&tmp))?;
-    fs::rename(&tmp, path).map_err(err(path))?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(err(dir))?;
-    }
-    Ok(())
+    let mode = if secret { 0o600 } else { 0o644 };
+    crate::durable::write(path, contents.as_bytes(), mode).map_err(|f| TlsError::Io {
+        path: f.path,
+        source: f.source,
+    })
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use spread_protocol::Event;
 
-use super::{record, sync_dir, LogError};
+use super::{record, LogError};
 
 const MAGIC: &[u8; 8] = b"SPREADCP";
 const VERSION: u32 = 1;
@@ -30,31 +30,25 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Writes a checkpoint of `events` covering every iteration up to
 /// `iteration`, atomically replacing the previous one.
 pub fn write(dir: &Path, iteration: u64, events: &[Event]) -> Result<(), LogError> {
-    let tmp = dir.join("checkpoint.tmp");
-    let io = LogError::io(&tmp);
-    let file = File::create(&tmp).map_err(&io)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut header = [0u8; HEADER_LEN];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    header[16..24].copy_from_slice(&iteration.to_le_bytes());
-    w.write_all(&header).map_err(&io)?;
-    let mut buf = Vec::with_capacity(64 * 1024);
-    for e in events {
-        record::append(&mut buf, e.iteration(), e.encoded());
-        if buf.len() >= 60 * 1024 {
-            w.write_all(&buf).map_err(&io)?;
-            buf.clear();
+    Ok(crate::durable::write_with(&path(dir), 0o600, |file| {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[16..24].copy_from_slice(&iteration.to_le_bytes());
+        w.write_all(&header)?;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        for e in events {
+            record::append(&mut buf, e.iteration(), e.encoded());
+            if buf.len() >= 60 * 1024 {
+                w.write_all(&buf)?;
+                buf.clear();
+            }
         }
-    }
-    record::append(&mut buf, events.len() as u64, &[]);
-    w.write_all(&buf).map_err(&io)?;
-    let file = w.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(&io)?;
-    drop(file);
-    let target = path(dir);
-    std::fs::rename(&tmp, &target).map_err(LogError::io(&target))?;
-    sync_dir(dir)
+        record::append(&mut buf, events.len() as u64, &[]);
+        w.write_all(&buf)?;
+        w.flush()
+    })?)
 }
 
 /// Loads the checkpoint, if there is a valid one, handing every event to

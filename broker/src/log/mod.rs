@@ -597,9 +597,16 @@ fn quarantine(path: &Path, offset: u64) -> Result<PathBuf, LogError> {
 
 /// Makes a directory entry (a new or renamed file) durable.
 fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(LogError::io(dir))
+    crate::durable::sync_dir(dir).map_err(LogError::io(dir))
+}
+
+impl From<crate::durable::Failed> for LogError {
+    fn from(f: crate::durable::Failed) -> LogError {
+        LogError::Io {
+            path: f.path,
+            source: f.source,
+        }
+    }
 }
 
 #[cfg(test)]

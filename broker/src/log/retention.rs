@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use super::{sync_dir, LogError};
+use super::LogError;
 
 const FILE: &str = "retained-from";
 
@@ -58,23 +58,12 @@ pub fn store(dir: &Path, first: u64) -> Result<(), LogError> {
 /// Reads an iteration recorded in `dir/name`.
 pub fn load_value(dir: &Path, name: &str) -> Result<Option<u64>, LogError> {
     let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => Ok(s.trim().parse().ok()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(LogError::io(&path)(e)),
-    }
+    crate::durable::read_u64(&path).map_err(LogError::io(&path))
 }
 
-/// Records an iteration in `dir/name` durably (temporary file, rename).
+/// Records an iteration in `dir/name` durably.
 pub fn store_value(dir: &Path, name: &str, value: u64) -> Result<(), LogError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    std::fs::write(&tmp, format!("{value}\n")).map_err(LogError::io(&tmp))?;
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(LogError::io(&tmp))?;
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path).map_err(LogError::io(&path))?;
-    sync_dir(dir)
+    Ok(crate::durable::write_u64(&dir.join(name), value)?)
 }
 
 /// Which of `segments` (first iteration, size, last modified), oldest first,
