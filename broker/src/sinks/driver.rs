@@ -95,20 +95,39 @@ struct NativeCursor<C>(C);
 
 impl<C: Cursor> CursorDriver for NativeCursor<C> {
     fn next_page(&mut self, page: &mut Vec<OwnedEvent>) -> Result<(), Error> {
-        guarded(|| self.0.next_page(page))
+        Ok(guarded(|| self.0.next_page(page))?)
     }
 }
 
-/// Runs `f`, turning a panic into a fatal error.
-fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a non-string payload".into());
-        Err(Error::Fatal(format!("sink panicked: {what}")))
-    })
+/// How a guarded call into a native plugin failed.
+enum Barrier {
+    /// It panicked (with this message): its state is unknown.
+    Panicked(String),
+    /// It returned an error.
+    Plugin(Error),
+}
+
+impl From<Barrier> for Error {
+    fn from(b: Barrier) -> Error {
+        match b {
+            Barrier::Panicked(what) => Error::Fatal(format!("sink panicked: {what}")),
+            Barrier::Plugin(e) => e,
+        }
+    }
+}
+
+/// Runs `f`, telling a panic from the errors it returns.
+fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Barrier> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result.map_err(Barrier::Plugin),
+        Err(panic) => Err(Barrier::Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-string payload".into()),
+        )),
+    }
 }
 
 impl<S: Sink> Factory for Native<S> {
@@ -117,7 +136,7 @@ impl<S: Sink> Factory for Native<S> {
     }
 
     fn open(&self, ctx: &OpenContext<'_>) -> Result<Box<dyn Driver>, Error> {
-        let sink = guarded(|| S::open(ctx))?;
+        let sink = guarded(|| S::open(ctx)).map_err(Error::from)?;
         Ok(Box::new(NativeSink(Some(sink))))
     }
 
@@ -142,11 +161,11 @@ impl<S: Sink> NativeSink<S> {
             return Err(Error::Fatal("the sink panicked earlier".into()));
         };
         let result = guarded(|| f(sink));
-        if matches!(&result, Err(Error::Fatal(m)) if m.starts_with("sink panicked")) {
+        if let Err(Barrier::Panicked(_)) = &result {
             // Its state is unknown: never call it again, not even to close.
             std::mem::forget(self.0.take());
         }
-        result
+        Ok(result?)
     }
 }
 
@@ -169,5 +188,74 @@ impl<S: Sink> Drop for NativeSink<S> {
         if let Some(sink) = self.0.take() {
             let _ = catch_unwind(AssertUnwindSafe(move || sink.close()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use spread_plugin::{OpenContext, Result, Sink};
+
+    use super::*;
+
+    static CLOSED: AtomicU32 = AtomicU32::new(0);
+
+    /// Fails with a message that reads like a panic's, or panics.
+    struct Mimic;
+
+    impl Sink for Mimic {
+        fn open(_: &OpenContext<'_>) -> Result<Self> {
+            Ok(Mimic)
+        }
+
+        fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()> {
+            if events.is_empty() {
+                panic!("for real");
+            }
+            Err(Error::fatal("sink panicked: not really"))
+        }
+
+        fn close(self) {
+            CLOSED.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn only_a_real_panic_makes_a_sink_unusable() {
+        let dir = std::path::Path::new("/nonexistent");
+        let ctx = OpenContext {
+            name: "m",
+            config_json: "{}",
+            node: "n",
+            data_dir: dir,
+        };
+        let factory = Native::<Mimic>::new("mimic");
+        let event = Event::new(
+            1,
+            1,
+            "t",
+            b"",
+            "o",
+            "n",
+            [0; 16],
+            spread_plugin::Kind::Value,
+        );
+        // An error that reads like a panic is an error: the sink is closed.
+        let mut driver = factory.open(&ctx).unwrap();
+        assert!(driver.write(&[event]).is_err());
+        assert!(driver.write(&[event]).is_err(), "still callable");
+        drop(driver);
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 1);
+        // A panic: never called again, not even to close.
+        let mut driver = factory.open(&ctx).unwrap();
+        let m = driver.write(&[]).unwrap_err();
+        assert!(m.message().starts_with("sink panicked: for real"), "{m}");
+        assert_eq!(
+            driver.write(&[event]).unwrap_err().message(),
+            "the sink panicked earlier"
+        );
+        drop(driver);
+        assert_eq!(CLOSED.load(Ordering::SeqCst), 1);
     }
 }
