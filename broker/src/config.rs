@@ -3,19 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use serde::Deserialize;
-use spread_protocol::topic::{DEFAULT_MAX_TOPIC_DEPTH, DEFAULT_MAX_TOPIC_LEN};
-use spread_protocol::{TopicRules, DEFAULT_MAX_FRAME};
+use spread_protocol::TopicRules;
 
 use crate::log::{Durability, LogOptions};
-
-/// Default listen address.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7411";
-/// Default data directory.
-pub const DEFAULT_DATA_DIR: &str = "./spread-data";
-/// Default bound on how far ahead of the clock a client timestamp may be.
-pub const DEFAULT_MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::sinks::config::SinkConfig;
 
 /// Why the configuration is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -46,247 +39,281 @@ pub enum ConfigError {
     },
 }
 
-/// Command-line flags of `spread-broker` (each also read from `SPREAD_*`).
-#[derive(Debug, Default, Clone, clap::Parser)]
-#[command(name = "spread-broker", version, about = "The Spread broker")]
-pub struct Args {
-    /// TOML configuration file.
-    #[arg(long, env = "SPREAD_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7411].
-    #[arg(long, env = "SPREAD_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Directory for the node id, TLS material and (later) the log [default: ./spread-data].
-    #[arg(long, env = "SPREAD_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Node id [default: generated once and kept in the data dir].
-    #[arg(long, env = "SPREAD_NODE_ID")]
-    pub node_id: Option<String>,
-    /// PEM certificate chain [default: a local CA and certificate in <data-dir>/tls].
-    #[arg(long, env = "SPREAD_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of the certificate.
-    #[arg(long, env = "SPREAD_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this CA (PEM); their subject is the client's identity.
-    #[arg(long, env = "SPREAD_TLS_CLIENT_CA")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// Largest frame accepted, in bytes [default: 8388608].
-    #[arg(long, env = "SPREAD_MAX_FRAME")]
-    pub max_frame: Option<usize>,
-    /// Longest topic, in bytes [default: 1024].
-    #[arg(long, env = "SPREAD_MAX_TOPIC_LEN")]
-    pub max_topic_len: Option<usize>,
-    /// Most segments in a topic [default: 32].
-    #[arg(long, env = "SPREAD_MAX_TOPIC_DEPTH")]
-    pub max_topic_depth: Option<usize>,
-    /// Bytes of live events queued per connection before it conflates [default: 4194304].
-    #[arg(long, env = "SPREAD_SUBSCRIBER_BUFFER")]
-    pub subscriber_buffer: Option<usize>,
-    /// Requests a connection may have unanswered [default: 4096].
-    #[arg(long, env = "SPREAD_MAX_INFLIGHT")]
-    pub max_inflight: Option<usize>,
-    /// Most simultaneous connections [default: 10000].
-    #[arg(long, env = "SPREAD_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// When a publish is on disk: always, interval[:<N>ms] or never [default: always].
-    #[arg(long, env = "SPREAD_DURABILITY")]
-    pub durability: Option<String>,
-    /// Size at which a log segment is closed, in bytes [default: 67108864].
-    #[arg(long, env = "SPREAD_SEGMENT_BYTES")]
-    pub segment_bytes: Option<u64>,
-    /// Recent events kept in memory for history subscriptions [default: 65536].
-    #[arg(long, env = "SPREAD_RECENT_EVENTS")]
-    pub recent_events: Option<usize>,
-    /// Applied events between checkpoints of the latest-value table [default: 1000000].
-    #[arg(long, env = "SPREAD_CHECKPOINT_EVERY")]
-    pub checkpoint_every: Option<u64>,
-    /// Keep at most this many bytes of log history [default: unlimited].
-    #[arg(long, env = "SPREAD_RETENTION_BYTES")]
-    pub retention_bytes: Option<u64>,
-    /// Delete log history older than this many seconds [default: unlimited].
-    #[arg(long, env = "SPREAD_RETENTION_SECS")]
-    pub retention_secs: Option<u64>,
-    /// Forget deletes older than this many seconds at checkpoints [default: never].
-    #[arg(long, env = "SPREAD_TOMBSTONE_GRACE_SECS")]
-    pub tombstone_grace_secs: Option<u64>,
-    /// The SQL archive: sqlite://PATH, postgres://..., mysql://..., or off [default: sqlite://<data-dir>/archive.db].
-    #[arg(long, env = "SPREAD_ARCHIVE")]
-    pub archive: Option<String>,
-    /// HS256 secret that verifies client tokens (repeatable).
-    #[arg(long, env = "SPREAD_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Vec<String>,
-    /// RS256 or ES256 public key (PEM file) that verifies client tokens (repeatable).
-    #[arg(long, env = "SPREAD_JWT_PUBLIC_KEY")]
-    pub jwt_public_key: Vec<PathBuf>,
-    /// JWKS file of keys that verify client tokens (chosen by `kid`).
-    #[arg(long, env = "SPREAD_JWKS_FILE")]
-    pub jwks_file: Option<PathBuf>,
-    /// Required `iss` claim.
-    #[arg(long, env = "SPREAD_JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
-    /// Required `aud` claim.
-    #[arg(long, env = "SPREAD_JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// Refuse clients without a valid token.
-    #[arg(long, env = "SPREAD_REQUIRE_AUTH")]
-    pub require_auth: bool,
-    /// Most simultaneous connections from one IP address [default: 1000].
-    #[arg(long, env = "SPREAD_MAX_CONNECTIONS_PER_IP")]
-    pub max_connections_per_ip: Option<usize>,
-    /// Most live subscriptions per connection [default: 10000].
-    #[arg(long, env = "SPREAD_MAX_SUBSCRIPTIONS")]
-    pub max_subscriptions: Option<usize>,
-    /// Most topics the broker holds, deletes included; a publish that would
-    /// add one more is refused [default: 10000000].
-    #[arg(long, env = "SPREAD_MAX_TOPICS")]
-    pub max_topics: Option<usize>,
-    /// Publishes per second allowed per connection, bursts of one second [default: unlimited].
-    #[arg(long, env = "SPREAD_MAX_PUBLISH_RATE")]
-    pub max_publish_rate: Option<u32>,
-    /// Time allowed for the TLS handshake and the hello, in ms [default: 10000].
-    #[arg(long, env = "SPREAD_HANDSHAKE_TIMEOUT_MS")]
-    pub handshake_timeout_ms: Option<u64>,
-    /// Close connections that accept no byte of what the broker writes for this many seconds [default: never].
-    #[arg(long, env = "SPREAD_WRITE_TIMEOUT_SECS")]
-    pub write_timeout_secs: Option<u64>,
-    /// Close connections that send nothing for this many seconds [default: never].
-    #[arg(long, env = "SPREAD_IDLE_TIMEOUT_SECS")]
-    pub idle_timeout_secs: Option<u64>,
-    /// Replays and history catch-ups running at once per connection [default: 8].
-    #[arg(long, env = "SPREAD_MAX_READS_PER_CONNECTION")]
-    pub max_reads_per_connection: Option<usize>,
-    /// Replays running at once in the broker (each holds an archive cursor) [default: 16].
-    #[arg(long, env = "SPREAD_MAX_REPLAYS")]
-    pub max_replays: Option<usize>,
-    /// History catch-ups from the log running at once in the broker [default: 1024].
-    #[arg(long, env = "SPREAD_MAX_CATCH_UPS")]
-    pub max_catch_ups: Option<usize>,
-    /// Large snapshots (walked over several engine rounds) in progress at once in the broker [default: 64].
-    #[arg(long, env = "SPREAD_MAX_SNAPSHOTS")]
-    pub max_snapshots: Option<usize>,
-    /// How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms [default: 1s].
-    #[arg(long, env = "SPREAD_MAX_CLOCK_SKEW")]
-    pub max_clock_skew: Option<humantime::Duration>,
-    /// Start even if the last log segment has a damaged record followed by valid ones: cut it there, keeping the cut bytes in a .damaged file.
-    #[arg(long)]
-    pub repair_log: bool,
-    /// Also listen WITHOUT TLS on this loopback address (benchmarking only).
-    #[arg(long, env = "SPREAD_PLAIN_LISTEN")]
-    pub plain_listen: Option<SocketAddr>,
+/// Declares every setting once: its kind, type, environment variable,
+/// default (as documented; parsed for `value` settings, so that the text
+/// shown and the value used are one) and help line. Kinds: `value` (one
+/// value with a default), `optional` (absent means off or unlimited), `list`
+/// (repeatable), `flag`. The flag is `--<name>` in kebab case, the TOML key
+/// `<name>` unless an attribute renames it. `Args` (flags and file, the same
+/// struct), `Settings` (resolved) and [`DOCUMENTED`] (checked against
+/// docs/operations.md) all come from the declaration. Each setting is one
+/// step of a token muncher, so that clap's derive sees plain `Option<T>`,
+/// `Vec<T>` and `bool` field types.
+macro_rules! settings {
+    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
+        $(#[$meta:meta])* $name:ident: value $ty:ty, $env:literal, $default:literal, $help:literal;
+        $($rest:tt)*) => {
+        settings!(@acc
+            [$($field)*
+                #[doc = $help]
+                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
+                $(#[$meta])*
+                pub $name: Option<$ty>,]
+            [$($merge)* (value $name)]
+            [$($out)* #[doc = $help] pub $name: $ty,]
+            [$($resolve)* (value $name $ty, $default)]
+            [$($doc)* (stringify!($name), $env, $default),]
+            $($rest)*);
+    };
+    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
+        $(#[$meta:meta])* $name:ident: optional $ty:ty, $env:literal, $default:literal, $help:literal;
+        $($rest:tt)*) => {
+        settings!(@acc
+            [$($field)*
+                #[doc = $help]
+                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
+                $(#[$meta])*
+                pub $name: Option<$ty>,]
+            [$($merge)* (optional $name)]
+            [$($out)* #[doc = $help] pub $name: Option<$ty>,]
+            [$($resolve)* (optional $name $ty, $default)]
+            [$($doc)* (stringify!($name), $env, $default),]
+            $($rest)*);
+    };
+    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
+        $(#[$meta:meta])* $name:ident: list $ty:ty, $env:literal, $default:literal, $help:literal;
+        $($rest:tt)*) => {
+        settings!(@acc
+            [$($field)*
+                #[doc = $help]
+                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
+                $(#[$meta])*
+                pub $name: Vec<$ty>,]
+            [$($merge)* (list $name)]
+            [$($out)* #[doc = $help] pub $name: Vec<$ty>,]
+            [$($resolve)* (list $name $ty, $default)]
+            [$($doc)* (stringify!($name), $env, $default),]
+            $($rest)*);
+    };
+    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
+        $(#[$meta:meta])* $name:ident: flag, $env:literal, $default:literal, $help:literal;
+        $($rest:tt)*) => {
+        settings!(@acc
+            [$($field)*
+                #[doc = $help]
+                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
+                $(#[$meta])*
+                pub $name: bool,]
+            [$($merge)* (flag $name)]
+            [$($out)* #[doc = $help] pub $name: bool,]
+            [$($resolve)* (flag $name bool, $default)]
+            [$($doc)* (stringify!($name), $env, $default),]
+            $($rest)*);
+    };
+    (@acc [$($field:tt)*] [$(($mkind:ident $mname:ident))*] [$($out:tt)*]
+        [$(($rkind:ident $rname:ident $rty:ty, $rdefault:literal))*] [$($doc:tt)*]) => {
+        /// Command-line flags of `spread-broker` (each also read from its
+        /// `SPREAD_*` variable), and the TOML file's keys.
+        #[derive(Debug, Default, Clone, clap::Parser, serde::Deserialize)]
+        #[command(name = "spread-broker", version, about = "The Spread broker")]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Args {
+            /// TOML configuration file.
+            #[arg(long, env = "SPREAD_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $($field)*
+            /// Start even if the last log segment has a damaged record
+            /// followed by valid ones: cut it there, keeping the cut bytes
+            /// in a .damaged file (a flag only: a one-off repair).
+            #[arg(long)]
+            #[serde(skip)]
+            pub repair_log: bool,
+            /// Sink plugins: the file's `[[sinks]]` tables.
+            #[arg(skip)]
+            pub sinks: Vec<SinkConfig>,
+        }
+
+        /// Every setting, resolved: flag, else environment, else file, else
+        /// default.
+        #[derive(Debug, Clone)]
+        pub struct Settings {
+            $($out)*
+        }
+
+        impl Args {
+            /// These flags over the settings of `file`.
+            fn over(self, file: Args) -> Args {
+                Args {
+                    config: self.config,
+                    $($mname: settings!(@merge $mkind self.$mname, file.$mname),)*
+                    repair_log: self.repair_log,
+                    sinks: file.sinks,
+                }
+            }
+
+            fn settings(&self) -> Result<Settings, ConfigError> {
+                Ok(Settings {
+                    $($rname: settings!(@resolve $rkind $rty, self.$rname.clone(), $rname, $rdefault),)*
+                })
+            }
+        }
+
+        /// `(name, environment variable, default as documented)` of every
+        /// setting but `--config` and `--repair-log`.
+        #[cfg(test)]
+        pub(crate) const DOCUMENTED: &[(&str, &str, &str)] = &[$($doc)*];
+    };
+    (@merge value $flag:expr, $file:expr) => { $flag.or($file) };
+    (@merge optional $flag:expr, $file:expr) => { $flag.or($file) };
+    (@merge list $flag:expr, $file:expr) => {
+        if $flag.is_empty() { $file } else { $flag }
+    };
+    (@merge flag $flag:expr, $file:expr) => { $flag || $file };
+    (@resolve value $ty:ty, $given:expr, $name:ident, $default:literal) => {
+        match $given {
+            Some(v) => v,
+            None => $default.parse::<$ty>().map_err(|e| ConfigError::Invalid {
+                name: stringify!($name),
+                reason: format!("built-in default {:?}: {e}", $default),
+            })?,
+        }
+    };
+    (@resolve $kind:ident $ty:ty, $given:expr, $name:ident, $default:literal) => { $given };
+    ($($decl:tt)*) => {
+        settings!(@acc [] [] [] [] [] $($decl)*);
+    };
 }
 
-/// The TOML file: the same settings as the flags, in snake_case.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    node_id: Option<String>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    max_frame: Option<usize>,
-    max_topic_len: Option<usize>,
-    max_topic_depth: Option<usize>,
-    subscriber_buffer: Option<usize>,
-    max_inflight: Option<usize>,
-    max_connections: Option<usize>,
-    durability: Option<String>,
-    segment_bytes: Option<u64>,
-    recent_events: Option<usize>,
-    checkpoint_every: Option<u64>,
-    retention_bytes: Option<u64>,
-    retention_secs: Option<u64>,
-    tombstone_grace_secs: Option<u64>,
-    archive: Option<String>,
-    #[serde(default)]
-    jwt_secrets: Vec<String>,
-    #[serde(default)]
-    jwt_public_keys: Vec<PathBuf>,
-    jwks_file: Option<PathBuf>,
-    jwt_issuer: Option<String>,
-    jwt_audience: Option<String>,
-    require_auth: Option<bool>,
-    max_connections_per_ip: Option<usize>,
-    max_subscriptions: Option<usize>,
-    max_topics: Option<usize>,
-    max_publish_rate: Option<u32>,
-    handshake_timeout_ms: Option<u64>,
-    plain_listen: Option<SocketAddr>,
-    idle_timeout_secs: Option<u64>,
-    write_timeout_secs: Option<u64>,
-    max_clock_skew: Option<String>,
-    max_reads_per_connection: Option<usize>,
-    max_replays: Option<usize>,
-    max_catch_ups: Option<usize>,
-    max_snapshots: Option<usize>,
-    #[serde(default)]
-    sinks: Vec<crate::sinks::config::SinkConfig>,
+settings! {
+    listen: value SocketAddr, "SPREAD_LISTEN", "127.0.0.1:7411",
+        "Address to listen on";
+    data_dir: value PathBuf, "SPREAD_DATA_DIR", "./spread-data",
+        "Directory for the node id, TLS material, the event log and the SQLite archive";
+    node_id: optional String, "SPREAD_NODE_ID", "generated once, kept in <data-dir>/node-id",
+        "Node id: origin of anonymous writes";
+    #[arg(requires = "tls_key")]
+    tls_cert: optional PathBuf, "SPREAD_TLS_CERT", "generated",
+        "PEM certificate chain, leaf first (default: a local CA and certificate in <data-dir>/tls)";
+    #[arg(requires = "tls_cert")]
+    tls_key: optional PathBuf, "SPREAD_TLS_KEY", "generated",
+        "PEM private key of the certificate";
+    tls_client_ca: optional PathBuf, "SPREAD_TLS_CLIENT_CA", "none",
+        "Require client certificates signed by this CA (PEM); their subject is the client's identity";
+    max_frame: value usize, "SPREAD_MAX_FRAME", "8388608",
+        "Largest frame accepted, in bytes";
+    max_topic_len: value usize, "SPREAD_MAX_TOPIC_LEN", "1024",
+        "Longest topic, in bytes";
+    max_topic_depth: value usize, "SPREAD_MAX_TOPIC_DEPTH", "32",
+        "Most segments in a topic";
+    subscriber_buffer: value usize, "SPREAD_SUBSCRIBER_BUFFER", "4194304",
+        "Bytes of live events queued per connection before it conflates";
+    max_inflight: value usize, "SPREAD_MAX_INFLIGHT", "4096",
+        "Requests a connection may have unanswered";
+    max_connections: value usize, "SPREAD_MAX_CONNECTIONS", "10000",
+        "Most simultaneous connections";
+    durability: value String, "SPREAD_DURABILITY", "always",
+        "When a publish is on disk: always, interval[:<N>ms] or never";
+    segment_bytes: value u64, "SPREAD_SEGMENT_BYTES", "67108864",
+        "Size at which a log segment is closed, in bytes";
+    recent_events: value usize, "SPREAD_RECENT_EVENTS", "65536",
+        "Recent events kept in memory for history subscriptions";
+    checkpoint_every: value u64, "SPREAD_CHECKPOINT_EVERY", "1000000",
+        "Applied events between checkpoints of the latest-value table";
+    retention_bytes: optional u64, "SPREAD_RETENTION_BYTES", "unlimited",
+        "Keep at most this many bytes of log history";
+    retention_secs: optional u64, "SPREAD_RETENTION_SECS", "unlimited",
+        "Delete log history older than this many seconds";
+    tombstone_grace_secs: optional u64, "SPREAD_TOMBSTONE_GRACE_SECS", "never",
+        "Forget deletes older than this many seconds at checkpoints";
+    archive: optional String, "SPREAD_ARCHIVE", "sqlite://<data-dir>/archive.db",
+        "The SQL archive: sqlite://PATH, postgres://..., mysql://..., or off";
+    #[arg(hide_env_values = true)]
+    #[serde(rename = "jwt_secrets")]
+    jwt_secret: list String, "SPREAD_JWT_SECRET", "none",
+        "HS256 secret that verifies client tokens (repeatable; TOML: jwt_secrets)";
+    #[serde(rename = "jwt_public_keys")]
+    jwt_public_key: list PathBuf, "SPREAD_JWT_PUBLIC_KEY", "none",
+        "RS256 or ES256 public key (PEM file) that verifies client tokens (repeatable; TOML: jwt_public_keys)";
+    jwks_file: optional PathBuf, "SPREAD_JWKS_FILE", "none",
+        "JWKS file of keys that verify client tokens (chosen by kid)";
+    jwt_issuer: optional String, "SPREAD_JWT_ISSUER", "none",
+        "Required iss claim";
+    jwt_audience: optional String, "SPREAD_JWT_AUDIENCE", "none",
+        "Required aud claim";
+    require_auth: flag, "SPREAD_REQUIRE_AUTH", "false",
+        "Refuse clients without a valid token";
+    max_topics: value usize, "SPREAD_MAX_TOPICS", "10000000",
+        "Most topics the broker holds, deletes included; a publish that would add one more is refused";
+    max_connections_per_ip: value usize, "SPREAD_MAX_CONNECTIONS_PER_IP", "1000",
+        "Most simultaneous connections from one address (IPv6: per /64)";
+    max_subscriptions: value usize, "SPREAD_MAX_SUBSCRIPTIONS", "10000",
+        "Most live subscriptions per connection";
+    max_publish_rate: optional u32, "SPREAD_MAX_PUBLISH_RATE", "unlimited",
+        "Publishes per second allowed per connection, bursts of one second";
+    handshake_timeout_ms: value u64, "SPREAD_HANDSHAKE_TIMEOUT_MS", "10000",
+        "Time allowed for the TLS handshake and the hello, in ms";
+    write_timeout_secs: optional u64, "SPREAD_WRITE_TIMEOUT_SECS", "never",
+        "Close connections that accept no byte of what the broker writes for this many seconds";
+    idle_timeout_secs: optional u64, "SPREAD_IDLE_TIMEOUT_SECS", "never",
+        "Close connections that send nothing for this many seconds";
+    max_reads_per_connection: value usize, "SPREAD_MAX_READS_PER_CONNECTION", "8",
+        "Replays and history catch-ups running at once per connection";
+    max_replays: value usize, "SPREAD_MAX_REPLAYS", "16",
+        "Replays running at once in the broker (each holds an archive cursor)";
+    max_catch_ups: value usize, "SPREAD_MAX_CATCH_UPS", "1024",
+        "History catch-ups from the log running at once in the broker";
+    max_snapshots: value usize, "SPREAD_MAX_SNAPSHOTS", "64",
+        "Large snapshots (walked over several engine rounds) in progress at once in the broker";
+    #[serde(deserialize_with = "from_text")]
+    max_clock_skew: value humantime::Duration, "SPREAD_MAX_CLOCK_SKEW", "1s",
+        "How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms";
+    plain_listen: optional SocketAddr, "SPREAD_PLAIN_LISTEN", "none",
+        "Also listen WITHOUT TLS on this loopback address (benchmarking only)";
 }
 
-/// The resolved configuration.
+/// Reads a setting written as text in the file (a duration such as `1s`).
+fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let text: Option<String> = serde::Deserialize::deserialize(d)?;
+    text.map(|t| t.parse().map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// The resolved configuration: every setting, plus what is derived from
+/// several of them or parsed further (durations, the durability policy,
+/// the sinks with the built-in archive). Reads of a plain setting go
+/// through to [`Settings`]; a derived field of the same name (such as
+/// `durability`) is the parsed one.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// Data directory.
-    pub data_dir: PathBuf,
-    /// Node id, if set explicitly.
-    pub node_id: Option<String>,
-    /// Certificate chain and key files, if given.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// CA that client certificates must chain to (mutual TLS).
-    pub tls_client_ca: Option<PathBuf>,
-    /// Largest frame accepted.
-    pub max_frame: usize,
-    /// Topic limits.
-    pub topic_rules: TopicRules,
-    /// Bytes of live events queued per connection before conflation.
-    pub subscriber_buffer: usize,
-    /// Unanswered requests allowed per connection.
-    pub max_inflight: usize,
-    /// Simultaneous connections allowed.
-    pub max_connections: usize,
-    /// When a publish is on disk.
-    pub durability: Durability,
-    /// Size at which a log segment is closed.
-    pub segment_bytes: u64,
-    /// Recent events kept in memory for history subscriptions.
-    pub recent_events: usize,
-    /// Applied events between checkpoints.
-    pub checkpoint_every: u64,
-    /// History kept in the log.
-    pub retention: crate::log::retention::Retention,
-    /// Deletes older than this are forgotten at checkpoints.
-    pub tombstone_grace: Option<std::time::Duration>,
-    /// Sink plugins (from the file's `[[sinks]]` entries).
-    pub sinks: Vec<crate::sinks::config::SinkConfig>,
-    /// Client authentication.
-    pub auth: crate::auth::AuthSettings,
-    /// Simultaneous connections allowed from one IP address.
-    pub max_connections_per_ip: usize,
-    /// Live subscriptions allowed per connection.
-    pub max_subscriptions: usize,
-    /// Topics the broker holds at most (tombstones included).
-    pub max_topics: usize,
-    /// Publishes per second per connection (`None`: unlimited).
-    pub max_publish_rate: Option<u32>,
-    /// Time allowed for the TLS handshake and the hello.
-    pub handshake_timeout: std::time::Duration,
-    /// An unencrypted loopback listener, for benchmarks.
-    pub plain_listen: Option<SocketAddr>,
-    /// Connections that send nothing this long are closed.
-    pub idle_timeout: Option<std::time::Duration>,
-    /// How far ahead of the broker's clock a publish's timestamp may be.
-    pub max_clock_skew: std::time::Duration,
-    /// Limits of the read pool (catch-ups and replays).
-    pub reads: crate::reads::Limits,
-    /// Cut the log at mid-segment damage instead of refusing to start.
-    pub repair_log: bool,
-    /// A connection whose writes stall this long is closed (`None`: kept;
-    /// a stalled subscriber is conflated, and shutdown gives it 5 s).
-    pub write_timeout: Option<std::time::Duration>,
+    settings: Settings,
+    pub(crate) tls_files: Option<(PathBuf, PathBuf)>,
+    pub(crate) topic_rules: TopicRules,
+    pub(crate) durability: Durability,
+    pub(crate) retention: crate::log::retention::Retention,
+    pub(crate) tombstone_grace: Option<Duration>,
+    pub(crate) auth: crate::auth::AuthSettings,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) max_clock_skew: Duration,
+    pub(crate) reads: crate::reads::Limits,
+    pub(crate) repair_log: bool,
+    /// The built-in archive (unless off), then the file's sinks.
+    pub(crate) sinks: Vec<SinkConfig>,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
 }
 
 impl Config {
@@ -294,18 +321,12 @@ impl Config {
     pub fn resolve(args: Args) -> Result<Config, ConfigError> {
         let file = match &args.config {
             Some(path) => load_file(path)?,
-            None => FileConfig::default(),
+            None => Args::default(),
         };
-        let default_listen: SocketAddr =
-            DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
-                name: "listen",
-                reason: "bad built-in default".into(),
-            })?;
-        let tls_files = match (
-            args.tls_cert.or(file.tls_cert),
-            args.tls_key.or(file.tls_key),
-        ) {
-            (Some(c), Some(k)) => Some((c, k)),
+        let args = args.over(file);
+        let s = args.settings()?;
+        let tls_files = match (&s.tls_cert, &s.tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
             (None, None) => None,
             _ => {
                 return Err(ConfigError::Invalid {
@@ -314,132 +335,52 @@ impl Config {
                 })
             }
         };
+        let secs = |v: Option<u64>| v.filter(|s| *s > 0).map(Duration::from_secs);
         let cfg = Config {
-            listen: args.listen.or(file.listen).unwrap_or(default_listen),
-            data_dir: args
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
-            node_id: args.node_id.or(file.node_id),
             tls_files,
-            tls_client_ca: args.tls_client_ca.or(file.tls_client_ca),
-            max_frame: args
-                .max_frame
-                .or(file.max_frame)
-                .unwrap_or(DEFAULT_MAX_FRAME),
             topic_rules: TopicRules {
-                max_len: args
-                    .max_topic_len
-                    .or(file.max_topic_len)
-                    .unwrap_or(DEFAULT_MAX_TOPIC_LEN),
-                max_depth: args
-                    .max_topic_depth
-                    .or(file.max_topic_depth)
-                    .unwrap_or(DEFAULT_MAX_TOPIC_DEPTH),
+                max_len: s.max_topic_len,
+                max_depth: s.max_topic_depth,
             },
-            subscriber_buffer: args
-                .subscriber_buffer
-                .or(file.subscriber_buffer)
-                .unwrap_or(4 * 1024 * 1024),
-            max_inflight: args.max_inflight.or(file.max_inflight).unwrap_or(4096),
-            max_connections: args
-                .max_connections
-                .or(file.max_connections)
-                .unwrap_or(10_000),
-            durability: match args.durability.or(file.durability) {
-                Some(d) => d.parse().map_err(|reason| ConfigError::Invalid {
+            durability: s
+                .durability
+                .parse()
+                .map_err(|reason| ConfigError::Invalid {
                     name: "durability",
                     reason,
                 })?,
-                None => Durability::Always,
-            },
-            segment_bytes: args
-                .segment_bytes
-                .or(file.segment_bytes)
-                .unwrap_or(64 * 1024 * 1024),
-            recent_events: args.recent_events.or(file.recent_events).unwrap_or(65_536),
-            checkpoint_every: args
-                .checkpoint_every
-                .or(file.checkpoint_every)
-                .unwrap_or(1_000_000)
-                .max(1),
             retention: crate::log::retention::Retention {
-                max_bytes: args.retention_bytes.or(file.retention_bytes),
-                max_age: args
-                    .retention_secs
-                    .or(file.retention_secs)
-                    .map(std::time::Duration::from_secs),
+                max_bytes: s.retention_bytes,
+                max_age: s.retention_secs.map(Duration::from_secs),
             },
-            tombstone_grace: args
-                .tombstone_grace_secs
-                .or(file.tombstone_grace_secs)
-                .map(std::time::Duration::from_secs),
+            tombstone_grace: s.tombstone_grace_secs.map(Duration::from_secs),
             auth: crate::auth::AuthSettings {
-                secrets: if args.jwt_secret.is_empty() {
-                    file.jwt_secrets
-                } else {
-                    args.jwt_secret
-                },
-                public_keys: if args.jwt_public_key.is_empty() {
-                    file.jwt_public_keys
-                } else {
-                    args.jwt_public_key
-                },
-                jwks_file: args.jwks_file.or(file.jwks_file),
-                issuer: args.jwt_issuer.or(file.jwt_issuer),
-                audience: args.jwt_audience.or(file.jwt_audience),
-                require: args.require_auth || file.require_auth.unwrap_or(false),
+                secrets: s.jwt_secret.clone(),
+                public_keys: s.jwt_public_key.clone(),
+                jwks_file: s.jwks_file.clone(),
+                issuer: s.jwt_issuer.clone(),
+                audience: s.jwt_audience.clone(),
+                require: s.require_auth,
             },
-            max_connections_per_ip: args
-                .max_connections_per_ip
-                .or(file.max_connections_per_ip)
-                .unwrap_or(1000),
-            max_subscriptions: args
-                .max_subscriptions
-                .or(file.max_subscriptions)
-                .unwrap_or(10_000),
-            max_topics: args.max_topics.or(file.max_topics).unwrap_or(10_000_000),
-            max_publish_rate: args.max_publish_rate.or(file.max_publish_rate),
-            handshake_timeout: std::time::Duration::from_millis(
-                args.handshake_timeout_ms
-                    .or(file.handshake_timeout_ms)
-                    .unwrap_or(10_000),
-            ),
-            plain_listen: args.plain_listen.or(file.plain_listen),
-            idle_timeout: args
-                .idle_timeout_secs
-                .or(file.idle_timeout_secs)
-                .filter(|s| *s > 0)
-                .map(std::time::Duration::from_secs),
-            max_clock_skew: match (args.max_clock_skew, file.max_clock_skew) {
-                (Some(d), _) => d.into(),
-                (None, Some(text)) => {
-                    humantime::parse_duration(&text).map_err(|e| ConfigError::Invalid {
-                        name: "max_clock_skew",
-                        reason: format!("{text:?}: {e}"),
-                    })?
-                }
-                (None, None) => DEFAULT_MAX_CLOCK_SKEW,
+            handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
+            idle_timeout: secs(s.idle_timeout_secs),
+            write_timeout: secs(s.write_timeout_secs),
+            max_clock_skew: s.max_clock_skew.into(),
+            reads: crate::reads::Limits {
+                per_connection: s.max_reads_per_connection,
+                replays: s.max_replays,
+                catch_ups: s.max_catch_ups,
+                snapshots: s.max_snapshots,
             },
             repair_log: args.repair_log,
-            write_timeout: args
-                .write_timeout_secs
-                .or(file.write_timeout_secs)
-                .filter(|s| *s > 0)
-                .map(std::time::Duration::from_secs),
-            reads: crate::reads::Limits {
-                per_connection: args
-                    .max_reads_per_connection
-                    .or(file.max_reads_per_connection)
-                    .unwrap_or(8),
-                replays: args.max_replays.or(file.max_replays).unwrap_or(16),
-                catch_ups: args.max_catch_ups.or(file.max_catch_ups).unwrap_or(1024),
-                snapshots: args.max_snapshots.or(file.max_snapshots).unwrap_or(64),
-            },
-            sinks: archive_sink(args.archive.or(file.archive))
+            sinks: archive_sink(s.archive.clone())
                 .into_iter()
-                .chain(file.sinks)
+                .chain(args.sinks)
                 .collect(),
+            settings: Settings {
+                checkpoint_every: s.checkpoint_every.max(1),
+                ..s
+            },
         };
         cfg.validate()?;
         Ok(cfg)
@@ -550,7 +491,7 @@ fn archive_sink(setting: Option<String>) -> Option<crate::sinks::config::SinkCon
     Some(sink)
 }
 
-fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn load_file(path: &Path) -> Result<Args, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -568,9 +509,12 @@ mod tests {
     #[test]
     fn defaults() {
         let c = Config::resolve(Args::default()).unwrap();
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(c.max_frame, DEFAULT_MAX_FRAME);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7411");
+        // The protocol's defaults (what clients assume) are the broker's.
+        assert_eq!(c.max_frame, spread_protocol::DEFAULT_MAX_FRAME);
         assert_eq!(c.topic_rules, TopicRules::default());
+        assert_eq!(c.max_clock_skew, Duration::from_secs(1));
+        assert!(c.idle_timeout.is_none() && c.max_publish_rate.is_none());
     }
 
     #[test]
@@ -659,6 +603,88 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("a b"), "{err}");
+    }
+
+    /// The settings table of docs/operations.md: each row's flag,
+    /// environment variable, TOML key and default.
+    fn documented_rows() -> Vec<[String; 4]> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operations.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| {
+                let cells: Vec<String> = l
+                    .split('|')
+                    .skip(1)
+                    .take(4)
+                    .map(|c| c.trim().replace('`', ""))
+                    .collect();
+                [
+                    cells[0].clone(),
+                    cells[1].clone(),
+                    cells[2].clone(),
+                    cells[3].clone(),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_operations_guide_lists_every_setting_with_its_real_default() {
+        use clap::CommandFactory;
+        let rows = documented_rows();
+        let command = Args::command();
+        for (name, env, default) in DOCUMENTED {
+            let flag = format!("--{}", name.replace('_', "-"));
+            let row = rows
+                .iter()
+                .find(|r| r[0] == flag)
+                .unwrap_or_else(|| panic!("{flag} is not in docs/operations.md"));
+            assert_eq!(row[1], *env, "{flag}: environment variable");
+            let key = row[2].trim_end_matches(" (list)");
+            let renamed = match *name {
+                "jwt_secret" => "jwt_secrets",
+                "jwt_public_key" => "jwt_public_keys",
+                other => other,
+            };
+            assert_eq!(key, renamed, "{flag}: TOML key");
+            assert_eq!(row[3], *default, "{flag}: default");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_id() == *name)
+                .unwrap_or_else(|| panic!("{flag} is not a flag"));
+            assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(*env));
+        }
+        // And nothing documented that does not exist.
+        for row in &rows {
+            let name = row[0].trim_start_matches("--").replace('-', "_");
+            assert!(
+                DOCUMENTED.iter().any(|(n, _, _)| *n == name)
+                    || ["config", "repair_log"].contains(&name.as_str()),
+                "{} is documented but not a setting",
+                row[0]
+            );
+        }
+    }
+
+    #[test]
+    fn every_documented_toml_key_is_read_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spread.toml");
+        std::fs::write(
+            &path,
+            "max_topics = 7\njwt_secrets = [\"s\"]\nmax_clock_skew = \"250ms\"\nrequire_auth = true\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(c.max_topics, 7);
+        assert_eq!(c.auth.secrets, ["s"]);
+        assert_eq!(c.max_clock_skew, Duration::from_millis(250));
+        assert!(c.auth.require);
     }
 
     #[test]
