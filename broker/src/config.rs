@@ -50,68 +50,34 @@ pub enum ConfigError {
 /// step of a token muncher, so that clap's derive sees plain `Option<T>`,
 /// `Vec<T>` and `bool` field types.
 macro_rules! settings {
-    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
-        $(#[$meta:meta])* $name:ident: value $ty:ty, $env:literal, $default:literal, $help:literal;
-        $($rest:tt)*) => {
-        settings!(@acc
+    // One declaration: its field types by kind, then one common step.
+    (@acc $acc:tt $(#[$meta:meta])* $name:ident: $kind:ident $ty:ty,
+        $env:literal, $default:literal, $help:literal; $($rest:tt)*) => {
+        settings!(@typed $kind $ty; $acc [$(#[$meta])*] $name, $env, $default, $help; $($rest)*);
+    };
+    (@typed value $ty:ty; $($x:tt)*) => { settings!(@push [Option<$ty>] [$ty] value $ty; $($x)*); };
+    (@typed optional $ty:ty; $($x:tt)*) => {
+        settings!(@push [Option<$ty>] [Option<$ty>] optional $ty; $($x)*);
+    };
+    (@typed list $ty:ty; $($x:tt)*) => { settings!(@push [Vec<$ty>] [Vec<$ty>] list $ty; $($x)*); };
+    (@typed flag $ty:ty; $($x:tt)*) => { settings!(@push [bool] [bool] flag $ty; $($x)*); };
+    (@push [$($given:tt)*] [$($resolved:tt)*] $kind:ident $ty:ty;
+        [[$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]]
+        [$($meta:tt)*] $name:ident, $env:literal, $default:literal, $help:literal; $($rest:tt)*) => {
+        settings!(@acc [
             [$($field)*
                 #[doc = $help]
                 #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
-                $(#[$meta])*
-                pub $name: Option<$ty>,]
-            [$($merge)* (value $name)]
-            [$($out)* #[doc = $help] pub $name: $ty,]
-            [$($resolve)* (value $name $ty, $default)]
+                $($meta)*
+                pub $name: $($given)*,]
+            [$($merge)* ($kind $name)]
+            [$($out)* #[doc = $help] pub $name: $($resolved)*,]
+            [$($resolve)* ($kind $name $ty, $default)]
             [$($doc)* (stringify!($name), $env, $default),]
-            $($rest)*);
+        ] $($rest)*);
     };
-    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
-        $(#[$meta:meta])* $name:ident: optional $ty:ty, $env:literal, $default:literal, $help:literal;
-        $($rest:tt)*) => {
-        settings!(@acc
-            [$($field)*
-                #[doc = $help]
-                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
-                $(#[$meta])*
-                pub $name: Option<$ty>,]
-            [$($merge)* (optional $name)]
-            [$($out)* #[doc = $help] pub $name: Option<$ty>,]
-            [$($resolve)* (optional $name $ty, $default)]
-            [$($doc)* (stringify!($name), $env, $default),]
-            $($rest)*);
-    };
-    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
-        $(#[$meta:meta])* $name:ident: list $ty:ty, $env:literal, $default:literal, $help:literal;
-        $($rest:tt)*) => {
-        settings!(@acc
-            [$($field)*
-                #[doc = $help]
-                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
-                $(#[$meta])*
-                pub $name: Vec<$ty>,]
-            [$($merge)* (list $name)]
-            [$($out)* #[doc = $help] pub $name: Vec<$ty>,]
-            [$($resolve)* (list $name $ty, $default)]
-            [$($doc)* (stringify!($name), $env, $default),]
-            $($rest)*);
-    };
-    (@acc [$($field:tt)*] [$($merge:tt)*] [$($out:tt)*] [$($resolve:tt)*] [$($doc:tt)*]
-        $(#[$meta:meta])* $name:ident: flag, $env:literal, $default:literal, $help:literal;
-        $($rest:tt)*) => {
-        settings!(@acc
-            [$($field)*
-                #[doc = $help]
-                #[arg(long, env = $env, help = concat!($help, " [default: ", $default, "]"))]
-                $(#[$meta])*
-                pub $name: bool,]
-            [$($merge)* (flag $name)]
-            [$($out)* #[doc = $help] pub $name: bool,]
-            [$($resolve)* (flag $name bool, $default)]
-            [$($doc)* (stringify!($name), $env, $default),]
-            $($rest)*);
-    };
-    (@acc [$($field:tt)*] [$(($mkind:ident $mname:ident))*] [$($out:tt)*]
-        [$(($rkind:ident $rname:ident $rty:ty, $rdefault:literal))*] [$($doc:tt)*]) => {
+    (@acc [[$($field:tt)*] [$(($mkind:ident $mname:ident))*] [$($out:tt)*]
+        [$(($rkind:ident $rname:ident $rty:ty, $rdefault:literal))*] [$($doc:tt)*]]) => {
         /// Command-line flags of `spread-broker` (each also read from its
         /// `SPREAD_*` variable), and the TOML file's keys.
         #[derive(Debug, Default, Clone, clap::Parser, serde::Deserialize)]
@@ -181,7 +147,7 @@ macro_rules! settings {
     };
     (@resolve $kind:ident $ty:ty, $given:expr, $name:ident, $default:literal) => { $given };
     ($($decl:tt)*) => {
-        settings!(@acc [] [] [] [] [] $($decl)*);
+        settings!(@acc [[] [] [] [] []] $($decl)*);
     };
 }
 
@@ -194,7 +160,7 @@ settings! {
         "Node id: origin of anonymous writes";
     #[arg(requires = "tls_key")]
     tls_cert: optional PathBuf, "SPREAD_TLS_CERT", "generated",
-        "PEM certificate chain, leaf first (default: a local CA and certificate in <data-dir>/tls)";
+        "PEM certificate chain, leaf first; without it a local CA and certificate are generated in <data-dir>/tls";
     #[arg(requires = "tls_cert")]
     tls_key: optional PathBuf, "SPREAD_TLS_KEY", "generated",
         "PEM private key of the certificate";
@@ -241,7 +207,7 @@ settings! {
         "Required iss claim";
     jwt_audience: optional String, "SPREAD_JWT_AUDIENCE", "none",
         "Required aud claim";
-    require_auth: flag, "SPREAD_REQUIRE_AUTH", "false",
+    require_auth: flag bool, "SPREAD_REQUIRE_AUTH", "false",
         "Refuse clients without a valid token";
     max_topics: value usize, "SPREAD_MAX_TOPICS", "10000000",
         "Most topics the broker holds, deletes included; a publish that would add one more is refused";
