@@ -24,6 +24,7 @@ mod node;
 mod reads;
 mod replay;
 mod server;
+mod session;
 mod sinks;
 mod tls;
 

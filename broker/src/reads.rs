@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::connection::outbound::Conn;
+use crate::session::Conn;
 
 /// Threads that run read jobs.
 const THREADS: usize = 4;

@@ -13,15 +13,14 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use parking_lot::Mutex;
 use spread_plugin::{Kind, OpenContext, OwnedEvent, Query};
 use spread_protocol::{
     ErrorCode, ErrorFrame, Event, EventId, EventKind, EventParts, ReplayQuery, Response,
 };
 
-use crate::connection::outbound::{Conn, Outbound};
 use crate::reads::{ReadJob, Step};
+use crate::session::Conn;
 use crate::sinks::driver::{ArchiveDriver, Factory};
 
 /// Where replays are served from.
@@ -109,7 +108,7 @@ impl ReadJob for Replay {
             },
             Err(Gone) => return Step::Done,
         };
-        answer(&self.conn, frame);
+        self.conn.answer_now(&frame);
         Step::Done
     }
 }
@@ -137,14 +136,11 @@ impl Replay {
                 // A failed archive is reopened at the next replay.
                 self.source.archive.lock().take();
                 tracing::warn!(req_id = self.req_id, "replay failed: {message}");
-                answer(
-                    &self.conn,
-                    Response::Error(ErrorFrame {
-                        req_id: Some(self.req_id),
-                        code: ErrorCode::ArchiveUnavailable,
-                        message: format!("the archive cannot be read: {message}"),
-                    }),
-                );
+                self.conn.answer_now(&Response::Error(ErrorFrame {
+                    req_id: Some(self.req_id),
+                    code: ErrorCode::ArchiveUnavailable,
+                    message: format!("the archive cannot be read: {message}"),
+                }));
                 Err(Gone)
             }
         }
@@ -185,16 +181,6 @@ impl Replay {
                 .collect(),
         ))
     }
-}
-
-/// Queues the frame that ends a replay (and releases its request credit).
-fn answer(conn: &Conn, frame: Response) {
-    let mut frames = BytesMut::new();
-    frame.encode(&mut frames);
-    conn.push(Outbound::Answers {
-        frames: frames.freeze(),
-        count: 1,
-    });
 }
 
 /// An archived event in wire form.

@@ -16,8 +16,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::connection::{self, outbound::Stats};
+use crate::connection;
 use crate::engine::{CheckpointPolicy, EngineHandle, RecentLimits, Services};
+use crate::session::Stats;
 use crate::sinks::{self, Prepared, Sinks};
 use crate::tls::{self, TlsSource};
 use crate::{node, BrokerError};

@@ -1,7 +1,6 @@
 //! One client connection: TLS handshake, protocol handshake, then a reader
 //! task and a writer task joined by the connection's outbound queue.
 
-pub mod outbound;
 mod reader;
 mod writer;
 
@@ -23,7 +22,7 @@ use tracing::Instrument;
 
 use crate::engine::Command;
 use crate::server::Shared;
-use outbound::{Conn, Outbound};
+use crate::session::{Conn, Outbound};
 use reader::Stop;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);

@@ -12,8 +12,8 @@ use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::FramedRead;
 
-use super::outbound::{Conn, Outbound};
 use crate::engine::Command;
+use crate::session::{Conn, Outbound};
 
 /// Most requests handed to the engine in one command.
 const MAX_BATCH: usize = 512;

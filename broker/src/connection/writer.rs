@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::outbound::{Conn, Outbound};
+use crate::session::{Conn, Outbound};
 
 /// Buffered bytes at which the writer writes before encoding more.
 const FLUSH_AT: usize = 256 * 1024;

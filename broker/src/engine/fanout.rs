@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use hashbrown::HashMap;
 use spread_protocol::Event;
 
-use crate::connection::outbound::{Batch, Conn, Outbound};
+use crate::session::{Batch, Conn, Outbound};
 
 struct Slot {
     conn: Arc<Conn>,

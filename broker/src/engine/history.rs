@@ -18,10 +18,10 @@ use spread_protocol::{ErrorCode, ErrorFrame, Event, Topic};
 use tokio::sync::mpsc;
 
 use super::{Command, Engine, Subscriber};
-use crate::connection::outbound::{Conn, Outbound};
 use crate::log::committed::Committed;
 use crate::log::LogReader;
 use crate::reads::{Kind, ReadJob, Step};
+use crate::session::{Conn, Outbound};
 
 /// Bytes of history pushed to a connection at a time.
 const CHUNK_BYTES: usize = 256 * 1024;

@@ -31,11 +31,11 @@ use spread_protocol::{
 };
 use tokio::sync::mpsc;
 
-use crate::connection::outbound::{Conn, Outbound};
 use crate::log::committed::Committed;
 use crate::log::sync::{GroupCommit, IntervalSync};
 use crate::log::{Durability, Log, LogError, LogOptions, Recovery};
 use crate::replay::ReplaySource;
+use crate::session::{Conn, Outbound};
 use crate::sinks::status::SinkBoard;
 use clock::{Clock, IdGen};
 use fanout::Fanout;
@@ -479,19 +479,11 @@ impl Engine {
             Request::Publish(p) => match &self.storage_failure {
                 // Refused at once, not held behind the rounds waiting for
                 // the disk: the client gets a clear error, not a hang.
-                Some(reason) => {
-                    let mut frames = bytes::BytesMut::new();
-                    Response::Error(ErrorFrame {
-                        req_id: Some(p.req_id),
-                        code: ErrorCode::StorageUnavailable,
-                        message: format!("the event log cannot be written: {reason}"),
-                    })
-                    .encode(&mut frames);
-                    conn.push(Outbound::Answers {
-                        frames: frames.freeze(),
-                        count: 1,
-                    });
-                }
+                Some(reason) => conn.answer_now(&Response::Error(ErrorFrame {
+                    req_id: Some(p.req_id),
+                    code: ErrorCode::StorageUnavailable,
+                    message: format!("the event log cannot be written: {reason}"),
+                })),
                 None if !conn.may_publish(p.topic.as_str()) => self.error(
                     conn,
                     p.req_id,

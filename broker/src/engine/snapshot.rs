@@ -19,8 +19,8 @@ use spread_protocol::{ErrorCode, Event, Topic};
 
 use super::tree::Walk;
 use super::{Engine, Subscriber};
-use crate::connection::outbound::{Conn, Outbound};
 use crate::reads::{Kind, Permit};
+use crate::session::{Conn, Outbound};
 
 /// Nodes a subscribe walks before its snapshot continues in later rounds.
 const FIRST_SLICE: usize = 4096;
