@@ -267,20 +267,16 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// The subject's common name (or, lacking one, its first attribute) of a
 /// DER certificate: the identity of a client authenticated by mutual TLS.
+/// The certificate is parsed by webpki (the parser rustls verified it
+/// with); only the subject's attributes are read here, since webpki gives
+/// the subject as raw DER.
 pub fn subject_name(cert: &[u8]) -> Option<String> {
-    const SEQUENCE: u8 = 0x30;
     const COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-    let (_, certificate, _) = der(cert).filter(|(t, _, _)| *t == SEQUENCE)?;
-    let (_, tbs, _) = der(certificate).filter(|(t, _, _)| *t == SEQUENCE)?;
-    let mut rest = tbs;
-    // [0] version (optional), serial, signature, issuer, validity, subject.
-    if rest.first() == Some(&0xa0) {
-        rest = der(rest)?.2;
-    }
-    for _ in 0..4 {
-        rest = der(rest)?.2;
-    }
-    let (_, mut names, _) = der(rest).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let der_cert = CertificateDer::from(cert);
+    let parsed = webpki::EndEntityCert::try_from(&der_cert).ok()?;
+    // Name ::= SEQUENCE OF SET OF { type OID, value }: the outer SEQUENCE
+    // is already stripped.
+    let mut names = parsed.subject();
     let mut first = None;
     while !names.is_empty() {
         let (_, set, next) = der(names)?;
