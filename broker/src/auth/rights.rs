@@ -8,6 +8,7 @@
 //! token's subject; `""` covers everything.
 
 use spread_plugin::covers;
+use spread_protocol::Request;
 
 /// What a `rights` claim says.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -103,6 +104,39 @@ impl Rights {
     }
 }
 
+/// Whether `rights` (`None`: every right) allow `request`; the reason
+/// when they do not, for a `forbidden` answer. Every request is checked
+/// here once, before the engine handles it; deliveries are checked again
+/// one by one (see [`Rights::reads_all_under`]).
+pub fn authorize(rights: Option<&Rights>, request: &Request) -> Result<(), String> {
+    let Some(r) = rights else {
+        return Ok(());
+    };
+    match request {
+        Request::Publish(p) if !r.can_publish(p.topic.as_str()) => Err(format!(
+            "this token may not publish to {}",
+            p.topic.as_str()
+        )),
+        Request::Get { topic, .. } if !r.can_read(topic.as_str()) => {
+            Err(format!("this token may not read {}", topic.as_str()))
+        }
+        Request::Subscribe { prefix, .. } if !r.may_read_under(prefix.as_str()) => Err(format!(
+            "this token may not read under {:?}",
+            prefix.as_str()
+        )),
+        Request::Replay { query, .. }
+            if !(if query.prefixes.is_empty() {
+                r.may_read_under("")
+            } else {
+                query.prefixes.iter().all(|p| r.may_read_under(p.as_str()))
+            }) =>
+        {
+            Err("this token may not read under every prefix of this replay".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +151,54 @@ mod tests {
 
     fn claim(json: &str) -> RightsClaim {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn authorize_checks_each_request_kind_once() {
+        use spread_protocol::{Publish, PublishMode, ReplayQuery, SubscribeMode, Topic};
+        let r = rights();
+        let rules = Default::default();
+        let t = |s: &str| Topic::prefix(s, &rules).unwrap();
+        let publish = |topic: &str| {
+            Request::Publish(Publish {
+                req_id: 1,
+                topic: t(topic),
+                payload: bytes::Bytes::new(),
+                timestamp: None,
+                id: None,
+                mode: PublishMode::Set,
+            })
+        };
+        assert!(authorize(Some(&r), &publish("sensors/site-7/t")).is_ok());
+        assert!(authorize(Some(&r), &publish("sensors/site-70")).is_err());
+        assert!(authorize(None, &publish("anything")).is_ok());
+        let get = |topic: &str| Request::Get {
+            req_id: 2,
+            topic: t(topic),
+        };
+        assert!(authorize(Some(&r), &get("config/public")).is_ok());
+        assert!(authorize(Some(&r), &get("config/secrets/k")).is_err());
+        let subscribe = |prefix: &str| Request::Subscribe {
+            req_id: 3,
+            prefix: t(prefix),
+            since: 0,
+            mode: SubscribeMode::Latest,
+        };
+        assert!(
+            authorize(Some(&r), &subscribe("")).is_ok(),
+            "reaches sensors"
+        );
+        assert!(authorize(Some(&r), &subscribe("config/secrets")).is_err());
+        let replay = |prefixes: Vec<Topic>| Request::Replay {
+            req_id: 4,
+            query: ReplayQuery {
+                prefixes,
+                ..ReplayQuery::default()
+            },
+        };
+        assert!(authorize(Some(&r), &replay(vec![t("sensors")])).is_ok());
+        assert!(authorize(Some(&r), &replay(vec![t("sensors"), t("config/secrets")])).is_err());
+        assert!(authorize(Some(&r), &Request::Ping { req_id: 5 }).is_ok());
     }
 
     #[test]

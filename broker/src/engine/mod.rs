@@ -475,6 +475,11 @@ impl Engine {
     }
 
     fn request(&mut self, conn: &Arc<Conn>, req: Request) {
+        if let Err(reason) = crate::auth::rights::authorize(conn.rights.as_ref(), &req) {
+            if let Some(req_id) = req.req_id() {
+                return self.error(conn, req_id, ErrorCode::Forbidden, reason);
+            }
+        }
         match req {
             Request::Publish(p) => match &self.storage_failure {
                 // Refused at once, not held behind the rounds waiting for
@@ -484,12 +489,6 @@ impl Engine {
                     code: ErrorCode::StorageUnavailable,
                     message: format!("the event log cannot be written: {reason}"),
                 })),
-                None if !conn.may_publish(p.topic.as_str()) => self.error(
-                    conn,
-                    p.req_id,
-                    ErrorCode::Forbidden,
-                    format!("this token may not publish to {}", p.topic.as_str()),
-                ),
                 None => match p.timestamp {
                     // A far-future timestamp would win every later write.
                     Some(t) if t > self.tree.now().saturating_add(self.max_clock_skew) => self
@@ -518,25 +517,11 @@ impl Engine {
                     _ => self.publish(conn, p),
                 },
             },
-            Request::Get { req_id, topic } if !conn.may_read(topic.as_str()) => self.error(
-                conn,
-                req_id,
-                ErrorCode::Forbidden,
-                format!("this token may not read {}", topic.as_str()),
-            ),
             Request::Get { req_id, topic } => {
                 let event = self.tree.get(topic.as_str()).cloned();
                 let carried = event.as_ref().map_or(0, |e| e.encoded().len());
                 self.fanout
                     .answer_response(conn, Response::Value { req_id, event }, carried);
-            }
-            Request::Subscribe { req_id, prefix, .. } if !conn.may_read_under(prefix.as_str()) => {
-                self.error(
-                    conn,
-                    req_id,
-                    ErrorCode::Forbidden,
-                    format!("this token may not read under {:?}", prefix.as_str()),
-                )
             }
             Request::Subscribe {
                 req_id,
@@ -580,23 +565,6 @@ impl Engine {
                     }
                 }
                 self.answer(conn, Response::Status(report));
-            }
-            Request::Replay { req_id, query }
-                if !(if query.prefixes.is_empty() {
-                    conn.may_read_under("")
-                } else {
-                    query
-                        .prefixes
-                        .iter()
-                        .all(|p| conn.may_read_under(p.as_str()))
-                }) =>
-            {
-                self.error(
-                    conn,
-                    req_id,
-                    ErrorCode::Forbidden,
-                    "this token may not read under every prefix of this replay".into(),
-                )
             }
             Request::Replay { req_id, query } => match &self.replay {
                 // The archive is read on the read pool, never here.

@@ -82,18 +82,6 @@ impl Conn {
             .is_none_or(|r| r.reads_all_under(prefix))
     }
 
-    /// Whether this connection may publish to `topic`.
-    pub fn may_publish(&self, topic: &str) -> bool {
-        self.rights.as_ref().is_none_or(|r| r.can_publish(topic))
-    }
-
-    /// Whether a subscription or replay of `prefix` may reach any topic.
-    pub fn may_read_under(&self, prefix: &str) -> bool {
-        self.rights
-            .as_ref()
-            .is_none_or(|r| r.may_read_under(prefix))
-    }
-
     /// Appends a batch (leaving it empty) and wakes the writer once.
     pub fn push_batch(&self, batch: &mut Batch) {
         let mut q = self.queue.lock();
