@@ -6,8 +6,7 @@
 
 #![allow(unsafe_code)]
 
-/// Descriptors kept for everything but client connections.
-const RESERVE: u64 = 512;
+use crate::limits::FD_RESERVE as RESERVE;
 
 /// The connections the broker admits: `configured`, or fewer when the
 /// process's descriptor limit (raised to its hard limit first) cannot hold

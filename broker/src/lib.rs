@@ -19,6 +19,7 @@ mod connection;
 mod durable;
 mod engine;
 mod fds;
+mod limits;
 mod log;
 mod node;
 mod reads;

@@ -26,6 +26,8 @@ use crate::{node, BrokerError};
 /// What every connection shares.
 pub struct Shared {
     pub config: Config,
+    /// Every configured bound, from `config`.
+    pub limits: crate::limits::Limits,
     /// TLS acceptor; replaced when the certificate is reloaded.
     pub tls: parking_lot::RwLock<TlsAcceptor>,
     /// This node's id, also the origin of anonymous publishes.
@@ -175,8 +177,7 @@ pub struct Server {
     tls_source: TlsSource,
 }
 
-/// Refusal handshakes running at once.
-const REFUSALS_AT_ONCE: usize = 64;
+use crate::limits::REFUSALS_AT_ONCE;
 
 /// Refuses a connection over a limit: with an error frame while few
 /// refusals are running, else by closing it at once.
@@ -253,8 +254,9 @@ impl Server {
         .map_err(|_| sinks::SinkError::Config("a sink plugin panicked while loading".into()))??;
         let log_options = config.log_options();
         let log_dir = log_options.dir.clone();
+        let limits = crate::limits::Limits::of(&config);
         let reads =
-            Arc::new(crate::reads::Reads::start(config.reads).map_err(BrokerError::ReadThreads)?);
+            Arc::new(crate::reads::Reads::start(limits.reads).map_err(BrokerError::ReadThreads)?);
         let started = EngineHandle::start(
             log_options,
             recent,
@@ -263,9 +265,7 @@ impl Server {
                 sinks: sinks.board(),
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
-                max_subscriptions: config.max_subscriptions,
-                max_topics: config.max_topics,
-                max_clock_skew: config.max_clock_skew,
+                limits: limits.clone(),
                 reads,
             },
         );
@@ -322,6 +322,7 @@ impl Server {
             node_id,
             stats: Arc::default(),
             committed: engine.committed(),
+            limits,
             config,
         });
         Ok(Server {
@@ -368,7 +369,7 @@ impl Server {
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         let limit = Arc::new(Semaphore::new(crate::fds::connections_allowed(
-            shared.config.max_connections,
+            shared.limits.connections,
         )));
         // Telling a client it is one too many costs a TLS handshake: only a
         // few at once; beyond, the connection is simply closed.
@@ -403,11 +404,11 @@ impl Server {
             };
             // Over the broker-wide limit: told so, not left hanging.
             let Ok(permit) = limit.clone().try_acquire_owned() else {
-                let max = shared.config.max_connections;
+                let max = shared.limits.connections;
                 refuse(&tracker, &refusals, stream, peer, &shared, max);
                 continue;
             };
-            let max_per_ip = shared.config.max_connections_per_ip;
+            let max_per_ip = shared.limits.connections_per_ip;
             let Some(per_ip) = PerIp::enter(&per_ip_counts, peer.ip(), max_per_ip) else {
                 refuse(&tracker, &refusals, stream, peer, &shared, max_per_ip);
                 continue;

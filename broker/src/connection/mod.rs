@@ -50,7 +50,7 @@ pub async fn serve(
             tracing::debug!("set_nodelay: {e}");
         }
         // One deadline for the TLS handshake and the hello together.
-        let deadline = tokio::time::Instant::now() + shared.config.handshake_timeout;
+        let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
         if !tls {
             return session(stream, id, None, deadline, shared, engine, shutdown).await;
         }
@@ -89,7 +89,7 @@ async fn session<S>(
         // Before it is authenticated, a client gets no large buffer.
         let codec = ServerCodec::new(
             shared.config.topic_rules,
-            shared.config.max_frame.min(MAX_HELLO_FRAME),
+            shared.limits.frame.min(crate::limits::HELLO_FRAME),
         );
         let mut framed = FramedRead::with_capacity(rd, codec, 64 * 1024);
 
@@ -148,7 +148,7 @@ async fn session<S>(
         };
         let expires = identity.as_ref().and_then(|i| i.expires);
 
-        framed.decoder_mut().set_max_frame(shared.config.max_frame);
+        framed.decoder_mut().set_max_frame(shared.limits.frame);
 
         let mut buf = BytesMut::new();
         Response::Welcome {
@@ -166,14 +166,14 @@ async fn session<S>(
             Conn::new(
                 id,
                 origin,
-                shared.config.max_inflight,
-                shared.config.subscriber_buffer,
+                shared.limits.inflight,
+                shared.limits.subscriber_buffer,
                 shared.stats.clone(),
             )
             .with_rights(identity.and_then(|i| i.rights)),
         );
         let writer_conn = conn.clone();
-        let (stall, writer_shutdown) = (shared.config.write_timeout, shutdown.clone());
+        let (stall, writer_shutdown) = (shared.limits.write_timeout, shutdown.clone());
         let mut writer = tokio::spawn(
             async move {
                 let result = writer::run(wr, &writer_conn, stall, writer_shutdown).await;
@@ -195,12 +195,12 @@ async fn session<S>(
                 None => std::future::pending().await,
             }
         };
-        let rate = shared.config.max_publish_rate;
+        let rate = shared.limits.publish_rate;
         // A writer that ended early (the client stopped reading for longer
         // than the write timeout, or the socket failed) ends the reader too.
         let mut written = None;
         let stop = tokio::select! {
-            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate, shared.config.idle_timeout) => stop,
+            stop = reader::run(&mut framed, &conn, &engine, &mut shutdown, rate, shared.limits.idle_timeout) => stop,
             _ = expiry => Stop::Fatal(ErrorFrame {
                 req_id: None,
                 code: ErrorCode::TokenExpired,
@@ -254,10 +254,6 @@ async fn session<S>(
     }
 }
 
-/// Largest frame read before the hello is accepted (a hello with a token
-/// of a few kilobytes fits many times over).
-const MAX_HELLO_FRAME: usize = 64 * 1024;
-
 /// The longest a refused client gets to finish its TLS handshake.
 const REFUSAL_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -270,7 +266,7 @@ pub async fn refuse_busy(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared
         .fetch_add(1, Ordering::Relaxed);
     // A courtesy, so a short one: a client that does not even finish its
     // handshake must not hold a refusal slot for long.
-    let handshake = shared.config.handshake_timeout.min(REFUSAL_HANDSHAKE);
+    let handshake = shared.limits.handshake_timeout.min(REFUSAL_HANDSHAKE);
     if let Ok(Ok(tls)) = tokio::time::timeout(handshake, shared.acceptor().accept(stream)).await {
         let (_, mut wr) = tokio::io::split(tls);
         let message = format!(

@@ -113,12 +113,8 @@ pub struct Services {
     pub replay: Option<Arc<ReplaySource>>,
     /// This node's id.
     pub node_id: Arc<str>,
-    /// Live subscriptions allowed per connection.
-    pub max_subscriptions: usize,
-    /// Topics held at most, tombstones included.
-    pub max_topics: usize,
-    /// How far ahead of the broker's clock a client timestamp may be.
-    pub max_clock_skew: std::time::Duration,
+    /// The configured bounds (subscriptions, topics, clock skew).
+    pub limits: crate::limits::Limits,
     /// Where catch-ups and replays run.
     pub reads: Arc<crate::reads::Reads>,
 }
@@ -170,9 +166,7 @@ impl EngineHandle {
             sinks,
             replay,
             node_id,
-            max_subscriptions,
-            max_topics,
-            max_clock_skew,
+            limits,
             reads,
         } = services;
         let ids = IdGen::random().map_err(std::io::Error::other)?;
@@ -221,9 +215,9 @@ impl EngineHandle {
             sinks,
             replay,
             node_id,
-            max_subscriptions,
-            max_topics,
-            max_clock_skew: max_clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
+            max_subscriptions: limits.subscriptions,
+            max_topics: limits.topics,
+            max_clock_skew: limits.clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
             reads,
             me: tx.downgrade(),
             checkpoints,

@@ -7,8 +7,9 @@ use parking_lot::Mutex;
 use spread_protocol::Event;
 use tokio::sync::{Notify, Semaphore};
 
-use super::queue::{Batch, Outbound, Queue, Taken, HISTORY_QUEUE_LIMIT};
+use super::queue::{Batch, Outbound, Queue, Taken};
 use super::Stats;
+use crate::limits::HISTORY_QUEUE;
 
 /// State shared by the engine and one connection's tasks.
 pub struct Conn {
@@ -149,7 +150,7 @@ impl Conn {
     /// which a read learns when it pushes).
     pub fn has_history_room(&self) -> bool {
         let q = self.queue.lock();
-        q.history_bytes <= HISTORY_QUEUE_LIMIT || q.closed
+        q.history_bytes <= HISTORY_QUEUE || q.closed
     }
 
     /// Parks a read until the writer takes the queue; hands it back when
@@ -157,7 +158,7 @@ impl Conn {
     /// no wake-up is missed).
     pub fn park(&self, task: crate::reads::Task) -> Option<crate::reads::Task> {
         let mut q = self.queue.lock();
-        if q.history_bytes <= HISTORY_QUEUE_LIMIT || q.closed {
+        if q.history_bytes <= HISTORY_QUEUE || q.closed {
             return Some(task);
         }
         q.parked.push(task);

@@ -165,20 +165,7 @@ pub(super) struct Queue {
     pub(super) parked: Vec<crate::reads::Task>,
 }
 
-/// Bytes of history (catch-ups, replays) a connection may have queued
-/// before its reads park.
-pub const HISTORY_QUEUE_LIMIT: usize = 4 * 1024 * 1024;
-
-/// How many times the conflation budget a history subscription may queue
-/// before its connection is closed (it resumes from the log when it returns).
-const EXACT_LIMIT_FACTOR: usize = 4;
-
-/// How many times the budget the conflated latest values of a connection
-/// may hold (one entry per subscription and topic, so many overlapping
-/// subscriptions multiply it) before the connection is closed.
-const CONFLATED_LIMIT_FACTOR: usize = 16;
-/// The conflated bytes always allowed, whatever the budget.
-const CONFLATED_LIMIT_MIN: usize = 64 * 1024;
+use crate::limits::{CONFLATED_FACTOR, CONFLATED_MIN, EXACT_QUEUE_FACTOR};
 
 impl Queue {
     /// Queues one item, conflating events past the budget.
@@ -193,7 +180,7 @@ impl Queue {
                 exact: true,
             } => {
                 self.event_bytes += event.encoded().len();
-                if self.event_bytes > budget.saturating_mul(EXACT_LIMIT_FACTOR) {
+                if self.event_bytes > budget.saturating_mul(EXACT_QUEUE_FACTOR) {
                     stats.closed_slow.fetch_add(1, Ordering::Relaxed);
                     self.items.push(Outbound::Close(Some(ErrorFrame {
                         req_id: None,
@@ -221,9 +208,7 @@ impl Queue {
                         *self.skipped.entry(sub_id).or_default() += 1;
                         stats.conflated.fetch_add(1, Ordering::Relaxed);
                     }
-                    let limit = budget
-                        .saturating_mul(CONFLATED_LIMIT_FACTOR)
-                        .max(CONFLATED_LIMIT_MIN);
+                    let limit = budget.saturating_mul(CONFLATED_FACTOR).max(CONFLATED_MIN);
                     if self.conflated_bytes > limit {
                         stats.closed_slow.fetch_add(1, Ordering::Relaxed);
                         self.items.push(Outbound::Close(Some(ErrorFrame {
