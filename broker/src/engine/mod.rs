@@ -18,6 +18,7 @@ pub mod clock;
 mod fanout;
 mod history;
 mod persist;
+mod report;
 mod snapshot;
 pub mod tree;
 
