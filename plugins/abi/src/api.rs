@@ -103,7 +103,8 @@ impl Kind {
 ///
 /// A zero-cost view: it has the layout of the ABI's
 /// [`SpreadEvent`](ffi::SpreadEvent), so the batch the host passes is used
-/// as it is, without a copy or a conversion pass.
+/// as it is, without a copy (the export layer only checks its text fields
+/// for UTF-8, in place).
 #[repr(transparent)]
 #[derive(Clone, Copy)]
 pub struct Event<'a> {

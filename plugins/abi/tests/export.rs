@@ -143,6 +143,19 @@ fn sink_calls_errors_and_panics_cross_the_table() {
     // A panic is caught at the boundary and reported as fatal.
     assert_eq!(write(&["panic"], &mut error), ffi::STATUS_FATAL);
     assert_eq!(take_error(table, error), "plugin panicked: asked to");
+    // A host passing a topic that is not UTF-8 gets an error, and the sink
+    // sees nothing of the batch.
+    let mut bad = *event(9, "x/9").as_ffi();
+    let invalid: &'static [u8] = b"x/\xff";
+    bad.topic = SpreadBytes::new(invalid);
+    let good = *event(10, "x/10").as_ffi();
+    let status =
+        unsafe { (table.sink_write.unwrap())(instance, [good, bad].as_ptr(), 2, &mut error) };
+    assert_eq!(status, ffi::STATUS_FATAL);
+    assert_eq!(
+        take_error(table, error),
+        "the host passed a non-UTF-8 topic"
+    );
     assert_eq!(
         unsafe { (table.sink_flush.unwrap())(instance, &mut error) },
         ffi::STATUS_OK
