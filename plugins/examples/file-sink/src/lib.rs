@@ -38,18 +38,18 @@ impl Sink for FileSink {
     fn open(ctx: &OpenContext<'_>) -> Result<Self> {
         let settings: Settings = ctx.config()?;
         let path = ctx.data_dir.join(settings.path);
-        let seen = if settings.dedupe {
-            Some(read_ids(&path)?)
-        } else {
-            None
-        };
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
             .open(&path)
             .map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
-        end_torn_line(&mut file).map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
+        cut_torn_line(&mut file).map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
+        let seen = if settings.dedupe {
+            Some(read_ids(&path)?)
+        } else {
+            None
+        };
         Ok(FileSink {
             out: BufWriter::with_capacity(256 * 1024, file),
             seen,
@@ -89,23 +89,34 @@ impl Sink for FileSink {
     }
 }
 
-/// Ends a line a crash left torn, so the next line starts clean (the torn
-/// event is delivered again: it is after the host's checkpoint).
-fn end_torn_line(f: &mut File) -> std::io::Result<()> {
+/// Cuts a line a crash left torn, so that the file holds whole lines only
+/// (the torn event is delivered again: it is after the host's checkpoint).
+/// Ending it with a newline instead would leave a line that may look whole
+/// with its payload cut short.
+fn cut_torn_line(f: &mut File) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom};
-    if f.metadata()?.len() == 0 {
-        return Ok(());
+    let len = f.metadata()?.len();
+    let mut end = len;
+    let mut buf = [0u8; 4096];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep < len {
+                f.set_len(keep)?;
+            }
+            return Ok(());
+        }
+        end = start;
     }
-    f.seek(SeekFrom::End(-1))?;
-    let mut last = [0u8; 1];
-    f.read_exact(&mut last)?;
-    if last[0] != b'\n' {
-        f.write_all(b"\n")?;
-    }
-    Ok(())
+    f.set_len(0)
 }
 
-/// The ids of the events already in the file (a torn last line is ignored).
+/// The ids of the events already in the file (whole lines only, once
+/// [`cut_torn_line`] ran).
 fn read_ids(path: &std::path::Path) -> Result<HashSet<[u8; 16]>> {
     let mut ids = HashSet::new();
     let file = match File::open(path) {
@@ -119,10 +130,6 @@ fn read_ids(path: &std::path::Path) -> Result<HashSet<[u8; 16]>> {
         line.clear();
         if reader.read_until(b'\n', &mut line).map_err(Error::fatal)? == 0 {
             return Ok(ids);
-        }
-        // A line without its newline was torn by a crash: not stored.
-        if line.last() != Some(&b'\n') {
-            continue;
         }
         let id = std::str::from_utf8(&line)
             .ok()
@@ -154,3 +161,38 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 export_plugin!(name: "example-file-sink", sink: FileSink);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(content: &[u8]) -> Vec<u8> {
+        let path = std::env::temp_dir().join(format!(
+            "spread-file-sink-{}-{}",
+            std::process::id(),
+            content.len()
+        ));
+        std::fs::write(&path, content).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .read(true)
+            .open(&path)
+            .unwrap();
+        cut_torn_line(&mut f).unwrap();
+        let kept = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        kept
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_whole_lines_stay() {
+        assert_eq!(cut(b""), b"");
+        assert_eq!(cut(b"a\tb\n"), b"a\tb\n");
+        assert_eq!(cut(b"a\n1796\t17961966"), b"a\n");
+        assert_eq!(cut(b"torn only"), b"");
+        // Beyond one read chunk.
+        let mut long = b"x\n".to_vec();
+        long.extend(vec![b'y'; 10_000]);
+        assert_eq!(cut(&long), b"x\n");
+    }
+}
