@@ -100,16 +100,15 @@ fn read_all(file: File) -> Result<(u64, Vec<Event>), &'static str> {
     it.copy_from_slice(&header[16..24]);
     let iteration = u64::from_le_bytes(it);
     let mut events = Vec::new();
-    let mut rec = [0u8; record::HEADER];
-    let mut body = Vec::new();
+    let mut records = record::Reader::new(rd);
     loop {
-        rd.read_exact(&mut rec).map_err(|_| "missing trailer")?;
-        let len = record::declared_len(&rec).ok_or("implausible record length")?;
-        body.resize(len, 0);
-        body[..8].copy_from_slice(&rec[8..]);
-        rd.read_exact(&mut body[8..]).map_err(|_| "torn record")?;
-        let crc = u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]);
-        let (n, event) = record::check(crc, &body).ok_or("checksum mismatch")?;
+        let (n, event) = match records.next_record() {
+            record::Read::Record {
+                iteration, event, ..
+            } => (iteration, event),
+            record::Read::End => return Err("missing trailer"),
+            record::Read::Damaged(why) => return Err(why),
+        };
         if event.is_empty() {
             // The trailer: the number of topic records.
             return if n == events.len() as u64 {

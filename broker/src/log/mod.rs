@@ -511,7 +511,7 @@ impl LogReader {
         until: u64,
         mut each: impl FnMut(Event) -> bool,
     ) -> Result<(), LogError> {
-        use std::io::{BufReader, Read, Seek, SeekFrom};
+        use std::io::{BufReader, Seek, SeekFrom};
         // Segments created since this reader was made (their records may be
         // up to `until`) are read too, from their start.
         let mut segments = self.segments.clone();
@@ -535,27 +535,13 @@ impl LogReader {
             let io = LogError::io(path);
             let mut f = File::open(path).map_err(&io)?;
             f.seek(SeekFrom::Start(from)).map_err(&io)?;
-            let mut rd = BufReader::with_capacity(256 * 1024, f);
-            let mut header = [0u8; record::HEADER];
-            let mut body = Vec::new();
-            loop {
-                // The end of what is written, or a record being appended:
-                // either way, nothing more to read in this segment.
-                if rd.read_exact(&mut header).is_err() {
-                    break;
-                }
-                let Some(len) = record::declared_len(&header) else {
-                    break;
-                };
-                body.resize(len, 0);
-                body[..8].copy_from_slice(&header[8..]);
-                if rd.read_exact(&mut body[8..]).is_err() {
-                    break;
-                }
-                let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-                let Some((iteration, event)) = record::check(crc, &body) else {
-                    break;
-                };
+            let mut rd = record::Reader::new(BufReader::with_capacity(256 * 1024, f));
+            // Up to the end of what is written, or a record being appended:
+            // either way, nothing more to read in this segment.
+            while let record::Read::Record {
+                iteration, event, ..
+            } = rd.next_record()
+            {
                 if iteration <= after {
                     continue;
                 }
