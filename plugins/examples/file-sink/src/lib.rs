@@ -5,14 +5,16 @@
 //!
 //! Settings (JSON, from the broker's `[[sinks]]` entry):
 //! - `path`: the file, relative to the broker's data dir unless absolute;
-//! - `dedupe` (default false): read the ids already in the file at open and
-//!   skip events seen before, so redelivery after a crash writes each event
-//!   once (effectively-once on top of the host's at-least-once).
+//! - `dedupe` (default false): read the events already in the file at open
+//!   and skip events seen before, so redelivery after a crash writes each
+//!   event once (effectively-once on top of the host's at-least-once). An
+//!   event is its id *and* topic: a client may reuse an id on several
+//!   topics, and those are several events.
 //!
 //! Build: `cargo build --release -p spread-example-file-sink`, then point a
 //! `[[sinks]]` entry at `target/release/libspread_example_file_sink.so`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -30,7 +32,8 @@ struct Settings {
 /// The sink: a buffered file and, when deduplicating, the ids it holds.
 struct FileSink {
     out: BufWriter<File>,
-    seen: Option<HashSet<[u8; 16]>>,
+    /// Topics seen per event id (almost always one).
+    seen: Option<HashMap<[u8; 16], Vec<String>>>,
     line: String,
 }
 
@@ -60,9 +63,11 @@ impl Sink for FileSink {
     fn write_batch(&mut self, events: &[Event<'_>]) -> Result<()> {
         for e in events {
             if let Some(seen) = &mut self.seen {
-                if !seen.insert(e.id()) {
+                let topics = seen.entry(e.id()).or_default();
+                if topics.iter().any(|t| t == e.topic()) {
                     continue;
                 }
+                topics.push(e.topic().to_owned());
             }
             self.line.clear();
             let _ = writeln!(
@@ -115,10 +120,10 @@ fn cut_torn_line(f: &mut File) -> std::io::Result<()> {
     f.set_len(0)
 }
 
-/// The ids of the events already in the file (whole lines only, once
+/// The events already in the file, as topics per id (whole lines only, once
 /// [`cut_torn_line`] ran).
-fn read_ids(path: &std::path::Path) -> Result<HashSet<[u8; 16]>> {
-    let mut ids = HashSet::new();
+fn read_ids(path: &std::path::Path) -> Result<HashMap<[u8; 16], Vec<String>>> {
+    let mut ids: HashMap<[u8; 16], Vec<String>> = HashMap::new();
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
@@ -131,12 +136,12 @@ fn read_ids(path: &std::path::Path) -> Result<HashSet<[u8; 16]>> {
         if reader.read_until(b'\n', &mut line).map_err(Error::fatal)? == 0 {
             return Ok(ids);
         }
-        let id = std::str::from_utf8(&line)
-            .ok()
-            .and_then(|l| l.split('\t').nth(2))
-            .and_then(parse_id);
-        if let Some(id) = id {
-            ids.insert(id);
+        let Ok(text) = std::str::from_utf8(&line) else {
+            continue;
+        };
+        let fields: Vec<&str> = text.trim_end_matches('\n').split('\t').collect();
+        if let (Some(id), Some(topic)) = (fields.get(2).and_then(|f| parse_id(f)), fields.get(5)) {
+            ids.entry(id).or_default().push((*topic).to_owned());
         }
     }
 }
@@ -182,6 +187,39 @@ mod tests {
         let kept = std::fs::read(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
         kept
+    }
+
+    #[test]
+    fn dedupe_keeps_one_id_on_two_topics_and_skips_redeliveries_across_opens() {
+        use spread_plugin::Kind;
+        let dir =
+            std::env::temp_dir().join(format!("spread-file-sink-dedupe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctx = OpenContext {
+            name: "f",
+            config_json: r#"{"path": "out.txt", "dedupe": true}"#,
+            node: "n",
+            data_dir: &dir,
+        };
+        let _ = std::fs::remove_file(dir.join("out.txt"));
+        let a = Event::new(1, 5, "a", b"1", "o", "n", [3; 16], Kind::Value);
+        let b = Event::new(2, 5, "b", b"1", "o", "n", [3; 16], Kind::Value);
+        let mut sink = FileSink::open(&ctx).unwrap();
+        sink.write_batch(&[a, b]).unwrap();
+        sink.write_batch(&[a]).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let mut sink = FileSink::open(&ctx).unwrap();
+        sink.write_batch(&[b, a]).unwrap();
+        sink.flush().unwrap();
+        drop(sink);
+        let text = std::fs::read_to_string(dir.join("out.txt")).unwrap();
+        let topics: Vec<&str> = text
+            .lines()
+            .map(|l| l.split('\t').nth(5).unwrap())
+            .collect();
+        assert_eq!(topics, ["a", "b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
