@@ -39,6 +39,7 @@ mod api;
 #[doc(hidden)]
 pub mod export;
 pub mod ffi;
+pub mod files;
 
 pub use api::{
     covers, Archive, Cursor, Error, Event, Kind, OpenContext, OwnedEvent, Query, Result, Sink,

@@ -44,7 +44,7 @@ impl Sink for Chaos {
                     .read(true)
                     .open(p)
                     .map_err(|e| Error::fatal(format!("{}: {e}", p.display())))?;
-                cut_torn_line(&mut f).map_err(Error::fatal)?;
+                spread_plugin::files::cut_torn_line(&mut f).map_err(Error::fatal)?;
                 Some(BufWriter::new(f))
             }
             None => None,
@@ -109,32 +109,6 @@ impl Sink for Chaos {
         }
         Ok(())
     }
-}
-
-/// Cuts a line a crash left torn, so that the file holds whole lines only
-/// (the torn event is delivered again: it is after the host's checkpoint).
-/// Ending it with a newline instead would leave a line that may look whole
-/// with its payload cut short.
-fn cut_torn_line(f: &mut File) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let len = f.metadata()?.len();
-    let mut end = len;
-    let mut buf = [0u8; 4096];
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let n = (end - start) as usize;
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
-            let keep = start + i as u64 + 1;
-            if keep < len {
-                f.set_len(keep)?;
-            }
-            return Ok(());
-        }
-        end = start;
-    }
-    f.set_len(0)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -47,7 +47,8 @@ impl Sink for FileSink {
             .read(true)
             .open(&path)
             .map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
-        cut_torn_line(&mut file).map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
+        spread_plugin::files::cut_torn_line(&mut file)
+            .map_err(|e| Error::fatal(format!("{}: {e}", path.display())))?;
         let seen = if settings.dedupe {
             Some(read_ids(&path)?)
         } else {
@@ -94,34 +95,8 @@ impl Sink for FileSink {
     }
 }
 
-/// Cuts a line a crash left torn, so that the file holds whole lines only
-/// (the torn event is delivered again: it is after the host's checkpoint).
-/// Ending it with a newline instead would leave a line that may look whole
-/// with its payload cut short.
-fn cut_torn_line(f: &mut File) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let len = f.metadata()?.len();
-    let mut end = len;
-    let mut buf = [0u8; 4096];
-    while end > 0 {
-        let start = end.saturating_sub(buf.len() as u64);
-        let n = (end - start) as usize;
-        f.seek(SeekFrom::Start(start))?;
-        f.read_exact(&mut buf[..n])?;
-        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
-            let keep = start + i as u64 + 1;
-            if keep < len {
-                f.set_len(keep)?;
-            }
-            return Ok(());
-        }
-        end = start;
-    }
-    f.set_len(0)
-}
-
 /// The events already in the file, as topics per id (whole lines only, once
-/// [`cut_torn_line`] ran).
+/// [`spread_plugin::files::cut_torn_line`] ran).
 fn read_ids(path: &std::path::Path) -> Result<HashMap<[u8; 16], Vec<String>>> {
     let mut ids: HashMap<[u8; 16], Vec<String>> = HashMap::new();
     let file = match File::open(path) {
@@ -171,24 +146,6 @@ export_plugin!(name: "example-file-sink", sink: FileSink);
 mod tests {
     use super::*;
 
-    fn cut(content: &[u8]) -> Vec<u8> {
-        let path = std::env::temp_dir().join(format!(
-            "spread-file-sink-{}-{}",
-            std::process::id(),
-            content.len()
-        ));
-        std::fs::write(&path, content).unwrap();
-        let mut f = OpenOptions::new()
-            .append(true)
-            .read(true)
-            .open(&path)
-            .unwrap();
-        cut_torn_line(&mut f).unwrap();
-        let kept = std::fs::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
-        kept
-    }
-
     #[test]
     fn dedupe_keeps_one_id_on_two_topics_and_skips_redeliveries_across_opens() {
         use spread_plugin::Kind;
@@ -220,17 +177,5 @@ mod tests {
             .collect();
         assert_eq!(topics, ["a", "b"]);
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn a_torn_last_line_is_cut_and_whole_lines_stay() {
-        assert_eq!(cut(b""), b"");
-        assert_eq!(cut(b"a\tb\n"), b"a\tb\n");
-        assert_eq!(cut(b"a\n1796\t17961966"), b"a\n");
-        assert_eq!(cut(b"torn only"), b"");
-        // Beyond one read chunk.
-        let mut long = b"x\n".to_vec();
-        long.extend(vec![b'y'; 10_000]);
-        assert_eq!(cut(&long), b"x\n");
     }
 }
