@@ -29,6 +29,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod frame;
+mod message;
 pub mod replay;
 pub mod request;
 pub mod response;
@@ -47,7 +48,7 @@ pub use event::{
 };
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use replay::ReplayQuery;
-pub use request::{Hello, Publish, PublishMode, Request, SubscribeMode};
+pub use request::{Delete, Hello, Publish, PublishMode, Request, SubscribeMode};
 pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary, SummaryRef};
 pub use status::{SinkStatus, StatusReport};
 pub use topic::{Topic, TopicError, TopicRules};

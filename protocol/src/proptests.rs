@@ -7,193 +7,16 @@ use tokio_util::codec::Decoder;
 
 use crate::*;
 
-fn topic_str(allow_root: bool) -> impl Strategy<Value = String> {
-    let min = usize::from(!allow_root);
-    proptest::collection::vec("[a-z0-9é_-]{1,6}", min..5).prop_map(|segs| segs.join("/"))
+fn request() -> BoxedStrategy<Request> {
+    Request::arbitrary()
 }
 
-fn topic() -> impl Strategy<Value = Topic> {
-    topic_str(false).prop_map(|s| Topic::new(&s, &TopicRules::default()).unwrap())
+fn response() -> BoxedStrategy<Response> {
+    Response::arbitrary()
 }
 
-fn prefix() -> impl Strategy<Value = Topic> {
-    topic_str(true).prop_map(|s| Topic::prefix(&s, &TopicRules::default()).unwrap())
-}
-
-fn event() -> impl Strategy<Value = Event> {
-    (
-        topic_str(false),
-        proptest::collection::vec(any::<u8>(), 0..300),
-        any::<u64>(),
-        "[a-z0-9-]{0,12}",
-        any::<[u8; 16]>(),
-        any::<u64>(),
-        any::<bool>(),
-    )
-        .prop_map(|(topic, payload, timestamp, origin, id, iteration, tomb)| {
-            EventParts {
-                topic: &topic,
-                payload: &payload,
-                timestamp,
-                origin: &origin,
-                id: EventId(id),
-                iteration,
-                kind: if tomb {
-                    EventKind::Tombstone
-                } else {
-                    EventKind::Value
-                },
-            }
-            .encode()
-        })
-}
-
-fn request() -> impl Strategy<Value = Request> {
-    prop_oneof![
-        (any::<u64>(), ".{0,20}", proptest::option::of(".{0,40}")).prop_map(|(v, n, t)| {
-            Request::Hello(Hello {
-                version: v,
-                client_name: n,
-                token: t,
-            })
-        }),
-        any::<u64>().prop_map(|req_id| Request::Ping { req_id }),
-        (
-            any::<u64>(),
-            topic(),
-            proptest::collection::vec(any::<u8>(), 0..200),
-            proptest::option::of((any::<u64>(), proptest::option::of(any::<[u8; 16]>()))),
-            0..3u8
-        )
-            .prop_map(|(req_id, topic, payload, stamp, m)| {
-                let timestamp = stamp.map(|(ts, _)| ts);
-                let id = stamp.and_then(|(_, id)| id).map(EventId);
-                let mode =
-                    [PublishMode::Set, PublishMode::IfAbsent, PublishMode::Delete][usize::from(m)];
-                let payload = if mode == PublishMode::Delete {
-                    Bytes::new()
-                } else {
-                    Bytes::from(payload)
-                };
-                Request::Publish(Publish {
-                    req_id,
-                    topic,
-                    payload,
-                    timestamp,
-                    id,
-                    mode,
-                })
-            }),
-        (any::<u64>(), topic()).prop_map(|(req_id, topic)| Request::Get { req_id, topic }),
-        (any::<u64>(), prefix(), any::<u64>(), any::<bool>()).prop_map(
-            |(req_id, prefix, since, history)| Request::Subscribe {
-                req_id,
-                prefix,
-                since,
-                mode: if history {
-                    SubscribeMode::History
-                } else {
-                    SubscribeMode::Latest
-                },
-            }
-        ),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(req_id, sub_id)| Request::Unsubscribe { req_id, sub_id }),
-        any::<u64>().prop_map(|req_id| Request::Status { req_id }),
-        (
-            any::<u64>(),
-            proptest::collection::vec("[a-z]{1,5}(/[a-z]{1,5}){0,2}", 0..3),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>()),
-            proptest::option::of(any::<u64>()),
-        )
-            .prop_map(
-                |(req_id, prefixes, from_time, to_time, from_iteration, to_iteration, limit)| {
-                    Request::Replay {
-                        req_id,
-                        query: crate::ReplayQuery {
-                            prefixes: prefixes
-                                .iter()
-                                .map(|p| Topic::prefix(p, &TopicRules::default()).unwrap())
-                                .collect(),
-                            from_time,
-                            to_time,
-                            from_iteration,
-                            to_iteration,
-                            limit,
-                        },
-                    }
-                }
-            ),
-    ]
-}
-
-fn response() -> impl Strategy<Value = Response> {
-    let outcome = prop_oneof![
-        (
-            event(),
-            proptest::option::of(event()),
-            proptest::collection::vec(any::<u32>(), 0..12)
-        )
-            .prop_map(|(event, previous, n)| Outcome::New {
-                event: Summary::from(&event),
-                previous: previous.as_ref().map(Summary::from),
-                notified: n.into_iter().collect(),
-            }),
-        event().prop_map(|event| Outcome::Existing {
-            event: Summary::from(&event)
-        }),
-        (event(), proptest::option::of(event())).prop_map(|(rejected, current)| {
-            Outcome::TooLate {
-                rejected: Summary::from(&rejected),
-                current,
-            }
-        }),
-        (event(), proptest::option::of(event())).prop_map(|(event, current)| {
-            Outcome::Present {
-                event: Summary::from(&event),
-                current,
-            }
-        }),
-    ];
-    prop_oneof![
-        (any::<u64>(), ".{0,20}", any::<u64>()).prop_map(|(version, node_id, iteration)| {
-            Response::Welcome {
-                version,
-                node_id,
-                iteration,
-            }
-        }),
-        any::<u64>().prop_map(|req_id| Response::Pong { req_id }),
-        (any::<u64>(), outcome).prop_map(|(req_id, outcome)| Response::Report { req_id, outcome }),
-        (any::<u64>(), proptest::option::of(event()))
-            .prop_map(|(req_id, event)| Response::Value { req_id, event }),
-        (any::<u64>(), event()).prop_map(|(sub_id, event)| Response::Event { sub_id, event }),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(sub_id, iteration)| { Response::SnapshotComplete { sub_id, iteration } }),
-        any::<u64>().prop_map(|req_id| Response::Unsubscribed { req_id }),
-        status_report().prop_map(Response::Status),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(req_id, count)| Response::ReplayComplete { req_id, count }),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(sub_id, skipped)| Response::Conflated { sub_id, skipped }),
-        (any::<u64>(), any::<u64>())
-            .prop_map(|(sub_id, oldest)| Response::HistoryTruncated { sub_id, oldest }),
-        (
-            proptest::option::of(any::<u64>()),
-            proptest::sample::select(ErrorCode::ALL),
-            ".{0,40}"
-        )
-            .prop_map(|(req_id, code, message)| {
-                Response::Error(ErrorFrame {
-                    req_id,
-                    code,
-                    message,
-                })
-            }),
-    ]
+fn body(frame: &BytesMut) -> Bytes {
+    Bytes::copy_from_slice(&frame[HEADER_LEN..])
 }
 
 /// Feeds `bytes` to `codec` in chunks cut at `cuts`, collecting every item.
@@ -239,6 +62,58 @@ proptest! {
         }
         let got = decode_chunked(&mut ClientCodec::default(), &wire, &cuts);
         prop_assert_eq!(got, resps);
+    }
+
+    /// The SDK's borrowed-parts publish encoder writes what the declared
+    /// messages write.
+    #[test]
+    fn publish_fast_path_matches_the_declaration(req in request()) {
+        let (mode, p) = match req {
+            Request::Publish(p) => (PublishMode::Set, p),
+            Request::PublishIfAbsent(p) => (PublishMode::IfAbsent, p),
+            Request::Delete(d) => (PublishMode::Delete, Publish::from(d)),
+            _ => return Ok(()),
+        };
+        let mut fast = BytesMut::new();
+        crate::request::encode_publish(
+            &mut fast, p.req_id, p.topic.as_str(), &p.payload, p.timestamp, p.id.as_ref(), mode,
+        );
+        let declared = Request::decode(&body(&fast), &TopicRules::default()).unwrap();
+        let mut again = BytesMut::new();
+        declared.encode(&mut again);
+        prop_assert_eq!(fast, again);
+    }
+
+    /// The broker's event and report encoders write what the declared
+    /// messages write.
+    #[test]
+    fn broker_fast_paths_match_the_declaration(resp in response()) {
+        let mut fast = BytesMut::new();
+        match &resp {
+            Response::Event { sub_id, event } => {
+                crate::response::encode_event(&mut fast, *sub_id, event)
+            }
+            Response::Report { req_id, outcome } => {
+                let summary = outcome.summary();
+                let (previous, notified): (Option<&Summary>, &[u32]) = match outcome {
+                    Outcome::New { previous, notified, .. } => (previous.as_ref(), notified),
+                    _ => (None, &[]),
+                };
+                crate::response::encode_report(
+                    &mut fast,
+                    *req_id,
+                    outcome.status(),
+                    SummaryRef::from(&summary),
+                    previous.map(SummaryRef::from),
+                    outcome.current(),
+                    notified,
+                )
+            }
+            _ => return Ok(()),
+        }
+        let mut declared = BytesMut::new();
+        resp.encode(&mut declared);
+        prop_assert_eq!(fast, declared);
     }
 
     #[test]
@@ -299,59 +174,68 @@ fn unknown_type_is_reported_as_such() {
     assert_eq!(err.code(), ErrorCode::UnknownMessage);
 }
 
-fn sink_status() -> impl Strategy<Value = crate::SinkStatus> {
-    (
-        ("[a-z-]{1,12}", ".{0,20}", "[a-z]{1,9}"),
-        (
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-            any::<u64>(),
-        ),
-        proptest::option::of(".{0,40}"),
-        any::<u64>(),
-    )
-        .prop_map(
-            |(
-                (name, plugin, state),
-                (checkpoint, lag_events, lag_ms, delivered, errors),
-                last_error,
-                rejected,
-            )| {
-                crate::SinkStatus {
-                    name,
-                    plugin,
-                    state,
-                    checkpoint,
-                    lag_events,
-                    lag_ms,
-                    delivered,
-                    errors,
-                    last_error,
-                    rejected,
-                }
-            },
+/// The message tables of docs/protocol.md (§5 and §6) list every declared
+/// message with its code, name and fields in wire order, exactly as the
+/// declarations give them.
+#[test]
+fn docs_list_every_message_as_declared() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    let section = |from: &str, to: &str| -> Vec<String> {
+        let start = doc.find(from).unwrap();
+        let end = start + doc[start..].find(to).unwrap();
+        doc[start..end]
+            .lines()
+            .filter(|l| l.starts_with("| `0x"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let row = |(code, name, fields): (u64, &str, String)| {
+        format!(
+            "| `{code:#04x}` | {name} | {} |",
+            fields.replace('|', "\\|")
         )
+    };
+    let want: Vec<String> = Request::doc_rows().into_iter().map(row).collect();
+    assert_eq!(section("## 5. Client", "## 6. Broker"), want);
+    let want: Vec<String> = Response::doc_rows().into_iter().map(row).collect();
+    assert_eq!(section("## 6. Broker", "## 7. Subscriptions"), want);
 }
 
-fn status_report() -> impl Strategy<Value = crate::StatusReport> {
-    (
-        any::<u64>(),
-        "[a-z0-9-]{1,20}",
-        any::<u64>(),
-        any::<u64>(),
-        proptest::option::of(any::<u64>()),
-        proptest::collection::vec(sink_status(), 0..4),
-    )
-        .prop_map(
-            |(req_id, node_id, iteration, committed, retained_from, sinks)| crate::StatusReport {
-                req_id,
-                node_id,
-                iteration,
-                committed,
-                retained_from,
-                sinks,
-            },
-        )
+#[test]
+fn a_sink_from_an_older_broker_has_no_rejected_count() {
+    // [0x97, 1, "n", 2, 2, nil, [["s", "p", "running", 1, 0, 0, 5, 0, nil]]]
+    let mut body = vec![
+        0x97, 0xcc, 0x97, 0x01, 0xa1, b'n', 0x02, 0x02, 0xc0, 0x91, 0x99,
+    ];
+    body.extend_from_slice(&[0xa1, b's', 0xa1, b'p', 0xa7]);
+    body.extend_from_slice(b"running");
+    body.extend_from_slice(&[0x01, 0x00, 0x00, 0x05, 0x00, 0xc0]);
+    match Response::decode(&Bytes::from(body), &TopicRules::default()).unwrap() {
+        Response::Status(report) => {
+            assert_eq!(report.sinks.len(), 1);
+            assert_eq!(report.sinks[0].delivered, 5);
+            assert_eq!(report.sinks[0].rejected, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_id_without_a_timestamp_is_malformed() {
+    let mut wire = BytesMut::new();
+    crate::request::encode_publish(
+        &mut wire,
+        1,
+        "a",
+        b"x",
+        None,
+        Some(&EventId([1; 16])),
+        PublishMode::Set,
+    );
+    let err = Request::decode(&body(&wire), &TopicRules::default()).unwrap_err();
+    assert!(
+        matches!(err, ProtocolError::Malformed { what, .. } if what.contains("requires a timestamp")),
+        "{err}"
+    );
 }

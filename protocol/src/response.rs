@@ -6,37 +6,10 @@ use smallvec::SmallVec;
 use crate::error::{ErrorCode, ProtocolError};
 use crate::event::{Event, EventId, EventKind};
 use crate::frame::{begin_frame, end_frame};
+use crate::message::{messages, wire_struct, Wire};
 use crate::status::StatusReport;
 use crate::topic::TopicRules;
 use crate::wire::{self, Reader};
-
-/// Message type codes of broker messages.
-pub mod kind {
-    /// Handshake answer.
-    pub const WELCOME: u64 = 0x81;
-    /// Answer to a ping.
-    pub const PONG: u64 = 0x82;
-    /// Answer to a publish, publish-if-absent or delete.
-    pub const REPORT: u64 = 0x90;
-    /// Answer to a get.
-    pub const VALUE: u64 = 0x91;
-    /// An event delivered to a subscription.
-    pub const EVENT: u64 = 0x92;
-    /// End of a subscription's snapshot.
-    pub const SNAPSHOT_COMPLETE: u64 = 0x93;
-    /// Answer to an unsubscribe.
-    pub const UNSUBSCRIBED: u64 = 0x94;
-    /// Notice that a slow subscription skipped intermediate events.
-    pub const CONFLATED: u64 = 0x95;
-    /// Notice that a history subscription asked for more than is retained.
-    pub const HISTORY_TRUNCATED: u64 = 0x96;
-    /// Answer to a status request.
-    pub const STATUS: u64 = 0x97;
-    /// End of a replay.
-    pub const REPLAY_COMPLETE: u64 = 0x98;
-    /// An error.
-    pub const ERROR: u64 = 0xff;
-}
 
 /// Subscribers notified at each prefix level, from the root down to the topic.
 pub type Counts = SmallVec<[u32; 8]>;
@@ -216,21 +189,35 @@ pub fn encode_report(
     notified: &[u32],
 ) {
     let start = begin_frame(dst);
-    wire::put_array(dst, 7);
+    wire::put_array(dst, 2 + <Outcome as Wire<Outcome>>::LEN);
     wire::put_uint(dst, kind::REPORT);
     wire::put_uint(dst, req_id);
+    put_outcome(dst, status, event, previous, current, notified);
+    end_frame(dst, start);
+}
+
+fn put_outcome(
+    dst: &mut BytesMut,
+    status: PublishStatus,
+    event: SummaryRef<'_>,
+    previous: Option<SummaryRef<'_>>,
+    current: Option<&Event>,
+    notified: &[u32],
+) {
     wire::put_uint(dst, status as u64);
     event.encode(dst);
     match previous {
         Some(p) => p.encode(dst),
         None => wire::put_nil(dst),
     }
-    put_opt_event(dst, current);
+    match current {
+        Some(e) => dst.put_slice(e.encoded()),
+        None => wire::put_nil(dst),
+    }
     wire::put_array(dst, notified.len());
     for n in notified {
         wire::put_uint(dst, u64::from(*n));
     }
-    end_frame(dst, start);
 }
 
 /// What a publish did.
@@ -301,100 +288,98 @@ impl Outcome {
     }
 }
 
-/// An error frame.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorFrame {
-    /// The request it answers, or `None` for the connection as a whole.
-    pub req_id: Option<u64>,
-    /// Stable code.
-    pub code: ErrorCode,
-    /// Human-readable detail.
-    pub message: String,
+wire_struct! {
+    /// An error frame.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    inline "error"
+    pub struct ErrorFrame {
+        /// The request it answers, or `None` for the connection as a whole.
+        pub req_id: Option<u64>,
+        /// Stable code.
+        pub code: ErrorCode,
+        /// Human-readable detail.
+        pub message: String,
+    }
 }
 
-/// A broker message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
-    /// Handshake accepted.
-    Welcome {
-        /// Protocol version the broker will speak.
-        version: u64,
-        /// The broker's node id.
-        node_id: String,
-        /// The broker's current iteration.
-        iteration: u64,
-    },
-    /// Answer to a ping.
-    Pong {
-        /// Request id.
-        req_id: u64,
-    },
-    /// Answer to a publish, publish-if-absent or delete.
-    Report {
-        /// Request id.
-        req_id: u64,
-        /// What happened.
-        outcome: Outcome,
-    },
-    /// Answer to a get; `None` when the topic has no live value.
-    Value {
-        /// Request id.
-        req_id: u64,
-        /// The latest event, if live.
-        event: Option<Event>,
-    },
-    /// An event for a subscription.
-    Event {
-        /// Subscription id.
-        sub_id: u64,
-        /// The event.
-        event: Event,
-    },
-    /// The snapshot of a subscription is complete; live events follow.
-    SnapshotComplete {
-        /// Subscription id.
-        sub_id: u64,
-        /// The broker iteration the snapshot covers.
-        iteration: u64,
-    },
-    /// The subscription is ended; no event for it follows.
-    Unsubscribed {
-        /// Request id.
-        req_id: u64,
-    },
-    /// The subscription was too slow: intermediate values were skipped, the
-    /// latest value of every changed topic was delivered.
-    Conflated {
-        /// Subscription id.
-        sub_id: u64,
-        /// How many events were replaced by later ones.
-        skipped: u64,
-    },
-    /// The history asked for starts before the oldest retained event: the
-    /// latest-value snapshot follows instead, then live events.
-    HistoryTruncated {
-        /// Subscription id.
-        sub_id: u64,
-        /// The oldest iteration still retained in the log.
-        oldest: u64,
-    },
-    /// Answer to a status request.
-    Status(StatusReport),
-    /// A replay delivered all its events.
-    ReplayComplete {
-        /// Request id of the replay.
-        req_id: u64,
-        /// Events delivered.
-        count: u64,
-    },
-    /// An error.
-    Error(ErrorFrame),
-}
-
-fn put_opt_event(dst: &mut BytesMut, ev: Option<&Event>) {
-    match ev {
-        Some(e) => dst.put_slice(e.encoded()),
-        None => wire::put_nil(dst),
+messages! {
+    /// A broker message.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Response ("response") {
+        /// Handshake accepted.
+        WELCOME = 0x81, "welcome" => Welcome {
+            /// Protocol version the broker will speak.
+            version: u64,
+            /// The broker's node id.
+            node_id: String,
+            /// The broker's current iteration.
+            iteration: u64,
+        },
+        /// Answer to a ping.
+        PONG = 0x82, "pong" => Pong {
+            /// Request id.
+            req_id: u64,
+        },
+        /// Answer to a publish, publish-if-absent or delete.
+        REPORT = 0x90, "report" => Report {
+            /// Request id.
+            req_id: u64,
+            /// What happened.
+            outcome: Outcome,
+        },
+        /// Answer to a get; `None` when the topic has no live value.
+        VALUE = 0x91, "value" => Value {
+            /// Request id.
+            req_id: u64,
+            /// The latest event, if live.
+            event: Option<Event>,
+        },
+        /// An event for a subscription.
+        EVENT = 0x92, "event" => Event {
+            /// Subscription id.
+            sub_id: u64,
+            /// The event.
+            event: Event,
+        },
+        /// The snapshot of a subscription is complete; live events follow.
+        SNAPSHOT_COMPLETE = 0x93, "snapshot-complete" => SnapshotComplete {
+            /// Subscription id.
+            sub_id: u64,
+            /// The broker iteration the snapshot covers.
+            iteration: u64,
+        },
+        /// The subscription is ended; no event for it follows.
+        UNSUBSCRIBED = 0x94, "unsubscribed" => Unsubscribed {
+            /// Request id.
+            req_id: u64,
+        },
+        /// The subscription was too slow: intermediate values were skipped,
+        /// the latest value of every changed topic was delivered.
+        CONFLATED = 0x95, "conflated" => Conflated {
+            /// Subscription id.
+            sub_id: u64,
+            /// How many events were replaced by later ones.
+            skipped: u64,
+        },
+        /// The history asked for starts before the oldest retained event:
+        /// the latest-value snapshot follows instead, then live events.
+        HISTORY_TRUNCATED = 0x96, "history-truncated" => HistoryTruncated {
+            /// Subscription id.
+            sub_id: u64,
+            /// The oldest iteration still retained in the log.
+            oldest: u64,
+        },
+        /// Answer to a status request.
+        STATUS = 0x97, "status" => Status(StatusReport),
+        /// A replay delivered all its events.
+        REPLAY_COMPLETE = 0x98, "replay-complete" => ReplayComplete {
+            /// Request id of the replay.
+            req_id: u64,
+            /// Events delivered.
+            count: u64,
+        },
+        /// An error.
+        ERROR = 0xff, "error" => Error(ErrorFrame),
     }
 }
 
@@ -408,243 +393,130 @@ pub fn encode_event(dst: &mut BytesMut, sub_id: u64, event: &Event) {
     end_frame(dst, start);
 }
 
-impl Response {
-    /// Appends this message as a complete frame to `dst`.
-    pub fn encode(&self, dst: &mut BytesMut) {
-        match self {
-            Response::Event { sub_id, event } => return encode_event(dst, *sub_id, event),
-            Response::Report { req_id, outcome } => {
-                let summary = outcome.summary();
-                let (previous, notified): (Option<&Summary>, &[u32]) = match outcome {
-                    Outcome::New {
-                        previous, notified, ..
-                    } => (previous.as_ref(), notified),
-                    _ => (None, &[]),
-                };
-                return encode_report(
-                    dst,
-                    *req_id,
-                    outcome.status(),
-                    SummaryRef::from(&summary),
-                    previous.map(SummaryRef::from),
-                    outcome.current(),
-                    notified,
-                );
-            }
-            _ => {}
-        }
-        let start = begin_frame(dst);
-        match self {
-            Response::Welcome {
-                version,
-                node_id,
-                iteration,
-            } => {
-                wire::put_array(dst, 4);
-                wire::put_uint(dst, kind::WELCOME);
-                wire::put_uint(dst, *version);
-                wire::put_str(dst, node_id);
-                wire::put_uint(dst, *iteration);
-            }
-            Response::Pong { req_id } => {
-                wire::put_array(dst, 2);
-                wire::put_uint(dst, kind::PONG);
-                wire::put_uint(dst, *req_id);
-            }
-            Response::Report { .. } => {}
-            Response::Value { req_id, event } => {
-                wire::put_array(dst, 3);
-                wire::put_uint(dst, kind::VALUE);
-                wire::put_uint(dst, *req_id);
-                put_opt_event(dst, event.as_ref());
-            }
-            Response::Event { .. } => {}
-            Response::SnapshotComplete { sub_id, iteration } => {
-                wire::put_array(dst, 3);
-                wire::put_uint(dst, kind::SNAPSHOT_COMPLETE);
-                wire::put_uint(dst, *sub_id);
-                wire::put_uint(dst, *iteration);
-            }
-            Response::Unsubscribed { req_id } => {
-                wire::put_array(dst, 2);
-                wire::put_uint(dst, kind::UNSUBSCRIBED);
-                wire::put_uint(dst, *req_id);
-            }
-            Response::Conflated { sub_id, skipped } => {
-                wire::put_array(dst, 3);
-                wire::put_uint(dst, kind::CONFLATED);
-                wire::put_uint(dst, *sub_id);
-                wire::put_uint(dst, *skipped);
-            }
-            Response::HistoryTruncated { sub_id, oldest } => {
-                wire::put_array(dst, 3);
-                wire::put_uint(dst, kind::HISTORY_TRUNCATED);
-                wire::put_uint(dst, *sub_id);
-                wire::put_uint(dst, *oldest);
-            }
-            Response::Status(report) => {
-                wire::put_array(dst, 7);
-                wire::put_uint(dst, kind::STATUS);
-                report.encode_fields(dst);
-            }
-            Response::ReplayComplete { req_id, count } => {
-                wire::put_array(dst, 3);
-                wire::put_uint(dst, kind::REPLAY_COMPLETE);
-                wire::put_uint(dst, *req_id);
-                wire::put_uint(dst, *count);
-            }
-            Response::Error(e) => {
-                wire::put_array(dst, 4);
-                wire::put_uint(dst, kind::ERROR);
-                match e.req_id {
-                    Some(id) => wire::put_uint(dst, id),
-                    None => wire::put_nil(dst),
-                }
-                wire::put_uint(dst, e.code as u64);
-                wire::put_str(dst, &e.message);
-            }
-        }
-        end_frame(dst, start);
+impl Wire<Summary> for Summary {
+    fn put(v: &Summary, dst: &mut BytesMut) {
+        SummaryRef::from(v).encode(dst);
+    }
+    fn read(r: &mut Reader<'_>, _: &TopicRules, _: &'static str) -> Result<Summary, ProtocolError> {
+        Summary::read(r)
+    }
+    fn doc_type() -> String {
+        "summary".into()
+    }
+}
+
+/// A report's outcome is five elements whose presence depends on the
+/// status (docs/protocol.md, the report table), so its layout is written
+/// here rather than declared field by field.
+impl Wire<Outcome> for Outcome {
+    const LEN: usize = 5;
+
+    fn put(outcome: &Outcome, dst: &mut BytesMut) {
+        let (event, previous, notified): (&Summary, Option<&Summary>, &[u32]) = match outcome {
+            Outcome::New {
+                event,
+                previous,
+                notified,
+            } => (event, previous.as_ref(), notified),
+            Outcome::Existing { event } | Outcome::Present { event, .. } => (event, None, &[]),
+            Outcome::TooLate { rejected, .. } => (rejected, None, &[]),
+        };
+        put_outcome(
+            dst,
+            outcome.status(),
+            event.into(),
+            previous.map(SummaryRef::from),
+            outcome.current(),
+            notified,
+        );
     }
 
-    /// Decodes one frame body. Clients should pass permissive `rules`: the
-    /// broker already enforced its own.
-    pub fn decode(frame: &Bytes, rules: &TopicRules) -> Result<Response, ProtocolError> {
-        let mut r = Reader::new(frame);
-        let len = r.array_between(2, 16, "response: array")?;
-        let code = r.uint("response: type code")?;
-        let expect = |r: &Reader<'_>, n: usize| {
-            if len == n {
-                Ok(())
-            } else {
-                Err(r.malformed("response: wrong number of fields for this type"))
-            }
-        };
-        let resp = match code {
-            kind::WELCOME => {
-                expect(&r, 4)?;
-                Response::Welcome {
-                    version: r.uint("welcome: version")?,
-                    node_id: r.string("welcome: node id")?,
-                    iteration: r.uint("welcome: iteration")?,
-                }
-            }
-            kind::PONG => {
-                expect(&r, 2)?;
-                Response::Pong {
-                    req_id: r.uint("pong: request id")?,
-                }
-            }
-            kind::REPORT => {
-                expect(&r, 7)?;
-                let req_id = r.uint("report: request id")?;
-                let status = r.uint("report: status")?;
-                let event = Summary::read(&mut r)?;
-                let previous = if r.nil() {
-                    None
-                } else {
-                    Some(Summary::read(&mut r)?)
-                };
-                let current = if r.nil() {
-                    None
-                } else {
-                    Some(Event::read(&mut r, rules)?)
-                };
-                let n = r.array("report: notified counts")?;
-                let mut notified = Counts::new();
-                for _ in 0..n {
-                    notified.push(r.u32("report: notified count")?);
-                }
-                let outcome = match (status, previous, current) {
-                    (0, previous, None) => Outcome::New {
+    fn read(
+        r: &mut Reader<'_>,
+        rules: &TopicRules,
+        _: &'static str,
+    ) -> Result<Outcome, ProtocolError> {
+        let status = r.uint("report: status")?;
+        let event = Summary::read(r)?;
+        let previous = <Option<Summary>>::read(r, rules, "report: previous")?;
+        let current = <Option<Event>>::read(r, rules, "report: current")?;
+        let n = r.array("report: notified counts")?;
+        let mut notified = Counts::new();
+        for _ in 0..n {
+            notified.push(r.u32("report: notified count")?);
+        }
+        Ok(match (status, previous, current) {
+            (0, previous, None) => Outcome::New {
+                event,
+                previous,
+                notified,
+            },
+            (1, None, None) => Outcome::Existing { event },
+            (2, None, current) => Outcome::TooLate {
+                rejected: event,
+                current,
+            },
+            (3, None, current) => Outcome::Present { event, current },
+            _ => return Err(r.malformed("report: fields do not match the status")),
+        })
+    }
+
+    fn doc_type() -> String {
+        "outcome".into()
+    }
+
+    fn doc_fields(_: &str, out: &mut Vec<String>) {
+        out.extend(
+            [
+                "`status: uint`",
+                "`event: summary`",
+                "`previous: summary|nil`",
+                "`current: event|nil`",
+                "`notified: [uint]`",
+            ]
+            .map(String::from),
+        );
+    }
+}
+
+#[cfg(test)]
+mod arb {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::message::Arb;
+
+    impl Arb<Summary> for Summary {
+        fn arb() -> BoxedStrategy<Summary> {
+            <Event as Arb<Event>>::arb()
+                .prop_map(|e| Summary::from(&e))
+                .boxed()
+        }
+    }
+
+    impl Arb<Outcome> for Outcome {
+        fn arb() -> BoxedStrategy<Outcome> {
+            let summary = || <Summary as Arb<Summary>>::arb();
+            let event = || <Event as Arb<Event>>::arb();
+            prop_oneof![
+                (
+                    summary(),
+                    proptest::option::of(summary()),
+                    proptest::collection::vec(any::<u32>(), 0..10)
+                )
+                    .prop_map(|(event, previous, notified)| Outcome::New {
                         event,
                         previous,
-                        notified,
-                    },
-                    (1, None, None) => Outcome::Existing { event },
-                    (2, None, current) => Outcome::TooLate {
-                        rejected: event,
-                        current,
-                    },
-                    (3, None, current) => Outcome::Present { event, current },
-                    _ => return Err(r.malformed("report: fields do not match the status")),
-                };
-                Response::Report { req_id, outcome }
-            }
-            kind::VALUE => {
-                expect(&r, 3)?;
-                let req_id = r.uint("value: request id")?;
-                let event = if r.nil() {
-                    None
-                } else {
-                    Some(Event::read(&mut r, rules)?)
-                };
-                Response::Value { req_id, event }
-            }
-            kind::EVENT => {
-                expect(&r, 3)?;
-                let sub_id = r.uint("event: subscription id")?;
-                let event = Event::read(&mut r, rules)?;
-                Response::Event { sub_id, event }
-            }
-            kind::SNAPSHOT_COMPLETE => {
-                expect(&r, 3)?;
-                Response::SnapshotComplete {
-                    sub_id: r.uint("snapshot complete: subscription id")?,
-                    iteration: r.uint("snapshot complete: iteration")?,
-                }
-            }
-            kind::UNSUBSCRIBED => {
-                expect(&r, 2)?;
-                Response::Unsubscribed {
-                    req_id: r.uint("unsubscribed: request id")?,
-                }
-            }
-            kind::CONFLATED => {
-                expect(&r, 3)?;
-                Response::Conflated {
-                    sub_id: r.uint("conflated: subscription id")?,
-                    skipped: r.uint("conflated: skipped")?,
-                }
-            }
-            kind::HISTORY_TRUNCATED => {
-                expect(&r, 3)?;
-                Response::HistoryTruncated {
-                    sub_id: r.uint("history truncated: subscription id")?,
-                    oldest: r.uint("history truncated: oldest")?,
-                }
-            }
-            kind::STATUS => {
-                expect(&r, 7)?;
-                Response::Status(StatusReport::read_fields(&mut r)?)
-            }
-            kind::REPLAY_COMPLETE => {
-                expect(&r, 3)?;
-                Response::ReplayComplete {
-                    req_id: r.uint("replay complete: request id")?,
-                    count: r.uint("replay complete: count")?,
-                }
-            }
-            kind::ERROR => {
-                expect(&r, 4)?;
-                let req_id = if r.nil() {
-                    None
-                } else {
-                    Some(r.uint("error: request id")?)
-                };
-                let raw = r.uint("error: code")?;
-                let code = ErrorCode::from_u64(raw).ok_or(ProtocolError::UnknownErrorCode(raw))?;
-                let message = r.string("error: message")?;
-                Response::Error(ErrorFrame {
-                    req_id,
-                    code,
-                    message,
-                })
-            }
-            other => return Err(ProtocolError::UnknownMessage(other)),
-        };
-        r.finish()?;
-        Ok(resp)
+                        notified: notified.into_iter().collect(),
+                    }),
+                summary().prop_map(|event| Outcome::Existing { event }),
+                (summary(), proptest::option::of(event()))
+                    .prop_map(|(rejected, current)| Outcome::TooLate { rejected, current }),
+                (summary(), proptest::option::of(event()))
+                    .prop_map(|(event, current)| Outcome::Present { event, current }),
+            ]
+            .boxed()
+        }
     }
 }
 

@@ -283,7 +283,7 @@ async fn deletes_past_the_grace_period_are_forgotten_and_resuming_clients_resync
 /// The largest publish a broker accepts, for a frame limit of `max_frame`:
 /// a raw publish of `topic` whose frame body is exactly `max_frame` bytes.
 fn largest_publish(topic: &str, max_frame: usize) -> spread_protocol::Request {
-    use spread_protocol::{Publish, PublishMode, Request, Topic, TopicRules};
+    use spread_protocol::{Publish, Request, Topic, TopicRules};
     let publish = |n: usize| {
         Request::Publish(Publish {
             req_id: 1,
@@ -291,7 +291,6 @@ fn largest_publish(topic: &str, max_frame: usize) -> spread_protocol::Request {
             payload: vec![b'x'; n].into(),
             timestamp: None,
             id: None,
-            mode: PublishMode::Set,
         })
     };
     let body = |req: &Request| {

@@ -5,8 +5,7 @@ mod support;
 
 use bytes::BytesMut;
 use spread_protocol::{
-    ClientCodec, Hello, Publish, PublishMode, Request, Response, Topic, TopicRules,
-    PROTOCOL_VERSION,
+    ClientCodec, Hello, Publish, Request, Response, Topic, TopicRules, PROTOCOL_VERSION,
 };
 use support::{fail_to_start, Broker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,7 +46,6 @@ async fn plain_tcp_on_loopback_speaks_the_same_protocol() {
         payload: "no tls".into(),
         timestamp: None,
         id: None,
-        mode: PublishMode::Set,
     })
     .encode(&mut out);
     stream.write_all(&out).await.unwrap();

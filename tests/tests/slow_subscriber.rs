@@ -131,7 +131,6 @@ async fn unread_answers_of_a_large_value_hold_one_copy_of_it() {
             payload: Bytes::from_static(b"old"),
             timestamp: Some(1),
             id: None,
-            mode: spread_protocol::PublishMode::Set,
         })
         .encode(&mut out);
     }

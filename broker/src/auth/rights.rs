@@ -112,11 +112,13 @@ pub fn authorize(rights: Option<&Rights>, request: &Request) -> Result<(), Strin
     let Some(r) = rights else {
         return Ok(());
     };
+    if let Some(topic) = request.written_topic() {
+        if !r.can_publish(topic.as_str()) {
+            return Err(format!("this token may not publish to {}", topic.as_str()));
+        }
+    }
+    // Every request is named, so that a new one must decide what it reads.
     match request {
-        Request::Publish(p) if !r.can_publish(p.topic.as_str()) => Err(format!(
-            "this token may not publish to {}",
-            p.topic.as_str()
-        )),
         Request::Get { topic, .. } if !r.can_read(topic.as_str()) => {
             Err(format!("this token may not read {}", topic.as_str()))
         }
@@ -133,7 +135,16 @@ pub fn authorize(rights: Option<&Rights>, request: &Request) -> Result<(), Strin
         {
             Err("this token may not read under every prefix of this replay".into())
         }
-        _ => Ok(()),
+        Request::Get { .. }
+        | Request::Subscribe { .. }
+        | Request::Replay { .. }
+        | Request::Hello(_)
+        | Request::Ping { .. }
+        | Request::Publish(_)
+        | Request::PublishIfAbsent(_)
+        | Request::Delete(_)
+        | Request::Unsubscribe { .. }
+        | Request::Status { .. } => Ok(()),
     }
 }
 
@@ -155,7 +166,7 @@ mod tests {
 
     #[test]
     fn authorize_checks_each_request_kind_once() {
-        use spread_protocol::{Publish, PublishMode, ReplayQuery, SubscribeMode, Topic};
+        use spread_protocol::{Delete, Publish, ReplayQuery, SubscribeMode, Topic};
         let r = rights();
         let rules = Default::default();
         let t = |s: &str| Topic::prefix(s, &rules).unwrap();
@@ -166,11 +177,28 @@ mod tests {
                 payload: bytes::Bytes::new(),
                 timestamp: None,
                 id: None,
-                mode: PublishMode::Set,
             })
         };
         assert!(authorize(Some(&r), &publish("sensors/site-7/t")).is_ok());
         assert!(authorize(Some(&r), &publish("sensors/site-70")).is_err());
+        let if_absent = Request::PublishIfAbsent(Publish {
+            req_id: 1,
+            topic: t("sensors/site-70"),
+            payload: bytes::Bytes::new(),
+            timestamp: None,
+            id: None,
+        });
+        assert!(authorize(Some(&r), &if_absent).is_err());
+        let delete = |topic: &str| {
+            Request::Delete(Delete {
+                req_id: 1,
+                topic: t(topic),
+                timestamp: None,
+                id: None,
+            })
+        };
+        assert!(authorize(Some(&r), &delete("sensors/site-7/t")).is_ok());
+        assert!(authorize(Some(&r), &delete("sensors/site-70")).is_err());
         assert!(authorize(None, &publish("anything")).is_ok());
         let get = |topic: &str| Request::Get {
             req_id: 2,

@@ -78,10 +78,10 @@ impl Bucket {
 fn limit(batch: &mut Vec<Request>, bucket: &mut Bucket) -> (BytesMut, u32) {
     let mut refused = BytesMut::new();
     let mut n = 0;
-    batch.retain(|req| match req {
-        Request::Publish(p) if !bucket.take() => {
+    batch.retain(|req| match req.written_topic() {
+        Some(_) if !bucket.take() => {
             Response::Error(ErrorFrame {
-                req_id: Some(p.req_id),
+                req_id: req.req_id(),
                 code: ErrorCode::RateLimited,
                 message: format!(
                     "more than {} publishes per second on this connection",

@@ -28,7 +28,8 @@ use std::thread::JoinHandle;
 
 use hashbrown::HashMap;
 use spread_protocol::{
-    ErrorCode, ErrorFrame, Publish, Request, Response, StatusReport, SubscribeMode, Topic,
+    ErrorCode, ErrorFrame, Publish, PublishMode, Request, Response, StatusReport, SubscribeMode,
+    Topic,
 };
 use tokio::sync::mpsc;
 
@@ -476,42 +477,9 @@ impl Engine {
             }
         }
         match req {
-            Request::Publish(p) => match &self.storage_failure {
-                // Refused at once, not held behind the rounds waiting for
-                // the disk: the client gets a clear error, not a hang.
-                Some(reason) => conn.answer_now(&Response::Error(ErrorFrame {
-                    req_id: Some(p.req_id),
-                    code: ErrorCode::StorageUnavailable,
-                    message: format!("the event log cannot be written: {reason}"),
-                })),
-                None => match p.timestamp {
-                    // A far-future timestamp would win every later write.
-                    Some(t) if t > self.tree.now().saturating_add(self.max_clock_skew) => self
-                        .error(
-                            conn,
-                            p.req_id,
-                            ErrorCode::TimestampOutOfRange,
-                            format!(
-                                "timestamp {t} is more than {} µs ahead of the broker's clock",
-                                self.max_clock_skew
-                            ),
-                        ),
-                    // A delete of an unknown topic adds one too (its
-                    // tombstone must outlive older writes elsewhere).
-                    _ if self.tree.topics() >= self.max_topics
-                        && !self.tree.holds(p.topic.as_str()) =>
-                    {
-                        let max = self.max_topics;
-                        self.error(
-                            conn,
-                            p.req_id,
-                            ErrorCode::TooManyTopics,
-                            format!("the broker already holds {max} topics, the most allowed"),
-                        )
-                    }
-                    _ => self.publish(conn, p),
-                },
-            },
+            Request::Publish(p) => self.change(conn, p, PublishMode::Set),
+            Request::PublishIfAbsent(p) => self.change(conn, p, PublishMode::IfAbsent),
+            Request::Delete(d) => self.change(conn, d.into(), PublishMode::Delete),
             Request::Get { req_id, topic } => {
                 let event = self.tree.get(topic.as_str()).cloned();
                 let carried = event.as_ref().map_or(0, |e| e.encoded().len());
@@ -593,7 +561,48 @@ impl Engine {
         }
     }
 
-    fn publish(&mut self, conn: &Arc<Conn>, p: Publish) {
+    /// A publish, publish-if-absent or delete: refused here when the log
+    /// cannot be written, the timestamp is too far ahead or the topic table
+    /// is full, applied otherwise.
+    fn change(&mut self, conn: &Arc<Conn>, p: Publish, mode: PublishMode) {
+        match &self.storage_failure {
+            // Refused at once, not held behind the rounds waiting for
+            // the disk: the client gets a clear error, not a hang.
+            Some(reason) => conn.answer_now(&Response::Error(ErrorFrame {
+                req_id: Some(p.req_id),
+                code: ErrorCode::StorageUnavailable,
+                message: format!("the event log cannot be written: {reason}"),
+            })),
+            None => match p.timestamp {
+                // A far-future timestamp would win every later write.
+                Some(t) if t > self.tree.now().saturating_add(self.max_clock_skew) => self.error(
+                    conn,
+                    p.req_id,
+                    ErrorCode::TimestampOutOfRange,
+                    format!(
+                        "timestamp {t} is more than {} µs ahead of the broker's clock",
+                        self.max_clock_skew
+                    ),
+                ),
+                // A delete of an unknown topic adds one too (its
+                // tombstone must outlive older writes elsewhere).
+                _ if self.tree.topics() >= self.max_topics
+                    && !self.tree.holds(p.topic.as_str()) =>
+                {
+                    let max = self.max_topics;
+                    self.error(
+                        conn,
+                        p.req_id,
+                        ErrorCode::TooManyTopics,
+                        format!("the broker already holds {max} topics, the most allowed"),
+                    )
+                }
+                _ => self.publish(conn, p, mode),
+            },
+        }
+    }
+
+    fn publish(&mut self, conn: &Arc<Conn>, p: Publish, mode: PublishMode) {
         let Engine {
             tree,
             fanout,
@@ -610,7 +619,7 @@ impl Engine {
             timestamp: p.timestamp,
             id: p.id,
             origin: &conn.origin,
-            mode: p.mode,
+            mode,
         };
         let applied = tree.publish(draft, |s, event| {
             if s.filtered && !s.conn.may_read(event.topic()) {

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spread_protocol::{
-    Event, EventId, Outcome, Publish, PublishMode, Request, Response, StatusReport, SubscribeMode,
-    Topic,
+    Delete, Event, EventId, Outcome, Publish, Request, Response, StatusReport, SubscribeMode, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -105,8 +104,8 @@ impl Client {
             .map_err(|_| Error::Disconnected)?
     }
 
-    async fn publish_request(&self, p: Publish) -> Result<Outcome, Error> {
-        match self.call(Request::Publish(p)).await? {
+    async fn publish_request(&self, req: Request) -> Result<Outcome, Error> {
+        match self.call(req).await? {
             Response::Report { outcome, .. } => Ok(outcome),
             _ => Err(Error::Unexpected("expected a report")),
         }
@@ -145,26 +144,24 @@ impl Client {
             payload: payload.into(),
             timestamp: opts.timestamp,
             id: opts.id.filter(|_| opts.timestamp.is_some()),
-            mode: if opts.if_absent {
-                PublishMode::IfAbsent
-            } else {
-                PublishMode::Set
-            },
         };
-        self.publish_request(p).await
+        self.publish_request(if opts.if_absent {
+            Request::PublishIfAbsent(p)
+        } else {
+            Request::Publish(p)
+        })
+        .await
     }
 
     /// Deletes `topic` (a tombstone event, ordered like any write).
     pub async fn delete(&self, topic: &str) -> Result<Outcome, Error> {
-        let p = Publish {
+        let d = Delete {
             req_id: self.shared.next_id(),
             topic: self.topic(topic)?,
-            payload: Bytes::new(),
             timestamp: None,
             id: None,
-            mode: PublishMode::Delete,
         };
-        self.publish_request(p).await
+        self.publish_request(Request::Delete(d)).await
     }
 
     /// The latest event of `topic`, or `None` if it has no live value.
