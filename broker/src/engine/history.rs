@@ -187,7 +187,7 @@ impl Engine {
         prefix: Topic,
         since: u64,
     ) {
-        if let Some(oldest) = self.log.retained_from() {
+        if let Some(oldest) = self.persist.log.retained_from() {
             if since.saturating_add(1) < oldest && !self.recent.covers(since) {
                 return self.fall_back_to_latest(conn, sub_id, prefix, oldest);
             }
@@ -214,8 +214,8 @@ impl Engine {
             prefix,
             after: since,
             until: None,
-            reader: self.log.reader(),
-            durable: self.durable.clone(),
+            reader: self.persist.log.reader(),
+            durable: self.persist.durable.clone(),
             engine: self.me.clone(),
             cancelled,
         };
@@ -253,7 +253,7 @@ impl Engine {
             self.attach(conn, sub_id, &prefix, events);
             let _ = reply.send(None);
         } else {
-            let _ = reply.send(Some(self.log.reader()));
+            let _ = reply.send(Some(self.persist.log.reader()));
         }
     }
 

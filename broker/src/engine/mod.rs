@@ -206,14 +206,28 @@ impl EngineHandle {
             tree,
             subs: HashMap::new(),
             fanout: Fanout::default(),
-            log,
-            release,
-            held: Vec::new(),
+            persist: persist::Persist {
+                log,
+                release,
+                held: Vec::new(),
+                durable: committed.clone(),
+                checkpoints,
+                since_checkpoint: 0,
+                checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+                checkpointed: Arc::new(AtomicU64::new(recovery.checkpoint.unwrap_or(0))),
+                retained_up_to: 0,
+                storage_failure: None,
+                round_records: 0,
+                forgotten_deletes,
+                applied_by: recovered_times(&recovery, start),
+                checkpoint_walk: None,
+                checkpoint_writer: None,
+                reserved_through,
+            },
             recent: history::Recent::new(start, recent.events, recent.bytes),
             catchups: HashMap::new(),
             snapshots: HashMap::new(),
             snapshot_turns: std::collections::VecDeque::new(),
-            durable: committed.clone(),
             sinks,
             replay,
             node_id,
@@ -222,19 +236,7 @@ impl EngineHandle {
             max_clock_skew: limits.clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
             reads,
             me: tx.downgrade(),
-            checkpoints,
-            since_checkpoint: 0,
-            checkpointing: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-            checkpointed: Arc::new(AtomicU64::new(recovery.checkpoint.unwrap_or(0))),
-            retained_up_to: 0,
-            storage_failure: None,
-            round_records: 0,
-            forgotten_deletes,
-            applied_by: recovered_times(&recovery, start),
-            checkpoint_walk: None,
             stopping: false,
-            checkpoint_writer: None,
-            reserved_through,
         };
         let thread = std::thread::Builder::new()
             .name("spread-engine".into())
@@ -304,11 +306,8 @@ struct Engine {
     /// Live subscriptions per connection: sub id → prefix.
     subs: HashMap<u64, HashMap<u64, Topic>>,
     fanout: Fanout,
-    log: Log,
-    release: Release,
-    /// Rounds whose records could not be written yet, oldest first: their
-    /// output waits until the write succeeds.
-    held: Vec<fanout::Staged>,
+    /// The log, what waits for it, checkpoints and retention.
+    persist: persist::Persist,
     /// Recent events, for history subscriptions.
     recent: history::Recent,
     /// Snapshots being walked, by (connection, sub), and whose turn it is.
@@ -318,8 +317,6 @@ struct Engine {
     /// Their places in the read limits, given back as soon as they are
     /// cancelled or attached (a cancelled job ends at its next step).
     catchups: HashMap<(u64, u64), (Arc<std::sync::atomic::AtomicBool>, crate::reads::Permit)>,
-    /// Highest iteration whose record is durable under the policy.
-    durable: Arc<Committed>,
     /// Sink status, and how much history they still need.
     sinks: Arc<SinkBoard>,
     /// This node's id, for status reports.
@@ -336,43 +333,15 @@ struct Engine {
     /// The engine's own queue, for catch-up jobs (weak: it must not keep
     /// the engine alive).
     me: mpsc::WeakSender<Command>,
-    checkpoints: CheckpointPolicy,
-    /// Events applied since the last checkpoint started.
-    since_checkpoint: u64,
-    /// A checkpoint is being written.
-    checkpointing: Arc<std::sync::atomic::AtomicBool>,
-    /// Iteration covered by the last completed checkpoint.
-    checkpointed: Arc<AtomicU64>,
-    /// Checkpoint iteration retention was last enforced for.
-    retained_up_to: u64,
-    /// Why the log cannot be written, while it cannot: publishes are
-    /// refused until a write succeeds again.
-    storage_failure: Option<String>,
-    /// Records appended in the current round.
-    round_records: usize,
-    /// Greatest iteration of a delete forgotten after the grace period: a
-    /// client resuming from before it gets a full snapshot instead.
-    forgotten_deletes: u64,
-    /// When iterations were reached, oldest first: at start, and at each
-    /// checkpoint. Deletes are forgotten by when they were applied, never
-    /// by the timestamp a client chose.
-    applied_by: std::collections::VecDeque<(u64, std::time::SystemTime)>,
-    /// A checkpoint being gathered over several rounds.
-    checkpoint_walk: Option<persist::CheckpointWalk>,
     /// A stop was asked: the loop ends after this round.
     stopping: bool,
-    /// The thread writing the last checkpoint, if it may still run.
-    checkpoint_writer: Option<JoinHandle<()>>,
-    /// Iterations up to this one may be handed out (see
-    /// [`ITERATIONS_RESERVED_AHEAD`]).
-    reserved_through: u64,
 }
 
 impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             // Snapshots in progress go on even when no command comes.
-            let first = if self.snapshots.is_empty() && self.checkpoint_walk.is_none() {
+            let first = if self.snapshots.is_empty() && self.persist.checkpoint_walk.is_none() {
                 match rx.blocking_recv() {
                     Some(cmd) => Some(cmd),
                     None => break,
@@ -402,9 +371,9 @@ impl Engine {
             }
             self.reserve_iterations();
             self.end_round();
-            if self.checkpoint_walk.is_some() {
+            if self.persist.checkpoint_walk.is_some() {
                 self.advance_checkpoint(persist::CHECKPOINT_NODES_PER_ROUND, false);
-            } else if self.since_checkpoint >= self.checkpoints.every {
+            } else if self.persist.since_checkpoint >= self.persist.checkpoints.every {
                 self.checkpoint(false);
             }
             self.enforce_retention();
@@ -413,7 +382,7 @@ impl Engine {
             }
         }
         // A checkpoint at shutdown makes the next start replay nothing.
-        if self.since_checkpoint > 0 {
+        if self.persist.since_checkpoint > 0 {
             self.checkpoint(true);
         }
         tracing::debug!("engine stopped");
@@ -424,16 +393,16 @@ impl Engine {
     /// numbers below what this round hands out).
     fn reserve_iterations(&mut self) {
         let it = self.tree.iteration();
-        if it.saturating_add(ITERATIONS_RESERVED_AHEAD / 2) < self.reserved_through {
+        if it.saturating_add(ITERATIONS_RESERVED_AHEAD / 2) < self.persist.reserved_through {
             return;
         }
         let through = it.saturating_add(ITERATIONS_RESERVED_AHEAD);
         match crate::log::retention::store_value(
-            self.log.dir(),
+            self.persist.log.dir(),
             crate::log::retention::ITERATIONS_RESERVED,
             through,
         ) {
-            Ok(()) => self.reserved_through = through,
+            Ok(()) => self.persist.reserved_through = through,
             Err(e) => tracing::error!("cannot reserve iterations: {e}"),
         }
     }
@@ -565,7 +534,7 @@ impl Engine {
     /// cannot be written, the timestamp is too far ahead or the topic table
     /// is full, applied otherwise.
     fn change(&mut self, conn: &Arc<Conn>, p: Publish, mode: PublishMode) {
-        match &self.storage_failure {
+        match &self.persist.storage_failure {
             // Refused at once, not held behind the rounds waiting for
             // the disk: the client gets a clear error, not a hang.
             Some(reason) => conn.answer_now(&Response::Error(ErrorFrame {
@@ -607,10 +576,8 @@ impl Engine {
             tree,
             fanout,
             snapshots,
-            log,
+            persist,
             recent,
-            since_checkpoint,
-            round_records,
             ..
         } = self;
         let draft = Draft {
@@ -634,10 +601,10 @@ impl Engine {
             }
         });
         if let Applied::New { event, .. } = &applied {
-            log.append(event);
+            persist.log.append(event);
             recent.push(event.clone());
-            *since_checkpoint += 1;
-            *round_records += 1;
+            persist.since_checkpoint += 1;
+            persist.round_records += 1;
         }
         // A publish-only token must not read values through its reports.
         let readable = conn.may_read(draft.topic);
@@ -685,12 +652,12 @@ impl Engine {
         }
         // Deletes since `since` may have been forgotten: the client must
         // replace its state with a full snapshot, and is told so.
-        let since = if since > 0 && since < self.forgotten_deletes {
+        let since = if since > 0 && since < self.persist.forgotten_deletes {
             self.fanout.push(
                 conn,
                 Outbound::Truncated {
                     sub_id: req_id,
-                    oldest: self.forgotten_deletes,
+                    oldest: self.persist.forgotten_deletes,
                 },
             );
             0
@@ -701,14 +668,14 @@ impl Engine {
     }
 
     fn status(&self, req_id: u64) -> StatusReport {
-        let committed = self.durable.get();
+        let committed = self.persist.durable.get();
         StatusReport {
             req_id,
             node_id: self.node_id.to_string(),
             iteration: self.tree.iteration(),
             committed,
-            retained_from: self.log.retained_from(),
-            sinks: self.sinks.reports(&self.durable),
+            retained_from: self.persist.log.retained_from(),
+            sinks: self.sinks.reports(&self.persist.durable),
         }
     }
 
