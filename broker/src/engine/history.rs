@@ -5,8 +5,9 @@
 //! are read back from the log by a catch-up job on the read pool, which
 //! pushes them straight to the connection (parking while its queue is full,
 //! so memory and threads stay bounded) and then asks the engine to attach
-//! the subscription after the last iteration it read. The engine attaches only if its ring holds every
-//! event since that point; otherwise the job reads on. Each pass starts from
+//! the subscription after the last iteration it read. The engine attaches
+//! only if its ring holds every event since that point; otherwise the job
+//! reads on. Each pass starts from
 //! a later iteration, so the job converges as long as it reads faster than
 //! the ring turns over.
 
@@ -14,17 +15,28 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashMap;
 use spread_protocol::{ErrorCode, ErrorFrame, Event, Topic};
 use tokio::sync::mpsc;
 
 use super::{Command, Engine, Subscriber};
 use crate::log::committed::Committed;
 use crate::log::LogReader;
-use crate::reads::{Kind, ReadJob, Step};
+use crate::reads::{Kind, Permit, ReadJob, Step};
 use crate::session::{Conn, Outbound};
 
 /// Bytes of history pushed to a connection at a time.
 const CHUNK_BYTES: usize = 256 * 1024;
+
+/// What history subscriptions are served from: the ring of recent events,
+/// and the catch-ups reading older ones from the log.
+pub(super) struct History {
+    pub(super) recent: Recent,
+    /// Cancellation flags of running catch-up jobs, by (connection, sub).
+    /// Their places in the read limits, given back as soon as they are
+    /// cancelled or attached (a cancelled job ends at its next step).
+    pub(super) catchups: HashMap<(u64, u64), (Arc<AtomicBool>, Permit)>,
+}
 
 /// The most recent events, in iteration order.
 pub struct Recent {
@@ -188,12 +200,12 @@ impl Engine {
         since: u64,
     ) {
         if let Some(oldest) = self.persist.log.retained_from() {
-            if since.saturating_add(1) < oldest && !self.recent.covers(since) {
+            if since.saturating_add(1) < oldest && !self.history.recent.covers(since) {
                 return self.fall_back_to_latest(conn, sub_id, prefix, oldest);
             }
         }
-        if self.recent.covers(since) || since >= self.tree.iteration() {
-            let events = self.recent.after(since, &prefix);
+        if self.history.recent.covers(since) || since >= self.tree.iteration() {
+            let events = self.history.recent.after(since, &prefix);
             return self.attach(conn, sub_id, &prefix, events);
         }
         let permit = match self.reads.admit(conn, Kind::CatchUp) {
@@ -206,7 +218,8 @@ impl Engine {
             }
         };
         let cancelled = Arc::new(AtomicBool::new(false));
-        self.catchups
+        self.history
+            .catchups
             .insert((conn.id, sub_id), (cancelled.clone(), permit));
         let job = CatchUp {
             conn: conn.clone(),
@@ -239,6 +252,7 @@ impl Engine {
             .and_then(|subs| subs.get(&sub_id))
             .cloned();
         let current = self
+            .history
             .catchups
             .get(&(conn.id, sub_id))
             .is_some_and(|(flag, _)| Arc::ptr_eq(flag, job));
@@ -247,9 +261,9 @@ impl Engine {
             let _ = reply.send(None);
             return;
         };
-        if self.recent.covers(after) || after >= self.tree.iteration() {
-            self.catchups.remove(&(conn.id, sub_id));
-            let events = self.recent.after(after, &prefix);
+        if self.history.recent.covers(after) || after >= self.tree.iteration() {
+            self.history.catchups.remove(&(conn.id, sub_id));
+            let events = self.history.recent.after(after, &prefix);
             self.attach(conn, sub_id, &prefix, events);
             let _ = reply.send(None);
         } else {
@@ -313,7 +327,7 @@ impl Engine {
     /// back the subscribe's request credit, which its snapshot-complete
     /// would have returned.
     pub(super) fn cancel_catch_up(&mut self, conn: &Arc<Conn>, sub_id: u64) {
-        if let Some((flag, _permit)) = self.catchups.remove(&(conn.id, sub_id)) {
+        if let Some((flag, _permit)) = self.history.catchups.remove(&(conn.id, sub_id)) {
             flag.store(true, Ordering::Release);
             // A job parked on the connection ends now, not when it drains.
             conn.resume_parked();

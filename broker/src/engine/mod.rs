@@ -224,10 +224,11 @@ impl EngineHandle {
                 checkpoint_writer: None,
                 reserved_through,
             },
-            recent: history::Recent::new(start, recent.events, recent.bytes),
-            catchups: HashMap::new(),
-            snapshots: HashMap::new(),
-            snapshot_turns: std::collections::VecDeque::new(),
+            history: history::History {
+                recent: history::Recent::new(start, recent.events, recent.bytes),
+                catchups: HashMap::new(),
+            },
+            snapshots: snapshot::Snapshots::default(),
             sinks,
             replay,
             node_id,
@@ -308,15 +309,10 @@ struct Engine {
     fanout: Fanout,
     /// The log, what waits for it, checkpoints and retention.
     persist: persist::Persist,
-    /// Recent events, for history subscriptions.
-    recent: history::Recent,
-    /// Snapshots being walked, by (connection, sub), and whose turn it is.
-    snapshots: HashMap<(u64, u64), snapshot::Pending>,
-    snapshot_turns: std::collections::VecDeque<(u64, u64)>,
-    /// Cancellation flags of running catch-up jobs, by (connection, sub).
-    /// Their places in the read limits, given back as soon as they are
-    /// cancelled or attached (a cancelled job ends at its next step).
-    catchups: HashMap<(u64, u64), (Arc<std::sync::atomic::AtomicBool>, crate::reads::Permit)>,
+    /// Recent events and the catch-ups reading older ones from the log.
+    history: history::History,
+    /// Snapshots being walked over several rounds.
+    snapshots: snapshot::Snapshots,
     /// Sink status, and how much history they still need.
     sinks: Arc<SinkBoard>,
     /// This node's id, for status reports.
@@ -341,18 +337,19 @@ impl Engine {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             // Snapshots in progress go on even when no command comes.
-            let first = if self.snapshots.is_empty() && self.persist.checkpoint_walk.is_none() {
-                match rx.blocking_recv() {
-                    Some(cmd) => Some(cmd),
-                    None => break,
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(cmd) => Some(cmd),
-                    Err(mpsc::error::TryRecvError::Empty) => None,
-                    Err(mpsc::error::TryRecvError::Disconnected) => break,
-                }
-            };
+            let first =
+                if self.snapshots.pending.is_empty() && self.persist.checkpoint_walk.is_none() {
+                    match rx.blocking_recv() {
+                        Some(cmd) => Some(cmd),
+                        None => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(cmd) => Some(cmd),
+                        Err(mpsc::error::TryRecvError::Empty) => None,
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
+                };
             self.tree.refresh_clock();
             if let Some(cmd) = first {
                 self.execute(cmd);
@@ -366,7 +363,7 @@ impl Engine {
                     }
                 }
             }
-            if !self.snapshots.is_empty() {
+            if !self.snapshots.pending.is_empty() {
                 self.advance_snapshots();
             }
             self.reserve_iterations();
@@ -577,7 +574,7 @@ impl Engine {
             fanout,
             snapshots,
             persist,
-            recent,
+            history,
             ..
         } = self;
         let draft = Draft {
@@ -593,7 +590,7 @@ impl Engine {
                 return;
             }
             if s.pending {
-                if let Some(p) = snapshots.get_mut(&(s.conn.id, s.sub_id)) {
+                if let Some(p) = snapshots.pending.get_mut(&(s.conn.id, s.sub_id)) {
                     p.hold(event);
                 }
             } else {
@@ -602,7 +599,7 @@ impl Engine {
         });
         if let Applied::New { event, .. } = &applied {
             persist.log.append(event);
-            recent.push(event.clone());
+            history.recent.push(event.clone());
             persist.since_checkpoint += 1;
             persist.round_records += 1;
         }

@@ -12,9 +12,10 @@
 //! one step. A large snapshot in progress takes a read permit (limited per
 //! connection and in the broker, `too_many_reads` beyond).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 use spread_protocol::{ErrorCode, Event, Topic};
 
 use super::tree::Walk;
@@ -30,6 +31,13 @@ const NODES_PER_ROUND: usize = 16_384;
 /// Bytes of live events held for one pending snapshot before they are
 /// conflated (only the latest of each topic kept).
 const HELD_BYTES: usize = 4 * 1024 * 1024;
+
+/// Snapshots being walked, by (connection, sub), and whose turn it is.
+#[derive(Default)]
+pub(super) struct Snapshots {
+    pub(super) pending: HashMap<(u64, u64), Pending>,
+    pub(super) turns: VecDeque<(u64, u64)>,
+}
 
 /// A snapshot being walked.
 pub(super) struct Pending {
@@ -119,7 +127,7 @@ impl Engine {
                 },
             );
         };
-        self.snapshots.insert(
+        self.snapshots.pending.insert(
             (conn.id, sub_id),
             Pending {
                 conn: conn.clone(),
@@ -134,7 +142,7 @@ impl Engine {
                 _permit: permit,
             },
         );
-        self.snapshot_turns.push_back((conn.id, sub_id));
+        self.snapshots.turns.push_back((conn.id, sub_id));
     }
 
     /// Walks the snapshots in progress for one round's budget, in turn,
@@ -142,11 +150,11 @@ impl Engine {
     pub(super) fn advance_snapshots(&mut self) {
         let mut budget = NODES_PER_ROUND;
         while budget > 0 {
-            let Some(key) = self.snapshot_turns.pop_front() else {
+            let Some(key) = self.snapshots.turns.pop_front() else {
                 return;
             };
             // Cancelled meanwhile.
-            let Some(p) = self.snapshots.get_mut(&key) else {
+            let Some(p) = self.snapshots.pending.get_mut(&key) else {
                 continue;
             };
             self.tree.walk_step(
@@ -160,7 +168,7 @@ impl Engine {
             if p.walk.is_done() {
                 self.finish_snapshot(key);
             } else {
-                self.snapshot_turns.push_back(key);
+                self.snapshots.turns.push_back(key);
             }
         }
     }
@@ -168,7 +176,7 @@ impl Engine {
     /// Stages the snapshot, then what was held, and makes the subscription
     /// live.
     fn finish_snapshot(&mut self, key: (u64, u64)) {
-        let Some(p) = self.snapshots.remove(&key) else {
+        let Some(p) = self.snapshots.pending.remove(&key) else {
             return;
         };
         let (conn, sub_id) = (p.conn, p.sub_id);
@@ -194,7 +202,7 @@ impl Engine {
     /// Drops the snapshot in progress of a subscription that ended, giving
     /// back the subscribe's request credit its snapshot would have.
     pub(super) fn cancel_snapshot(&mut self, conn: &Arc<Conn>, sub_id: u64) {
-        if self.snapshots.remove(&(conn.id, sub_id)).is_some() {
+        if self.snapshots.pending.remove(&(conn.id, sub_id)).is_some() {
             self.fanout.push(
                 conn,
                 Outbound::Answers {
