@@ -119,6 +119,10 @@ macro_rules! path {
             fn put(v: &Topic, dst: &mut BytesMut) {
                 wire::put_str(dst, v.as_str());
             }
+            // Forced, like Option's: the compiler declined these small
+            // generic reads inside the large generated decode (measured:
+            // 8% more instructions per publish decoded).
+            #[inline(always)]
             fn read(
                 r: &mut Reader<'_>,
                 rules: &TopicRules,
@@ -143,6 +147,7 @@ impl<T, W: Wire<T>> Wire<Option<T>> for Option<W> {
             None => wire::put_nil(dst),
         }
     }
+    #[inline(always)]
     fn read(
         r: &mut Reader<'_>,
         rules: &TopicRules,
@@ -274,6 +279,9 @@ macro_rules! wire_struct {
             }
 
             #[allow(unused_variables)]
+            // Inlined into the decode of each message that holds it, so
+            // that the struct is built in place, not moved out of a Result.
+            #[inline(always)]
             fn read(
                 r: &mut $crate::wire::Reader<'_>,
                 rules: &$crate::topic::TopicRules,
