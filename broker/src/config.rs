@@ -80,7 +80,7 @@ macro_rules! settings {
         [$(($rkind:ident $rname:ident $rty:ty, $rdefault:literal))*] [$($doc:tt)*]]) => {
         /// Command-line flags of `spread-broker` (each also read from its
         /// `SPREAD_*` variable), and the TOML file's keys.
-        #[derive(Debug, Default, Clone, clap::Parser, serde::Deserialize)]
+        #[derive(Debug, Default, Clone, clap::Parser, serde::Deserialize, serde::Serialize)]
         #[command(name = "spread-broker", version, about = "The Spread broker")]
         #[serde(default, deny_unknown_fields)]
         pub struct Args {
@@ -231,7 +231,7 @@ settings! {
         "History catch-ups from the log running at once in the broker";
     max_snapshots: value usize, "SPREAD_MAX_SNAPSHOTS", "64",
         "Large snapshots (walked over several engine rounds) in progress at once in the broker";
-    #[serde(deserialize_with = "from_text")]
+    #[serde(deserialize_with = "from_text", serialize_with = "as_text")]
     max_clock_skew: value humantime::Duration, "SPREAD_MAX_CLOCK_SKEW", "1s",
         "How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms";
     plain_listen: optional SocketAddr, "SPREAD_PLAIN_LISTEN", "none",
@@ -248,6 +248,18 @@ where
     let text: Option<String> = serde::Deserialize::deserialize(d)?;
     text.map(|t| t.parse().map_err(serde::de::Error::custom))
         .transpose()
+}
+
+/// Writes a setting that the file holds as text (see [`from_text`]).
+fn as_text<S, T>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error>
+where
+    S: serde::Serializer,
+    T: std::fmt::Display,
+{
+    match v {
+        Some(v) => s.serialize_some(&v.to_string()),
+        None => s.serialize_none(),
+    }
 }
 
 /// The resolved configuration: every setting, plus what is derived from
@@ -471,6 +483,33 @@ fn load_file(path: &Path) -> Result<Args, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a program writes (a test harness, a deployment tool) is what
+    /// the broker reads back.
+    #[test]
+    fn args_written_as_toml_read_back_the_same() {
+        let mut sink = SinkConfig::named("events");
+        sink.builtin = Some("log".into());
+        sink.settings.insert("path".into(), "events.log".into());
+        let args = Args {
+            archive: Some("off".into()),
+            jwt_secret: vec!["s1".into(), "s2".into()],
+            max_clock_skew: Some("2m".parse().unwrap()),
+            retention_secs: Some(60),
+            require_auth: true,
+            sinks: vec![sink],
+            ..Args::default()
+        };
+        let text = toml::to_string(&args).unwrap();
+        let back: Args = toml::from_str(&text).unwrap();
+        assert_eq!(toml::to_string(&back).unwrap(), text);
+        assert_eq!(back.sinks, args.sinks);
+        assert_eq!(
+            back.max_clock_skew.map(Duration::from),
+            Some(Duration::from_secs(120))
+        );
+        assert!(back.require_auth && back.jwt_secret.len() == 2);
+    }
 
     #[test]
     fn defaults() {

@@ -36,6 +36,7 @@ pub use auth::AuthConfigError;
 pub use config::{Args, Config, ConfigError};
 pub use engine::EngineError;
 pub use server::Server;
+pub use sinks::config::SinkConfig;
 pub use sinks::SinkError;
 pub use tls::{load_certs, TlsError, TlsSource};
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
+use spread_broker::SinkConfig;
 use spread_client::{Client, Event, Item, Outcome, Replay};
 use support::{cli, eventually, Broker, Proxy};
 
@@ -30,17 +31,16 @@ fn table(tag: &str) -> String {
 /// A config whose only sink is the archive at `url` (SQLite in the data
 /// dir when `None`) in `table`.
 fn config(dir: &Path, url: Option<&str>, table: &str) -> PathBuf {
-    let url = url.map(|u| format!("url = \"{u}\"\n")).unwrap_or_default();
-    let path = dir.join("spread.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "archive = \"off\"\n[[sinks]]\nname = \"archive\"\nbuiltin = \"sql-archive\"\n\
-             retry_min_ms = 20\nretry_max_ms = 200\n[sinks.settings]\n{url}table = \"{table}\"\n"
-        ),
-    )
-    .unwrap();
-    path
+    let mut settings = support::settings([("table", table.into())]);
+    if let Some(url) = url {
+        settings.insert("url".into(), url.into());
+    }
+    let sink = SinkConfig {
+        retry_min_ms: 20,
+        retry_max_ms: 200,
+        ..SinkConfig::builtin("archive", "sql-archive", settings)
+    };
+    support::config_file(dir, &support::only_sinks(vec![sink]))
 }
 
 /// Drops the test's tables.
@@ -340,15 +340,14 @@ async fn the_archive_catches_up_after_the_database_comes_back() {
 async fn the_archive_loaded_as_a_shared_library_archives_and_replays() {
     let dir = tempfile::tempdir().unwrap();
     let lib = support::built_plugin("spread-sql-archive-plugin");
-    let path = dir.path().join("spread.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "archive = \"off\"\n[[sinks]]\nname = \"archive\"\nlibrary = \"{}\"\n",
-            lib.display()
-        ),
-    )
-    .unwrap();
+    let path = support::config_file(
+        dir.path(),
+        &support::only_sinks(vec![SinkConfig::library(
+            "archive",
+            &lib,
+            support::settings([]),
+        )]),
+    );
     let broker = Broker::start_in(dir, &["--config", path.to_str().unwrap()]);
     let client = broker.client().await;
     let status = client.status().await.unwrap();

@@ -7,8 +7,12 @@ mod support;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use spread_broker::SinkConfig;
 use spread_client::{Client, Outcome, StatusReport};
-use support::{build_c_plugin, built_plugin, eventually, fail_to_start, Broker};
+use support::{
+    build_c_plugin, built_plugin, eventually, fail_to_start, only_sinks, path_value, settings,
+    Broker,
+};
 
 /// One event as the example sinks write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +50,9 @@ fn read_lines(path: &Path) -> (Vec<Line>, Vec<(u64, u64)>) {
     (events, missed)
 }
 
-/// Writes a broker config with `sinks` (TOML `[[sinks]]` entries) and
-/// without the built-in archive, so these sinks are the only ones.
-fn config_file(dir: &Path, sinks: &str) -> PathBuf {
-    let path = dir.join("spread.toml");
-    std::fs::write(&path, format!("archive = \"off\"\n{sinks}")).unwrap();
-    path
-}
-
-fn sink_entry(name: &str, lib: &Path, settings: &str, extra: &str) -> String {
-    format!(
-        "[[sinks]]\nname = \"{name}\"\nlibrary = \"{}\"\n{extra}\n[sinks.settings]\n{settings}\n",
-        lib.display()
-    )
+/// A configuration file whose only sinks are `sinks`.
+fn config_file(dir: &Path, sinks: Vec<SinkConfig>) -> PathBuf {
+    support::config_file(dir, &only_sinks(sinks))
 }
 
 /// Publishes `n` events (pipelined) over a few topics, a delete every 50,
@@ -131,8 +125,10 @@ async fn rust_and_c_examples_receive_every_event_exactly_as_published() {
     let rust_lib = built_plugin("spread-example-file-sink");
     let config = config_file(
         dir.path(),
-        &(sink_entry("rust", &rust_lib, "path = \"rust.txt\"", "")
-            + &sink_entry("c", &c_lib, "path = \"c.txt\"", "")),
+        vec![
+            SinkConfig::library("rust", &rust_lib, settings([("path", "rust.txt".into())])),
+            SinkConfig::library("c", &c_lib, settings([("path", "c.txt".into())])),
+        ],
     );
     let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
     let client = broker.client().await;
@@ -168,32 +164,25 @@ async fn failing_blocking_and_panicking_plugins_never_stall_publishers() {
         p
     };
     let (fail, block, panic) = (marker("fail"), marker("block"), marker("panic"));
-    let settings = |out: &str, key: &str, file: &Path| {
-        format!(
-            "path = \"{}\"\n{key} = \"{}\"",
-            d.join(out).display(),
-            file.display()
+    let sink = |name: &str, out: &str, key: &str, file: &Path| {
+        SinkConfig::library(
+            name,
+            &lib,
+            settings([("path", path_value(&d.join(out))), (key, path_value(file))]),
         )
     };
-    let fast_retry = "retry_min_ms = 5\nretry_max_ms = 50";
+    let fast_retry = SinkConfig {
+        retry_min_ms: 5,
+        retry_max_ms: 50,
+        ..sink("failing", "failing.txt", "fail_file", &fail)
+    };
     let config = config_file(
         &d,
-        &(sink_entry(
-            "failing",
-            &lib,
-            &settings("failing.txt", "fail_file", &fail),
+        vec![
             fast_retry,
-        ) + &sink_entry(
-            "blocked",
-            &lib,
-            &settings("blocked.txt", "block_file", &block),
-            "",
-        ) + &sink_entry(
-            "panics",
-            &lib,
-            &settings("panics.txt", "panic_file", &panic),
-            "",
-        )),
+            sink("blocked", "blocked.txt", "block_file", &block),
+            sink("panics", "panics.txt", "panic_file", &panic),
+        ],
     );
     let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
     let client = broker.client().await;
@@ -250,17 +239,26 @@ async fn a_crash_mid_batch_loses_nothing_and_dedupe_on_id_keeps_one_copy() {
     let d = dir.path().to_path_buf();
     let config = config_file(
         &d,
-        &(sink_entry(
-            "dedupe",
-            &built_plugin("spread-example-file-sink"),
-            "path = \"dedupe.txt\"\ndedupe = true",
-            "checkpoint_ms = 200\nbatch_events = 64",
-        ) + &sink_entry(
-            "plain",
-            &built_plugin("spread-chaos-sink"),
-            &format!("path = \"{}\"", d.join("plain.txt").display()),
-            "checkpoint_ms = 200\nbatch_events = 64",
-        )),
+        vec![
+            SinkConfig {
+                checkpoint_ms: 200,
+                batch_events: 64,
+                ..SinkConfig::library(
+                    "dedupe",
+                    &built_plugin("spread-example-file-sink"),
+                    settings([("path", "dedupe.txt".into()), ("dedupe", true.into())]),
+                )
+            },
+            SinkConfig {
+                checkpoint_ms: 200,
+                batch_events: 64,
+                ..SinkConfig::library(
+                    "plain",
+                    &built_plugin("spread-chaos-sink"),
+                    settings([("path", path_value(&d.join("plain.txt")))]),
+                )
+            },
+        ],
     );
     let args = ["--config", config.to_str().unwrap()];
     let broker = Broker::start_in(dir, &args);
@@ -311,16 +309,18 @@ async fn retention_keeps_what_a_sink_has_not_consumed_or_tells_it_what_it_missed
         std::fs::write(&block, b"").unwrap();
         let config = config_file(
             &d,
-            &sink_entry(
-                "archive",
-                &lib,
-                &format!(
-                    "path = \"{}\"\nblock_file = \"{}\"",
-                    d.join("out.txt").display(),
-                    block.display()
-                ),
-                &format!("hold_retention = {hold}\nbatch_events = 100"),
-            ),
+            vec![SinkConfig {
+                hold_retention: hold,
+                batch_events: 100,
+                ..SinkConfig::library(
+                    "archive",
+                    &lib,
+                    settings([
+                        ("path", path_value(&d.join("out.txt"))),
+                        ("block_file", path_value(&block)),
+                    ]),
+                )
+            }],
         );
         let broker = Broker::start_in(
             dir,
@@ -408,7 +408,7 @@ fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
         (d.join("missing.so"), "cannot load"),
     ];
     for (lib, reason) in cases {
-        let config = config_file(d, &sink_entry("bad-one", &lib, "", ""));
+        let config = config_file(d, vec![SinkConfig::library("bad-one", &lib, settings([]))]);
         let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
         assert!(
             stderr.contains("sink bad-one") && stderr.contains(reason),
@@ -419,7 +419,11 @@ fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
     // A plugin that refuses its settings stops the start too.
     let config = config_file(
         d,
-        &sink_entry("picky", &built_plugin("spread-example-file-sink"), "", ""),
+        vec![SinkConfig::library(
+            "picky",
+            &built_plugin("spread-example-file-sink"),
+            settings([]),
+        )],
     );
     let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
     assert!(
@@ -433,7 +437,11 @@ async fn cli_status_shows_each_sink() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         dir.path(),
-        &sink_entry("nothing", &built_plugin("spread-example-null-sink"), "", ""),
+        vec![SinkConfig::library(
+            "nothing",
+            &built_plugin("spread-example-null-sink"),
+            settings([]),
+        )],
     );
     let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
     let client = broker.client().await;
@@ -459,8 +467,18 @@ async fn the_log_sink_rotates_json_lines_without_losing_or_splitting_an_event() 
     let dir = tempfile::tempdir().unwrap();
     let config = config_file(
         dir.path(),
-        "[[sinks]]\nname = \"events\"\nbuiltin = \"log\"\nbatch_events = 200\n\
-         [sinks.settings]\ndir = \"shipped\"\nmax_bytes = 16384\nkeep = 10000\n",
+        vec![SinkConfig {
+            batch_events: 200,
+            ..SinkConfig::builtin(
+                "events",
+                "log",
+                settings([
+                    ("dir", "shipped".into()),
+                    ("max_bytes", 16384.into()),
+                    ("keep", 10000.into()),
+                ]),
+            )
+        }],
     );
     let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
     let client = broker.client().await;

@@ -8,13 +8,13 @@
 //! path = "audit.log"
 //! ```
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One `[[sinks]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Unique name: letters, digits, `-` and `_`.
@@ -78,21 +78,42 @@ fn default_checkpoint_ms() -> u64 {
 }
 
 impl SinkConfig {
-    /// A built-in sink with default batching and `settings`.
-    pub fn builtin(name: &str, builtin: &str, settings: toml::Table) -> SinkConfig {
+    /// A sink called `name` with every option at the file's default and
+    /// neither a library nor a builtin chosen yet (for code that writes a
+    /// configuration: a test, a deployment tool).
+    pub fn named(name: &str) -> SinkConfig {
         SinkConfig {
             name: name.to_owned(),
             library: None,
-            builtin: Some(builtin.to_owned()),
-            enabled: true,
-            hold_retention: true,
+            builtin: None,
+            enabled: yes(),
+            hold_retention: yes(),
             batch_events: default_batch_events(),
             batch_bytes: default_batch_bytes(),
             batch_linger_ms: default_linger_ms(),
             retry_min_ms: default_retry_min_ms(),
             retry_max_ms: default_retry_max_ms(),
             checkpoint_ms: default_checkpoint_ms(),
+            settings: toml::Table::new(),
+        }
+    }
+
+    /// A built-in sink with default batching and `settings`.
+    pub fn builtin(name: &str, builtin: &str, settings: toml::Table) -> SinkConfig {
+        SinkConfig {
+            builtin: Some(builtin.to_owned()),
             settings,
+            ..SinkConfig::named(name)
+        }
+    }
+
+    /// A plugin sink loaded from `library`, with default batching and
+    /// `settings`.
+    pub fn library(name: &str, library: &Path, settings: toml::Table) -> SinkConfig {
+        SinkConfig {
+            library: Some(library.to_owned()),
+            settings,
+            ..SinkConfig::named(name)
         }
     }
 
@@ -157,5 +178,11 @@ mod tests {
             ..c
         };
         assert!(bad.validate().unwrap_err().contains("a/b"));
+    }
+
+    #[test]
+    fn named_has_the_files_defaults() {
+        let from_file: SinkConfig = toml::from_str("name = \"s\"\n").unwrap();
+        assert_eq!(SinkConfig::named("s"), from_file);
     }
 }
