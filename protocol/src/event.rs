@@ -327,6 +327,15 @@ impl Event {
         &self.raw
     }
 
+    /// The same event in a buffer of its own: for keeping an event that
+    /// was read as a slice of a much larger buffer without pinning it.
+    pub fn detached(&self) -> Event {
+        Event {
+            raw: Bytes::copy_from_slice(&self.raw),
+            ..self.clone()
+        }
+    }
+
     /// The conflict-resolution key.
     pub fn order_key(&self) -> OrderKey<'_> {
         OrderKey {
@@ -409,6 +418,20 @@ mod tests {
             assert_eq!(back.origin(), "node-a");
             assert_eq!(back.iteration(), 42);
         }
+    }
+
+    #[test]
+    fn a_detached_event_owns_its_bytes_and_reads_the_same() {
+        let ev = parts("a/b", b"payload").encode();
+        let mut big = vec![0u8; 1000];
+        big.extend_from_slice(ev.encoded());
+        let shared = Bytes::from(big).slice(1000..);
+        let sliced = Event::decode(shared).unwrap();
+        let own = sliced.detached();
+        assert_eq!(own, ev);
+        assert_eq!(own.encoded().len(), ev.encoded().len());
+        assert_ne!(own.encoded().as_ptr(), sliced.encoded().as_ptr());
+        assert_eq!((own.topic(), own.payload_bytes()), ("a/b", &b"payload"[..]));
     }
 
     #[test]

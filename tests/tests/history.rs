@@ -404,3 +404,124 @@ async fn a_reused_subscription_id_never_gets_an_earlier_jobs_history() {
         .await;
     }
 }
+
+/// A catch-up that parks behind a subscriber that does not read, while
+/// retention deletes the segments it has not reached: the subscriber gets
+/// the history it was sent, then the truncation marker, then the full
+/// state, then live events; never a closed connection or a silent gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_deleted_under_a_parked_catch_up_falls_back_to_the_latest_values() {
+    use spread_protocol::{Request, Response, SubscribeMode, Topic, TopicRules};
+    // 48 MiB of history kept; 16 KiB events. A subscriber that does not
+    // read holds at most the connection's history queue (4 MiB) plus the
+    // sockets' buffers: far less than what is retained.
+    const PAYLOAD: usize = 16 * 1024;
+    let broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--segment-bytes",
+        "1048576",
+        "--checkpoint-every",
+        "200",
+        "--retention-bytes",
+        "50331648",
+        "--recent-events",
+        "8",
+    ]);
+    let client = broker.client().await;
+    let log = broker.dir.path().join("log");
+    let retained_from = || {
+        std::fs::read_to_string(log.join("retained-from"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    let payload = bytes::Bytes::from(vec![b'h'; PAYLOAD]);
+    let mut latest = std::collections::HashMap::new();
+    let mut round = 0u64;
+    // Fill the retained history (until retention starts deleting).
+    let mut end_of_history = 0;
+    while retained_from().is_none() {
+        end_of_history = publish_round(&client, &payload, &mut latest).await;
+        round += 1;
+        assert!(round < 10_000, "retention never ran");
+    }
+    let since = retained_from().unwrap_or(0);
+
+    let mut reader = broker.raw().await;
+    reader
+        .send(&Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::new("h", &TopicRules::default()).unwrap(),
+            since,
+            mode: SubscribeMode::History,
+        })
+        .await;
+    // Publish until everything the catch-up was to read is deleted.
+    while retained_from().is_none_or(|from| from <= end_of_history) {
+        publish_round(&client, &payload, &mut latest).await;
+        round += 1;
+        assert!(round < 20_000, "retention stopped");
+    }
+
+    // Reading again: history in order, then the marker, the state, live.
+    let mut previous = since;
+    let mut history = 0;
+    let oldest = loop {
+        match tokio::time::timeout(PATIENCE, reader.recv())
+            .await
+            .expect("the catch-up goes on")
+        {
+            Some(Response::Event { sub_id: 1, event }) => {
+                assert!(event.iteration() > previous, "in order, no duplicate");
+                previous = event.iteration();
+                history += 1;
+            }
+            Some(Response::HistoryTruncated { sub_id: 1, oldest }) => break oldest,
+            other => panic!("expected history or the truncation marker, got {other:?}"),
+        }
+    };
+    assert!(history > 0, "the catch-up had started");
+    assert!(previous < end_of_history, "the catch-up had not finished");
+    assert!(oldest > previous, "the marker says where history resumes");
+    let mut state = std::collections::HashMap::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, reader.recv()).await.unwrap() {
+            Some(Response::Event { sub_id: 1, event }) => {
+                state.insert(event.topic().to_owned(), event.iteration());
+            }
+            Some(Response::SnapshotComplete { sub_id: 1, .. }) => break,
+            other => panic!("expected the state, got {other:?}"),
+        }
+    }
+    assert_eq!(state, latest, "the full state after the marker");
+    let live = client
+        .publish("h/live", "x")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    match tokio::time::timeout(PATIENCE, reader.recv()).await.unwrap() {
+        Some(Response::Event { sub_id: 1, event }) => assert_eq!(event.iteration(), live),
+        other => panic!("expected the live event, got {other:?}"),
+    }
+}
+
+/// Publishes one value to each of `h/0..32` at once; records each topic's
+/// iteration in `latest` and returns the greatest.
+async fn publish_round(
+    client: &Client,
+    payload: &bytes::Bytes,
+    latest: &mut std::collections::HashMap<String, u64>,
+) -> u64 {
+    let writes = (0..32).map(|t| {
+        let (c, p) = (client.clone(), payload.clone());
+        async move { (t, c.publish(&format!("h/{t}"), p).await) }
+    });
+    let mut last = 0;
+    for (t, r) in futures_util::future::join_all(writes).await {
+        let it = r.expect("publish").summary().iteration();
+        latest.insert(format!("h/{t}"), it);
+        last = last.max(it);
+    }
+    last
+}

@@ -21,12 +21,13 @@ use tokio::sync::mpsc;
 
 use super::{Command, Engine, Subscriber};
 use crate::log::committed::Committed;
-use crate::log::LogReader;
+use crate::log::cursor::{LogCursor, Missed};
 use crate::reads::{Kind, Permit, ReadJob, Step};
 use crate::session::{Conn, Outbound};
 
-/// Bytes of history pushed to a connection at a time.
-const CHUNK_BYTES: usize = 256 * 1024;
+/// Bytes of history pushed to a connection at a time: what the cursor reads
+/// at once, so that no step reads a chunk again.
+const CHUNK_BYTES: usize = crate::log::cursor::CHUNK;
 
 /// What history subscriptions are served from: the ring of recent events,
 /// and the catch-ups reading older ones from the log.
@@ -98,7 +99,9 @@ pub struct CatchUp {
     pub after: u64,
     /// The end of the current pass: the durable iteration when it began.
     pub until: Option<u64>,
-    pub reader: LogReader,
+    pub cursor: LogCursor,
+    /// Events read and not yet pushed (reused between chunks).
+    pub read: Vec<Event>,
     /// Highest iteration whose record is durable (see the durability policy).
     pub durable: Arc<Committed>,
     pub engine: mpsc::WeakSender<Command>,
@@ -119,9 +122,10 @@ impl ReadJob for CatchUp {
         }
         let until = *self.until.get_or_insert_with(|| self.durable.get());
         match self.read_chunk(until) {
-            Ok(Some(true)) => Step::More,
-            Ok(Some(false)) => self.attach(until),
-            Ok(None) => Step::Done,
+            Ok(Chunk::More) => Step::More,
+            Ok(Chunk::PassDone) => self.attach(until, None),
+            Ok(Chunk::Deleted { through }) => self.attach(until, Some(through)),
+            Ok(Chunk::Gone) => Step::Done,
             Err(message) => {
                 tracing::error!(sub = self.sub_id, "history read failed: {message}");
                 self.conn.push(Outbound::Close(Some(ErrorFrame {
@@ -135,34 +139,62 @@ impl ReadJob for CatchUp {
     }
 }
 
+/// What one step of a catch-up read.
+enum Chunk {
+    /// More to read in this pass.
+    More,
+    /// Everything up to the pass's end was pushed.
+    PassDone,
+    /// Retention deleted the events up to `through` before they were read.
+    Deleted { through: u64 },
+    /// The subscription or the connection is gone.
+    Gone,
+}
+
 impl CatchUp {
-    /// Pushes up to a chunk of the events in `after + 1 ..= until`.
-    /// `Some(true)`: more to read in this pass; `Some(false)`: the pass is
-    /// done; `None`: the subscription or the connection is gone.
-    fn read_chunk(&mut self, until: u64) -> Result<Option<bool>, String> {
-        let mut batch = Vec::new();
-        let (mut bytes, mut last, mut full) = (0, self.after, false);
-        self.reader
-            .read(self.after, until, |event| {
-                last = event.iteration();
-                if self.prefix.covers(event.topic()) {
-                    bytes += event.encoded().len();
-                    batch.push(event);
-                }
-                full = bytes >= CHUNK_BYTES;
-                !full
-            })
+    /// Pushes up to [`CHUNK_BYTES`] of the events in `after + 1 ..= until`.
+    fn read_chunk(&mut self, until: u64) -> Result<Chunk, String> {
+        self.read.clear();
+        let missed = self
+            .cursor
+            .read(until, usize::MAX, CHUNK_BYTES, &mut self.read)
             .map_err(|e| e.to_string())?;
-        if !batch.is_empty() && !self.conn.push_history(self.sub_id, batch, &self.cancelled) {
-            return Ok(None);
+        if let Missed::Range { last, .. } = missed {
+            return Ok(Chunk::Deleted { through: last });
         }
-        self.after = if full { last } else { until };
-        Ok(Some(full))
+        let read_bytes: usize = self.read.iter().map(|e| e.encoded().len()).sum();
+        let mut kept_bytes = 0;
+        let mut batch: Vec<Event> = self
+            .read
+            .drain(..)
+            .filter(|e| self.prefix.covers(e.topic()))
+            .inspect(|e| kept_bytes += e.encoded().len())
+            .collect();
+        // The events share the buffer of the chunk they were read in: when
+        // the prefix keeps little of it, queueing them would pin whole
+        // chunks per event; copy what is kept instead.
+        if kept_bytes * 4 < read_bytes {
+            batch = batch.iter().map(Event::detached).collect();
+        }
+        if !batch.is_empty() && !self.conn.push_history(self.sub_id, batch, &self.cancelled) {
+            return Ok(Chunk::Gone);
+        }
+        // Short of the byte limit, the cursor read all there is up to
+        // `until` (which may lie past the last record: iterations are not
+        // dense after a restart).
+        if read_bytes >= CHUNK_BYTES {
+            self.after = self.cursor.position();
+            Ok(Chunk::More)
+        } else {
+            self.after = until;
+            Ok(Chunk::PassDone)
+        }
     }
 
-    /// The pass read everything up to `until`: ask the engine to attach;
-    /// it answers with a fresh reader when the ring does not reach back.
-    fn attach(&mut self, until: u64) -> Step {
+    /// The pass read everything up to `until` (or found events deleted
+    /// under it): ask the engine to attach, which it does when its ring
+    /// covers the rest; otherwise the job reads on.
+    fn attach(&mut self, until: u64, deleted_through: Option<u64>) -> Step {
         self.until = None;
         let Some(engine) = self.engine.upgrade() else {
             return Step::Done;
@@ -172,6 +204,7 @@ impl CatchUp {
             conn: self.conn.clone(),
             sub_id: self.sub_id,
             after: until,
+            deleted_through,
             job: self.cancelled.clone(),
             reply,
         };
@@ -180,10 +213,7 @@ impl CatchUp {
         }
         drop(engine);
         match answer.recv() {
-            Ok(Some(fresh)) => {
-                self.reader = fresh;
-                Step::More
-            }
+            Ok(true) => Step::More,
             _ => Step::Done,
         }
     }
@@ -227,7 +257,8 @@ impl Engine {
             prefix,
             after: since,
             until: None,
-            reader: self.persist.log.reader(),
+            cursor: self.persist.log.cursor(since),
+            read: Vec::new(),
             durable: self.persist.durable.clone(),
             engine: self.me.clone(),
             cancelled,
@@ -237,14 +268,17 @@ impl Engine {
     }
 
     /// A catch-up job read everything up to `after`: attach if the ring
-    /// covers the rest, else send the job a fresh reader.
+    /// covers the rest, else answer `true` (read on). Retention deleted
+    /// events the job had not read (`deleted_through`): fall back to the
+    /// latest values, as for a subscription that asks for history gone.
     pub(super) fn attach_caught_up(
         &mut self,
         conn: &Arc<Conn>,
         sub_id: u64,
         after: u64,
+        deleted_through: Option<u64>,
         job: &Arc<AtomicBool>,
-        reply: std::sync::mpsc::Sender<Option<LogReader>>,
+        reply: std::sync::mpsc::Sender<bool>,
     ) {
         let prefix = self
             .subs
@@ -258,16 +292,20 @@ impl Engine {
             .is_some_and(|(flag, _)| Arc::ptr_eq(flag, job));
         let (Some(prefix), true) = (prefix, current) else {
             // Unsubscribed or disconnected meanwhile.
-            let _ = reply.send(None);
+            let _ = reply.send(false);
             return;
         };
-        if self.history.recent.covers(after) || after >= self.tree.iteration() {
+        if let Some(through) = deleted_through {
+            self.history.catchups.remove(&(conn.id, sub_id));
+            self.fall_back_to_latest(conn, sub_id, prefix, through + 1);
+            let _ = reply.send(false);
+        } else if self.history.recent.covers(after) || after >= self.tree.iteration() {
             self.history.catchups.remove(&(conn.id, sub_id));
             let events = self.history.recent.after(after, &prefix);
             self.attach(conn, sub_id, &prefix, events);
-            let _ = reply.send(None);
+            let _ = reply.send(false);
         } else {
-            let _ = reply.send(Some(self.persist.log.reader()));
+            let _ = reply.send(true);
         }
     }
 

@@ -76,11 +76,14 @@ pub enum Command {
         sub_id: u64,
         /// Everything up to this iteration was delivered.
         after: u64,
+        /// Retention deleted the events up to here before the job read them.
+        deleted_through: Option<u64>,
         /// The job's cancellation flag, which names it: a job of an earlier
         /// subscription with the same id is not this one.
         job: Arc<std::sync::atomic::AtomicBool>,
-        /// `None`: attached (or gone); `Some`: read on with this reader.
-        reply: std::sync::mpsc::Sender<Option<crate::log::LogReader>>,
+        /// `true`: read on (the ring does not reach back); `false`: attached
+        /// or gone.
+        reply: std::sync::mpsc::Sender<bool>,
     },
     /// The broker is stopping: the engine ends after this command.
     Stop,
@@ -415,9 +418,10 @@ impl Engine {
                 conn,
                 sub_id,
                 after,
+                deleted_through,
                 job,
                 reply,
-            } => self.attach_caught_up(&conn, sub_id, after, &job, reply),
+            } => self.attach_caught_up(&conn, sub_id, after, deleted_through, &job, reply),
             Command::Stop => self.stopping = true,
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {

@@ -1,5 +1,7 @@
-//! A sequential reader that follows the log as it grows: how sinks consume
-//! it.
+//! The one reader of the log besides recovery: a cursor that follows the
+//! log as it grows. Sinks consume the log through it, and history catch-ups
+//! read the past through it (starting at the sparse-index entry before
+//! their position, see [`super::Log::cursor`]).
 //!
 //! The cursor reads only records at or below the committed iteration the
 //! caller passes (those are complete and durable under the policy), in
@@ -19,7 +21,7 @@ use super::record::{self, Read};
 use super::{retention, segment, LogError};
 
 /// Bytes read per positioned read (more when one record is larger).
-const CHUNK: usize = 1024 * 1024;
+pub(crate) const CHUNK: usize = 1024 * 1024;
 
 struct Open {
     first: u64,
@@ -49,6 +51,9 @@ pub struct LogCursor {
     dir: PathBuf,
     after: u64,
     open: Option<Open>,
+    /// Where to start in the first segment opened, if it is this one:
+    /// (segment's first iteration, offset of a record at or before `after`).
+    seek: Option<(u64, u64)>,
 }
 
 impl LogCursor {
@@ -58,11 +63,18 @@ impl LogCursor {
             dir: dir.to_owned(),
             after,
             open: None,
+            seek: None,
         }
     }
 
+    /// Starts reading segment `first` at `offset` (a record boundary at or
+    /// before the position) instead of at its beginning.
+    pub(super) fn seek(mut self, first: u64, offset: u64) -> LogCursor {
+        self.seek = Some((first, offset));
+        self
+    }
+
     /// The last iteration read (or skipped as missed).
-    #[cfg(test)]
     pub fn position(&self) -> u64 {
         self.after
     }
@@ -139,6 +151,11 @@ impl LogCursor {
         let at = segments.partition_point(|(first, _)| *first <= wanted);
         let (first, path) = segments.get(at.saturating_sub(1)).unwrap_or(first_seg);
         self.open_segment(*first, path.clone())?;
+        if let (Some((seg, offset)), Some(open)) = (self.seek.take(), self.open.as_mut()) {
+            if seg == open.first {
+                open.pos = offset;
+            }
+        }
         Ok(Missed::None)
     }
 

@@ -31,6 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use cursor::LogCursor;
 use parking_lot::Mutex;
 use spread_protocol::{Event, ProtocolError};
 
@@ -478,88 +480,20 @@ impl Log {
         self.active.clone()
     }
 
-    /// A reader over the segments written so far, for another thread.
-    pub fn reader(&self) -> LogReader {
-        LogReader {
-            dir: self.opts.dir.clone(),
-            segments: self
-                .segments
-                .iter()
-                .map(|s| (s.first, s.path.clone(), s.index.clone()))
-                .collect(),
+    /// A cursor over the log after iteration `after`, for another thread:
+    /// it starts at the sparse-index entry at or before `after` rather than
+    /// at the beginning of its segment.
+    pub fn cursor(&self, after: u64) -> LogCursor {
+        let cursor = LogCursor::new(&self.opts.dir, after);
+        let wanted = after.saturating_add(1);
+        let at = self.segments.partition_point(|s| s.first <= wanted);
+        let Some(seg) = at.checked_sub(1).and_then(|i| self.segments.get(i)) else {
+            return cursor;
+        };
+        match seg.index.partition_point(|(it, _)| *it <= after) {
+            0 => cursor,
+            i => cursor.seek(seg.first, seg.index[i - 1].1),
         }
-    }
-}
-
-/// A segment as a reader sees it: first iteration, path, sparse index.
-type SegmentView = (u64, PathBuf, Vec<(u64, u64)>);
-
-/// Reads events back from the log, independently of the engine.
-#[derive(Debug, Clone)]
-pub struct LogReader {
-    dir: PathBuf,
-    segments: Vec<SegmentView>,
-}
-
-impl LogReader {
-    /// Calls `each` with every event whose iteration is in `after + 1 ..=
-    /// until`, in order, until it returns `false`. Starts at the sparse-index
-    /// entry before `after` rather than at the beginning of a segment.
-    pub fn read(
-        &self,
-        after: u64,
-        until: u64,
-        mut each: impl FnMut(Event) -> bool,
-    ) -> Result<(), LogError> {
-        use std::io::{BufReader, Seek, SeekFrom};
-        // Segments created since this reader was made (their records may be
-        // up to `until`) are read too, from their start.
-        let mut segments = self.segments.clone();
-        for (first, path) in segment::list(&self.dir)? {
-            if !segments.iter().any(|(f, _, _)| *f == first) {
-                segments.push((first, path, Vec::new()));
-            }
-        }
-        segments.sort_unstable_by_key(|(first, _, _)| *first);
-        let start = segments
-            .partition_point(|(first, _, _)| *first <= after)
-            .saturating_sub(1);
-        for (first, path, index) in &segments[start..] {
-            if *first > until {
-                break;
-            }
-            let from = match index.partition_point(|(it, _)| *it <= after) {
-                0 => segment::HEADER_LEN as u64,
-                i => index[i - 1].1,
-            };
-            let io = LogError::io(path);
-            let mut f = File::open(path).map_err(&io)?;
-            f.seek(SeekFrom::Start(from)).map_err(&io)?;
-            let mut rd = record::Reader::new(BufReader::with_capacity(256 * 1024, f));
-            // Up to the end of what is written, or a record being appended:
-            // either way, nothing more to read in this segment.
-            while let record::Read::Record {
-                iteration, event, ..
-            } = rd.next_record()
-            {
-                if iteration <= after {
-                    continue;
-                }
-                if iteration > until {
-                    return Ok(());
-                }
-                let event = Event::decode(Bytes::copy_from_slice(event)).map_err(|source| {
-                    LogError::Decode {
-                        path: path.clone(),
-                        source,
-                    }
-                })?;
-                if !each(event) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
     }
 }
 

@@ -67,23 +67,16 @@ fn segments_roll_and_reads_start_mid_log() {
     let (mut log, _, _) = open(dir.path(), 4096);
     write_events(&mut log, 1..=500, 3);
     assert!(log.segments.len() > 5, "{} segments", log.segments.len());
-    let mut seen = Vec::new();
-    log.reader()
-        .read(321, 480, |e| {
-            seen.push(e.iteration());
-            true
-        })
-        .unwrap();
-    assert_eq!(seen, (322..=480).collect::<Vec<_>>());
-    // Stopping early is honoured.
-    let mut n = 0;
-    log.reader()
-        .read(0, u64::MAX, |_| {
-            n += 1;
-            n < 10
-        })
-        .unwrap();
-    assert_eq!(n, 10);
+    // The cursor starts from the sparse index, mid-segment.
+    assert_eq!(
+        cursor_read_all(&mut log.cursor(321), 480, 1000),
+        (322..=480).collect::<Vec<_>>()
+    );
+    // Limits are honoured.
+    let mut some = Vec::new();
+    let missed = log.cursor(0).read(u64::MAX, 10, usize::MAX, &mut some);
+    assert_eq!(missed.unwrap(), cursor::Missed::None);
+    assert_eq!(some.len(), 10);
     // Appending continues in the last segment after a reopen.
     drop(log);
     let (mut log, rec, _) = open(dir.path(), 4096);
@@ -228,31 +221,20 @@ fn a_checkpoint_skips_covered_segments_and_replays_only_the_tail() {
     expected.extend(301..=500);
     assert_eq!(iters, expected);
     // History reads still reach into skipped segments.
-    let mut n = 0;
     let (log, _, _) = open(dir.path(), 4096);
-    log.reader()
-        .read(0, 500, |_| {
-            n += 1;
-            true
-        })
-        .unwrap();
-    assert_eq!(n, 500);
+    assert_eq!(cursor_read_all(&mut log.cursor(0), 500, 64).len(), 500);
 }
 
 #[test]
-fn a_reader_sees_segments_created_after_it() {
+fn a_cursor_sees_segments_created_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _, _) = open(dir.path(), 4096);
-    let reader = log.reader(); // no segment exists yet
+    let mut cursor = log.cursor(0); // no segment exists yet
     write_events(&mut log, 1..=200, 10);
-    let mut n = 0;
-    reader
-        .read(0, 200, |_| {
-            n += 1;
-            true
-        })
-        .unwrap();
-    assert_eq!(n, 200);
+    assert_eq!(
+        cursor_read_all(&mut cursor, 200, 64),
+        (1..=200).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -275,15 +257,22 @@ fn retention_deletes_covered_segments_and_remembers_where_history_starts() {
         from <= 401,
         "history from {from} must include everything after the checkpoint"
     );
-    // What is left reads back from `from` on; nothing before it.
-    let mut seen = Vec::new();
-    log.reader()
-        .read(0, 500, |e| {
-            seen.push(e.iteration());
-            true
-        })
-        .unwrap();
-    assert_eq!(seen, (from..=500).collect::<Vec<_>>());
+    // What is left reads back from `from` on; what was before is reported
+    // missing, not read.
+    let mut cursor = log.cursor(0);
+    let mut out = Vec::new();
+    let missed = cursor.read(500, usize::MAX, usize::MAX, &mut out).unwrap();
+    assert_eq!(
+        missed,
+        cursor::Missed::Range {
+            first: 1,
+            last: from - 1
+        }
+    );
+    assert_eq!(
+        cursor_read_all(&mut cursor, 500, 64),
+        (from..=500).collect::<Vec<_>>()
+    );
     drop(log);
     let (log, _) = Log::open(o, |_| {}).unwrap();
     assert_eq!(log.retained_from(), Some(from));
