@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use futures_util::StreamExt;
@@ -28,9 +27,9 @@ fn table(tag: &str) -> String {
     )
 }
 
-/// A config whose only sink is the archive at `url` (SQLite in the data
+/// A broker whose only sink is the archive at `url` (SQLite in the data
 /// dir when `None`) in `table`.
-fn config(dir: &Path, url: Option<&str>, table: &str) -> PathBuf {
+fn with_archive(url: Option<&str>, table: &str) -> support::BrokerBuilder {
     let mut settings = support::settings([("table", table.into())]);
     if let Some(url) = url {
         settings.insert("url".into(), url.into());
@@ -40,7 +39,7 @@ fn config(dir: &Path, url: Option<&str>, table: &str) -> PathBuf {
         retry_max_ms: 200,
         ..SinkConfig::builtin("archive", "sql-archive", settings)
     };
-    support::config_file(dir, &support::only_sinks(vec![sink]))
+    Broker::builder().no_archive().sink(sink)
 }
 
 /// Drops the test's tables.
@@ -168,8 +167,7 @@ fn writes(round: &str, n: usize) -> Vec<(String, Option<Vec<u8>>)> {
 async fn replay_suite(url: Option<&str>, tag: &str) {
     let dir = tempfile::tempdir().unwrap();
     let table = table(tag);
-    let config = config(dir.path(), url, &table);
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let broker = with_archive(url, &table).dir(dir).start();
     let client = broker.client().await;
 
     let first = publish(&client, writes("one", 400)).await;
@@ -309,8 +307,7 @@ async fn the_archive_catches_up_after_the_database_comes_back() {
         let url = format!("{scheme}@{}/test", proxy.addr);
         let dir = tempfile::tempdir().unwrap();
         let table = table(tag);
-        let config = config(dir.path(), Some(&url), &table);
-        let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+        let broker = with_archive(Some(&url), &table).dir(dir).start();
         let client = broker.client().await;
         let mut all = publish(&client, writes("before", 500)).await;
         // The database becomes unreachable: publishes go on, the archive
@@ -340,15 +337,11 @@ async fn the_archive_catches_up_after_the_database_comes_back() {
 async fn the_archive_loaded_as_a_shared_library_archives_and_replays() {
     let dir = tempfile::tempdir().unwrap();
     let lib = support::built_plugin("spread-sql-archive-plugin");
-    let path = support::config_file(
-        dir.path(),
-        &support::only_sinks(vec![SinkConfig::library(
-            "archive",
-            &lib,
-            support::settings([]),
-        )]),
-    );
-    let broker = Broker::start_in(dir, &["--config", path.to_str().unwrap()]);
+    let broker = Broker::builder()
+        .dir(dir)
+        .no_archive()
+        .sink(SinkConfig::library("archive", &lib, support::settings([])))
+        .start();
     let client = broker.client().await;
     let status = client.status().await.unwrap();
     assert!(
@@ -424,16 +417,10 @@ async fn an_event_the_database_refuses_is_dead_lettered_and_the_archive_goes_on(
     ] {
         let dir = tempfile::tempdir().unwrap();
         let table = table(tag);
-        let config = config(dir.path(), Some(url), &table);
-        let broker = Broker::start_in(
-            dir,
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--max-topic-len",
-                "4096",
-            ],
-        );
+        let broker = with_archive(Some(url), &table)
+            .dir(dir)
+            .with(|a| a.max_topic_len = Some(4096))
+            .start();
         let mut settings = broker.config();
         settings.topic_rules.max_len = 4096;
         let client = spread_client::Client::connect(settings).await.unwrap();

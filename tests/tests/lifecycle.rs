@@ -22,7 +22,7 @@ async fn sigterm_closes_connections_with_shutting_down_and_exits_cleanly() {
     ));
     broker.terminate();
     raw.expect_fatal(ErrorCode::ShuttingDown).await;
-    let status = broker.child.wait().unwrap();
+    let status = broker.child().wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!broker.is_running());
 }
@@ -95,7 +95,7 @@ fn logs_into_a_pipe_carry_no_colour_codes() {
 fn exit_status(broker: &mut Broker) -> std::process::ExitStatus {
     let deadline = std::time::Instant::now() + support::PATIENCE;
     loop {
-        if let Some(status) = broker.child.try_wait().unwrap() {
+        if let Some(status) = broker.child().try_wait().unwrap() {
             return status;
         }
         assert!(

@@ -157,14 +157,14 @@ async fn idle_connections_are_closed_and_keepalives_keep_quiet_subscribers() {
 
 /// Threads of the broker process.
 fn threads(broker: &Broker) -> usize {
-    std::fs::read_dir(format!("/proc/{}/task", broker.child.id()))
+    std::fs::read_dir(format!("/proc/{}/task", broker.pid()))
         .unwrap()
         .count()
 }
 
 /// Open file descriptors of the broker process.
 fn fds(broker: &Broker) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", broker.child.id()))
+    std::fs::read_dir(format!("/proc/{}/fd", broker.pid()))
         .unwrap()
         .count()
 }
@@ -351,35 +351,18 @@ async fn a_small_inflight_limit_still_serves_a_pipelined_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_connections_cannot_take_the_files_the_log_needs() {
-    use std::io::BufRead;
     // The broker under a limit of 1024 descriptors.
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_e2e-broker"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
+    let broker = Broker::builder()
+        .fd_limit(1024)
+        .flags(&[
             "--archive",
             "off",
             "--segment-bytes",
             "4096",
+            "--handshake-timeout-ms",
+            "60000",
         ])
-        .args(["--handshake-timeout-ms", "60000", "--data-dir"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .trim_start_matches("spread-broker listening on ")
-        .parse()
-        .unwrap();
-    let broker = Broker { child, addr, dir };
+        .start();
     let client = broker.client().await;
     // 1,500 connections that never say a word, from one address.
     let mut flood = Vec::new();

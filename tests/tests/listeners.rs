@@ -117,7 +117,7 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
     std::fs::write(&cert, cert2).unwrap();
     std::fs::write(&key, key2).unwrap();
     let hup = std::process::Command::new("kill")
-        .args(["-HUP", &broker.child.id().to_string()])
+        .args(["-HUP", &broker.pid().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());

@@ -12,7 +12,7 @@ use support::{snapshot, Broker, PATIENCE};
 async fn racing_publishers_converge_for_every_subscriber() {
     const PUBLISHERS: usize = 8;
     const EACH: usize = 500;
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
 
     let mut watchers = Vec::new();
     for _ in 0..3 {
@@ -102,7 +102,7 @@ async fn fill(client: &spread_client::Client, prefix: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_snapshot_taken_while_writes_go_on_meets_live_without_gap_or_duplicate() {
     use std::collections::BTreeMap;
-    let broker = Broker::start(&["--archive", "off"]);
+    let broker = Broker::in_process(&["--archive", "off"]);
     let writer = broker.client().await;
     fill(&writer, "big", 40_000).await;
     // Writes go on while the snapshot is walked: rewrites and new topics.
@@ -183,7 +183,7 @@ async fn a_large_snapshot_taken_while_writes_go_on_meets_live_without_gap_or_dup
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_snapshot_is_walked_over_several_rounds_and_counts_as_a_read() {
     use spread_protocol::{ErrorCode, Request, Response, SubscribeMode, Topic};
-    let broker = Broker::start(&["--archive", "off", "--max-reads-per-connection", "1"]);
+    let broker = Broker::in_process(&["--archive", "off", "--max-reads-per-connection", "1"]);
     let writer = broker.client().await;
     fill(&writer, "big", 40_000).await;
     let mut raw = broker.raw().await;

@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 
 use spread_broker::SinkConfig;
 use spread_client::{Client, Outcome, StatusReport};
-use support::{
-    build_c_plugin, built_plugin, eventually, fail_to_start, only_sinks, path_value, settings,
-    Broker,
-};
+use support::{build_c_plugin, built_plugin, eventually, only_sinks, path_value, settings, Broker};
 
 /// One event as the example sinks write it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +45,6 @@ fn read_lines(path: &Path) -> (Vec<Line>, Vec<(u64, u64)>) {
         });
     }
     (events, missed)
-}
-
-/// A configuration file whose only sinks are `sinks`.
-fn config_file(dir: &Path, sinks: Vec<SinkConfig>) -> PathBuf {
-    support::config_file(dir, &only_sinks(sinks))
 }
 
 /// Publishes `n` events (pipelined) over a few topics, a delete every 50,
@@ -123,14 +115,11 @@ async fn rust_and_c_examples_receive_every_event_exactly_as_published() {
         &c_lib,
     );
     let rust_lib = built_plugin("spread-example-file-sink");
-    let config = config_file(
-        dir.path(),
-        vec![
-            SinkConfig::library("rust", &rust_lib, settings([("path", "rust.txt".into())])),
-            SinkConfig::library("c", &c_lib, settings([("path", "c.txt".into())])),
-        ],
-    );
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let setup = only_sinks(vec![
+        SinkConfig::library("rust", &rust_lib, settings([("path", "rust.txt".into())])),
+        SinkConfig::library("c", &c_lib, settings([("path", "c.txt".into())])),
+    ]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     let expected = publish_load(&client, 3000, "x").await;
     caught_up(&client, "rust").await;
@@ -176,15 +165,12 @@ async fn failing_blocking_and_panicking_plugins_never_stall_publishers() {
         retry_max_ms: 50,
         ..sink("failing", "failing.txt", "fail_file", &fail)
     };
-    let config = config_file(
-        &d,
-        vec![
-            fast_retry,
-            sink("blocked", "blocked.txt", "block_file", &block),
-            sink("panics", "panics.txt", "panic_file", &panic),
-        ],
-    );
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let setup = only_sinks(vec![
+        fast_retry,
+        sink("blocked", "blocked.txt", "block_file", &block),
+        sink("panics", "panics.txt", "panic_file", &panic),
+    ]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     // Every publish is acknowledged while no sink makes progress.
     let expected = publish_load(&client, 20_000, "chaos").await;
@@ -219,7 +205,7 @@ async fn failing_blocking_and_panicking_plugins_never_stall_publishers() {
     drop(client);
     let dir = broker.stop();
     std::fs::remove_file(&block).unwrap();
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     for name in ["failing", "blocked", "panics"] {
         caught_up(&client, name).await;
@@ -237,31 +223,27 @@ async fn failing_blocking_and_panicking_plugins_never_stall_publishers() {
 async fn a_crash_mid_batch_loses_nothing_and_dedupe_on_id_keeps_one_copy() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
-    let config = config_file(
-        &d,
-        vec![
-            SinkConfig {
-                checkpoint_ms: 200,
-                batch_events: 64,
-                ..SinkConfig::library(
-                    "dedupe",
-                    &built_plugin("spread-example-file-sink"),
-                    settings([("path", "dedupe.txt".into()), ("dedupe", true.into())]),
-                )
-            },
-            SinkConfig {
-                checkpoint_ms: 200,
-                batch_events: 64,
-                ..SinkConfig::library(
-                    "plain",
-                    &built_plugin("spread-chaos-sink"),
-                    settings([("path", path_value(&d.join("plain.txt")))]),
-                )
-            },
-        ],
-    );
-    let args = ["--config", config.to_str().unwrap()];
-    let broker = Broker::start_in(dir, &args);
+    let setup = only_sinks(vec![
+        SinkConfig {
+            checkpoint_ms: 200,
+            batch_events: 64,
+            ..SinkConfig::library(
+                "dedupe",
+                &built_plugin("spread-example-file-sink"),
+                settings([("path", "dedupe.txt".into()), ("dedupe", true.into())]),
+            )
+        },
+        SinkConfig {
+            checkpoint_ms: 200,
+            batch_events: 64,
+            ..SinkConfig::library(
+                "plain",
+                &built_plugin("spread-chaos-sink"),
+                settings([("path", path_value(&d.join("plain.txt")))]),
+            )
+        },
+    ]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     // Publish until the sinks are mid-stream, then kill the broker.
     let mut expected = BTreeMap::new();
@@ -276,7 +258,7 @@ async fn a_crash_mid_batch_loses_nothing_and_dedupe_on_id_keeps_one_copy() {
     }
     drop(client);
     let dir = broker.kill();
-    let broker = Broker::start_in(dir, &args);
+    let broker = Broker::builder().dir(dir).args(setup).start();
     let client = broker.client().await;
     caught_up(&client, "dedupe").await;
     caught_up(&client, "plain").await;
@@ -307,34 +289,27 @@ async fn retention_keeps_what_a_sink_has_not_consumed_or_tells_it_what_it_missed
         let d = dir.path().to_path_buf();
         let block = d.join("block");
         std::fs::write(&block, b"").unwrap();
-        let config = config_file(
-            &d,
-            vec![SinkConfig {
-                hold_retention: hold,
-                batch_events: 100,
-                ..SinkConfig::library(
-                    "archive",
-                    &lib,
-                    settings([
-                        ("path", path_value(&d.join("out.txt"))),
-                        ("block_file", path_value(&block)),
-                    ]),
-                )
-            }],
-        );
-        let broker = Broker::start_in(
-            dir,
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "--segment-bytes",
-                "16384",
-                "--retention-bytes",
-                "1",
-                "--checkpoint-every",
-                "200",
-            ],
-        );
+        let setup = only_sinks(vec![SinkConfig {
+            hold_retention: hold,
+            batch_events: 100,
+            ..SinkConfig::library(
+                "archive",
+                &lib,
+                settings([
+                    ("path", path_value(&d.join("out.txt"))),
+                    ("block_file", path_value(&block)),
+                ]),
+            )
+        }]);
+        let broker = Broker::builder()
+            .dir(dir)
+            .args(setup)
+            .with(|a| {
+                a.segment_bytes = Some(16384);
+                a.retention_bytes = Some(1);
+                a.checkpoint_every = Some(200);
+            })
+            .start();
         let client = broker.client().await;
         // The sink is stuck on its first batch while history piles up.
         let mut expected = BTreeMap::new();
@@ -408,8 +383,8 @@ fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
         (d.join("missing.so"), "cannot load"),
     ];
     for (lib, reason) in cases {
-        let config = config_file(d, vec![SinkConfig::library("bad-one", &lib, settings([]))]);
-        let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
+        let setup = only_sinks(vec![SinkConfig::library("bad-one", &lib, settings([]))]);
+        let stderr = Broker::builder().args(setup).fail_to_start();
         assert!(
             stderr.contains("sink bad-one") && stderr.contains(reason),
             "for {}: {stderr}",
@@ -417,15 +392,12 @@ fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
         );
     }
     // A plugin that refuses its settings stops the start too.
-    let config = config_file(
-        d,
-        vec![SinkConfig::library(
-            "picky",
-            &built_plugin("spread-example-file-sink"),
-            settings([]),
-        )],
-    );
-    let stderr = fail_to_start(&["--config", config.to_str().unwrap()]);
+    let setup = only_sinks(vec![SinkConfig::library(
+        "picky",
+        &built_plugin("spread-example-file-sink"),
+        settings([]),
+    )]);
+    let stderr = Broker::builder().args(setup).fail_to_start();
     assert!(
         stderr.contains("sink picky: cannot open") && stderr.contains("path"),
         "{stderr}"
@@ -435,15 +407,12 @@ fn plugins_the_broker_cannot_use_stop_the_start_with_a_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_status_shows_each_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        vec![SinkConfig::library(
-            "nothing",
-            &built_plugin("spread-example-null-sink"),
-            settings([]),
-        )],
-    );
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let setup = only_sinks(vec![SinkConfig::library(
+        "nothing",
+        &built_plugin("spread-example-null-sink"),
+        settings([]),
+    )]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     publish_load(&client, 10, "s").await;
     caught_up(&client, "nothing").await;
@@ -465,22 +434,19 @@ async fn cli_status_shows_each_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_sink_rotates_json_lines_without_losing_or_splitting_an_event() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(
-        dir.path(),
-        vec![SinkConfig {
-            batch_events: 200,
-            ..SinkConfig::builtin(
-                "events",
-                "log",
-                settings([
-                    ("dir", "shipped".into()),
-                    ("max_bytes", 16384.into()),
-                    ("keep", 10000.into()),
-                ]),
-            )
-        }],
-    );
-    let broker = Broker::start_in(dir, &["--config", config.to_str().unwrap()]);
+    let setup = only_sinks(vec![SinkConfig {
+        batch_events: 200,
+        ..SinkConfig::builtin(
+            "events",
+            "log",
+            settings([
+                ("dir", "shipped".into()),
+                ("max_bytes", 16384.into()),
+                ("keep", 10000.into()),
+            ]),
+        )
+    }]);
+    let broker = Broker::builder().dir(dir).args(setup.clone()).start();
     let client = broker.client().await;
     let expected = publish_load(&client, 5000, "log").await;
     caught_up(&client, "events").await;

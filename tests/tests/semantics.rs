@@ -7,7 +7,7 @@ use support::{next_event, snapshot, Broker};
 
 #[tokio::test]
 async fn subscribing_where_nothing_exists_yet() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     let mut sub = client.subscribe("nothing/here").await.unwrap();
     assert!(snapshot(&mut sub).await.is_empty());
@@ -19,7 +19,7 @@ async fn subscribing_where_nothing_exists_yet() {
 
 #[tokio::test]
 async fn report_counts_subscribers_per_prefix_level() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let publisher = broker.client().await;
     let other = broker.client().await;
     let mut subs = Vec::new();
@@ -55,7 +55,7 @@ async fn report_counts_subscribers_per_prefix_level() {
 
 #[tokio::test]
 async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     let first = client.publish_if_absent("cfg/mode", "auto").await.unwrap();
     assert_eq!(first.status(), PublishStatus::New);
@@ -73,7 +73,7 @@ async fn publish_if_absent_on_an_existing_topic_changes_nothing() {
 
 #[tokio::test]
 async fn get_returns_payload_origin_and_iteration() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     let report = client
         .publish("sensors/t1", &b"\x00\x01binary"[..])
@@ -88,7 +88,7 @@ async fn get_returns_payload_origin_and_iteration() {
 
 #[tokio::test]
 async fn unknown_and_deleted_topics_are_not_found() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     assert!(client.get("no/such/topic").await.unwrap().is_none());
     client.publish("gone/soon", "x").await.unwrap();
@@ -103,7 +103,7 @@ async fn unknown_and_deleted_topics_are_not_found() {
 
 #[tokio::test]
 async fn prefix_subscription_gets_descendants_not_string_siblings() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     for t in ["a/b", "a/b/c", "a/bc", "a/bc/d", "a"] {
         client.publish(t, t).await.unwrap();
@@ -125,7 +125,7 @@ async fn prefix_subscription_gets_descendants_not_string_siblings() {
 
 #[tokio::test]
 async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     client.publish("r/one", "1").await.unwrap();
     client.publish("r/two", "2").await.unwrap();
@@ -173,7 +173,7 @@ async fn resume_from_an_iteration_gets_exactly_what_changed_since() {
 #[tokio::test]
 async fn explicit_timestamps_give_too_late_and_existing() {
     // Timestamps far in the future are refused unless allowed.
-    let broker = Broker::start(&["--max-clock-skew", "100years"]);
+    let broker = Broker::in_process(&["--max-clock-skew", "100years"]);
     let client = broker.client().await;
     let future = spread_client::EventId([42; 16]);
     let opts = PublishOptions {
@@ -220,7 +220,7 @@ async fn explicit_timestamps_give_too_late_and_existing() {
 
 #[tokio::test]
 async fn unsubscribe_stops_deliveries() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     let mut keep = client.subscribe("u").await.unwrap();
     let mut drop_me = client.subscribe("u").await.unwrap();
@@ -243,7 +243,7 @@ async fn unsubscribe_stops_deliveries() {
 
 #[tokio::test]
 async fn a_subscription_outlives_its_client_handle() {
-    let broker = Broker::start(&[]);
+    let broker = Broker::in_process(&[]);
     let client = broker.client().await;
     let mut sub = client.subscribe("keep").await.unwrap();
     drop(client);
@@ -256,7 +256,7 @@ async fn a_subscription_outlives_its_client_handle() {
 #[tokio::test]
 async fn a_future_timestamp_cannot_freeze_a_topic() {
     use spread_client::ErrorCode;
-    let broker = Broker::start(&["--archive", "off"]);
+    let broker = Broker::in_process(&["--archive", "off"]);
     let client = broker.client().await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

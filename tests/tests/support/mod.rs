@@ -1,4 +1,5 @@
-//! Shared harness, by concern: broker processes (`broker`), raw frames
+//! Shared harness, by concern: brokers, as processes or in the test
+//! process, set up by `Broker::builder()` (`broker`), raw frames
 //! (`raw`), subscriptions (`subscriptions`), the CLI (`cli`), plugins
 //! (`plugins`), bounded waits (`wait`) and cuttable links (`proxy`).
 
