@@ -236,6 +236,16 @@ settings! {
         "How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms";
     plain_listen: optional SocketAddr, "SPREAD_PLAIN_LISTEN", "none",
         "Also listen WITHOUT TLS on this loopback address (benchmarking only)";
+    #[serde(rename = "peers")]
+    peer: list String, "SPREAD_PEER", "none",
+        "A node to replicate from, HOST:PORT (repeatable; TOML: peers); see docs/cluster.md";
+    #[arg(hide_env_values = true)]
+    cluster_secret: optional String, "SPREAD_CLUSTER_SECRET", "none",
+        "HS256 secret shared by the nodes of a cluster: peers prove with it that they are peers";
+    peer_ca: optional PathBuf, "SPREAD_PEER_CA", "<data-dir>/tls/ca.pem",
+        "CA certificates (PEM) trusted when dialling peers";
+    replicate: list String, "SPREAD_REPLICATE", "the root",
+        "Prefix this node asks its peers for (repeatable; default: everything)";
 }
 
 /// Reads a setting written as text in the file (a duration such as `1s`).
@@ -284,6 +294,7 @@ pub struct Config {
     pub(crate) repair_log: bool,
     /// The built-in archive (unless off), then the file's sinks.
     pub(crate) sinks: Vec<SinkConfig>,
+    pub(crate) cluster: crate::cluster::ClusterConfig,
 }
 
 impl std::ops::Deref for Config {
@@ -339,6 +350,7 @@ impl Config {
                 issuer: s.jwt_issuer.clone(),
                 audience: s.jwt_audience.clone(),
                 require: s.require_auth,
+                cluster_secret: s.cluster_secret.clone(),
             },
             handshake_timeout: Duration::from_millis(s.handshake_timeout_ms),
             idle_timeout: secs(s.idle_timeout_secs),
@@ -351,6 +363,7 @@ impl Config {
                 snapshots: s.max_snapshots,
             },
             repair_log: args.repair_log,
+            cluster: crate::cluster::ClusterConfig::of(&s)?,
             sinks: archive_sink(s.archive.clone())
                 .into_iter()
                 .chain(args.sinks)
@@ -650,6 +663,7 @@ mod tests {
             let renamed = match *name {
                 "jwt_secret" => "jwt_secrets",
                 "jwt_public_key" => "jwt_public_keys",
+                "peer" => "peers",
                 other => other,
             };
             assert_eq!(key, renamed, "{flag}: TOML key");

@@ -8,12 +8,15 @@
 //! See `docs/architecture.md`.
 
 #![deny(missing_docs)]
+// The settings! muncher takes a few steps per setting.
+#![recursion_limit = "256"]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 // The crate's surface is what the binary, the fuzz target and the tests
 // start a broker with; every module is private, so the compiler sees dead
 // code and the docs needed are those of that surface.
 mod auth;
+mod cluster;
 mod config;
 mod connection;
 mod durable;

@@ -377,6 +377,17 @@ impl Server {
         let per_ip_counts: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
         let mut reload = Reload::new();
         let sender = engine.sender();
+        // Pullers stop with the connections: a stopping node takes nothing
+        // more from its peers.
+        crate::cluster::start(
+            &shared.config.cluster,
+            &shared.config.data_dir,
+            shared.node_id.clone(),
+            sender.clone(),
+            shared.committed.clone(),
+            &tracker,
+            shutdown_rx.clone(),
+        );
         tokio::pin!(signal);
         let mut backoff = Duration::from_millis(5);
         loop {

@@ -62,6 +62,9 @@ pub struct AuthSettings {
     pub audience: Option<String>,
     /// Refuse clients without a token even when no key is configured.
     pub require: bool,
+    /// The cluster's secret: tokens signed with it and claiming `peer`
+    /// are other nodes (they do not make client tokens required).
+    pub cluster_secret: Option<String>,
 }
 
 /// A verifying key, pinned to one algorithm: a token signed with another
@@ -115,6 +118,7 @@ struct Claims {
 /// Verifies tokens.
 pub struct Authenticator {
     keys: Vec<Key>,
+    peer_key: Option<DecodingKey>,
     issuer: Option<String>,
     audience: Option<String>,
     require: bool,
@@ -189,6 +193,10 @@ impl Authenticator {
         }
         Ok(Authenticator {
             keys,
+            peer_key: settings
+                .cluster_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             require: settings.require,
@@ -200,6 +208,27 @@ impl Authenticator {
         !self.keys.is_empty()
     }
 
+    /// Another node of the cluster, if `token` is a peer token signed with
+    /// the cluster secret.
+    fn peer(&self, token: &str) -> Option<Identity> {
+        let key = self.peer_key.as_ref()?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY.as_secs();
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let claims = decode::<crate::cluster::PeerClaims>(token, key, &validation)
+            .ok()?
+            .claims;
+        if !claims.peer || spread_protocol::check_origin(&claims.sub).is_err() {
+            return None;
+        }
+        Some(Identity {
+            rights: None,
+            expires: UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp)),
+            subject: claims.sub,
+        })
+    }
+
     /// Checks the hello's token: `Ok(None)` for an accepted anonymous client.
     pub fn verify(&self, token: Option<&str>) -> Result<Option<Identity>, AuthError> {
         let Some(token) = token else {
@@ -209,6 +238,9 @@ impl Authenticator {
                 Ok(None)
             };
         };
+        if let Some(peer) = self.peer(token) {
+            return Ok(Some(peer));
+        }
         if !self.has_keys() {
             return Err(AuthError::Invalid(
                 "this broker has no keys to verify tokens".into(),

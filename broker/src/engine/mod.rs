@@ -18,6 +18,7 @@ pub mod clock;
 mod fanout;
 mod history;
 mod persist;
+mod remote;
 mod report;
 mod snapshot;
 pub mod tree;
@@ -85,6 +86,12 @@ pub enum Command {
         /// or gone.
         reply: std::sync::mpsc::Sender<bool>,
     },
+    /// Events pulled from a peer; the answer says how far the log must be
+    /// committed before the puller records its cursor.
+    ApplyRemote {
+        events: Vec<spread_protocol::Event>,
+        reply: tokio::sync::oneshot::Sender<remote::RemoteApplied>,
+    },
     /// The broker is stopping: the engine ends after this command.
     Stop,
     /// The connection's reader stopped: answer what came before, drop its
@@ -94,6 +101,39 @@ pub enum Command {
         /// A fatal error to send before closing.
         error: Option<ErrorFrame>,
     },
+}
+
+/// Appends an event new here to the log and the ring of recent events.
+fn record(
+    persist: &mut persist::Persist,
+    history: &mut history::History,
+    event: &spread_protocol::Event,
+) {
+    persist.log.append(event);
+    history.recent.push(event.clone());
+    persist.since_checkpoint += 1;
+    persist.round_records += 1;
+}
+
+/// Hands a new event to one subscription: held while its snapshot is in
+/// progress, queued on its connection otherwise; dropped for a connection
+/// whose rights do not cover the topic.
+fn deliver(
+    fanout: &mut Fanout,
+    snapshots: &mut snapshot::Snapshots,
+    s: &Subscriber,
+    event: &spread_protocol::Event,
+) {
+    if s.filtered && !s.conn.may_read(event.topic()) {
+        return;
+    }
+    if s.pending {
+        if let Some(p) = snapshots.pending.get_mut(&(s.conn.id, s.sub_id)) {
+            p.hold(event);
+        }
+    } else {
+        fanout.deliver(&s.conn, s.sub_id, event, s.exact)
+    }
 }
 
 /// A subscription registered in the tree.
@@ -422,6 +462,9 @@ impl Engine {
                 job,
                 reply,
             } => self.attach_caught_up(&conn, sub_id, after, deleted_through, &job, reply),
+            Command::ApplyRemote { events, reply } => {
+                let _ = reply.send(self.apply_remote(events));
+            }
             Command::Stop => self.stopping = true,
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
@@ -589,23 +632,9 @@ impl Engine {
             origin: &conn.origin,
             mode,
         };
-        let applied = tree.publish(draft, |s, event| {
-            if s.filtered && !s.conn.may_read(event.topic()) {
-                return;
-            }
-            if s.pending {
-                if let Some(p) = snapshots.pending.get_mut(&(s.conn.id, s.sub_id)) {
-                    p.hold(event);
-                }
-            } else {
-                fanout.deliver(&s.conn, s.sub_id, event, s.exact)
-            }
-        });
+        let applied = tree.publish(draft, |s, event| deliver(fanout, snapshots, s, event));
         if let Applied::New { event, .. } = &applied {
-            persist.log.append(event);
-            history.recent.push(event.clone());
-            persist.since_checkpoint += 1;
-            persist.round_records += 1;
+            record(persist, history, event);
         }
         // A publish-only token must not read values through its reports.
         let readable = conn.may_read(draft.topic);

@@ -350,9 +350,8 @@ impl<S> Tree<S> {
         }
     }
 
-    /// Applies a complete event (from a peer or a replay) by the same rule;
-    /// only the convergence property test uses it until peers do.
-    #[cfg(test)]
+    /// Applies a complete event (from a peer) by the same rule, keeping
+    /// its id, timestamp and origin; it gets this node's next iteration.
     pub fn apply(&mut self, event: &Event, deliver: impl FnMut(&S, &Event)) -> Applied {
         let draft = Draft {
             topic: event.topic(),

@@ -60,6 +60,7 @@ pub struct BrokerBuilder {
     flags: Vec<String>,
     dir: Option<tempfile::TempDir>,
     fd_limit: Option<u32>,
+    listen: Option<SocketAddr>,
 }
 
 impl BrokerBuilder {
@@ -92,6 +93,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Listens on `addr` instead of a port of the system's choice (for
+    /// nodes that must find each other again after a restart).
+    pub fn listen(mut self, addr: SocketAddr) -> BrokerBuilder {
+        self.listen = Some(addr);
+        self
+    }
+
     /// Runs the process under `ulimit -n limit`.
     pub fn fd_limit(mut self, limit: u32) -> BrokerBuilder {
         self.fd_limit = Some(limit);
@@ -110,8 +118,9 @@ impl BrokerBuilder {
             Some(dir) => dir,
             None => tempfile::tempdir().expect("temp dir"),
         };
+        let listen = self.listen.map_or("127.0.0.1:0".into(), |a| a.to_string());
         let mut argv: Vec<std::ffi::OsString> =
-            vec!["--listen".into(), "127.0.0.1:0".into(), "--data-dir".into()];
+            vec!["--listen".into(), listen.into(), "--data-dir".into()];
         argv.push(dir.path().into());
         if self.typed {
             argv.push("--config".into());
@@ -240,6 +249,7 @@ impl Broker {
             flags: Vec::new(),
             dir: None,
             fd_limit: None,
+            listen: None,
         }
     }
 
@@ -397,6 +407,14 @@ impl Drop for Broker {
             }
         }
     }
+}
+
+/// A loopback address no one listens on now (the system's choice; a
+/// broker started on it right after gets it unless another process races
+/// for the same port).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("address")
 }
 
 /// Runs the broker with `extra` flags expecting it to refuse to start;

@@ -1,0 +1,133 @@
+//! Replication between brokers (docs/cluster.md): each node pulls from the
+//! peers it is given, over the client protocol, with a history
+//! subscription per replicated prefix from a durable cursor, and applies
+//! what it receives through the engine's conflict rule.
+
+mod cursor;
+mod puller;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use spread_protocol::{Topic, TopicRules};
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigError, Settings};
+use crate::engine::Command;
+use crate::log::committed::Committed;
+
+/// How long a peer token lives; a puller mints a new one at every
+/// (re)connection.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The cluster settings, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterConfig {
+    /// Nodes to pull from, `host:port`.
+    pub peers: Vec<String>,
+    /// The HS256 secret peers sign their tokens with.
+    pub secret: Option<String>,
+    /// CA certificates trusted when dialling peers.
+    pub peer_ca: PathBuf,
+    /// What this node asks its peers for.
+    pub replicate: Vec<Topic>,
+}
+
+impl ClusterConfig {
+    pub(crate) fn of(s: &Settings) -> Result<ClusterConfig, ConfigError> {
+        let invalid = |name, reason: String| ConfigError::Invalid { name, reason };
+        if !s.peer.is_empty() && s.cluster_secret.is_none() {
+            return Err(invalid(
+                "peer",
+                "peers authenticate with --cluster-secret: give it too".into(),
+            ));
+        }
+        let rules = TopicRules {
+            max_len: s.max_topic_len,
+            max_depth: s.max_topic_depth,
+        };
+        let mut replicate = Vec::new();
+        for p in &s.replicate {
+            let topic = Topic::prefix(p, &rules)
+                .map_err(|e| invalid("replicate", format!("{p:?}: {e}")))?;
+            replicate.push(topic);
+        }
+        if replicate.is_empty() {
+            replicate.push(Topic::root());
+        }
+        Ok(ClusterConfig {
+            peers: s.peer.clone(),
+            secret: s.cluster_secret.clone(),
+            peer_ca: s
+                .peer_ca
+                .clone()
+                .unwrap_or_else(|| s.data_dir.join("tls").join("ca.pem")),
+            replicate,
+        })
+    }
+}
+
+/// The claims of a peer token: a peer is a client with every right plus
+/// the peer right.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct PeerClaims {
+    pub sub: String,
+    pub exp: u64,
+    pub peer: bool,
+}
+
+/// A token that proves to another node of the cluster that this node is a
+/// peer.
+fn peer_token(secret: &str, node_id: &str) -> Option<String> {
+    let exp = SystemTime::now()
+        .checked_add(TOKEN_TTL)?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let claims = PeerClaims {
+        sub: node_id.to_owned(),
+        exp,
+        peer: true,
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key) {
+        Ok(token) => Some(token),
+        Err(e) => {
+            tracing::error!("cannot sign a peer token: {e}");
+            None
+        }
+    }
+}
+
+/// Starts one puller per (peer, replicated prefix) on `tracker`; they end
+/// when `shutdown` turns true.
+pub(crate) fn start(
+    config: &ClusterConfig,
+    data_dir: &std::path::Path,
+    node_id: Arc<str>,
+    engine: mpsc::Sender<Command>,
+    committed: Arc<Committed>,
+    tracker: &TaskTracker,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(secret) = config.secret.clone() else {
+        return;
+    };
+    for address in &config.peers {
+        for prefix in &config.replicate {
+            let puller = puller::Puller {
+                address: address.clone(),
+                prefix: prefix.clone(),
+                cursor: cursor::Cursor::new(data_dir, address, prefix),
+                ca: config.peer_ca.clone(),
+                secret: secret.clone(),
+                node_id: node_id.clone(),
+                engine: engine.clone(),
+                committed: committed.clone(),
+            };
+            tracker.spawn(puller.run(shutdown.clone()));
+        }
+    }
+}

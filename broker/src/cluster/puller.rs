@@ -1,0 +1,189 @@
+//! One pull: a history subscription to a peer from the durable cursor,
+//! applied in batches, the cursor recorded once the batch is committed.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use spread_client::{Client, ClientConfig, Item, Subscription};
+use spread_protocol::{Event, Topic};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::cursor::Cursor;
+use crate::engine::Command;
+use crate::log::committed::Committed;
+
+/// Events handed to the engine at once, at most.
+const BATCH: usize = 4096;
+
+/// Longest wait between attempts to reach a peer that is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(crate) struct Puller {
+    pub address: String,
+    pub prefix: Topic,
+    pub cursor: Cursor,
+    pub ca: PathBuf,
+    pub secret: String,
+    pub node_id: Arc<str>,
+    pub engine: mpsc::Sender<Command>,
+    pub committed: Arc<Committed>,
+}
+
+/// Why a pull stopped (it starts again, from the cursor, unless the broker
+/// is stopping).
+#[derive(Debug, thiserror::Error)]
+enum PullError {
+    #[error("peer: {0}")]
+    Peer(#[from] spread_client::Error),
+    #[error("cursor: {0}")]
+    Cursor(#[from] std::io::Error),
+    #[error("the engine stopped")]
+    EngineGone,
+    #[error("the subscription ended")]
+    Ended,
+}
+
+impl Puller {
+    /// Pulls until `shutdown`, reconnecting with backoff.
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = tokio::select! {
+                r = self.pull() => r,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            match attempt {
+                Err(PullError::EngineGone) => return,
+                Err(e) => tracing::warn!(
+                    peer = %self.address,
+                    prefix = self.prefix.as_str(),
+                    "replication interrupted: {e}; retrying in {backoff:?}"
+                ),
+                Ok(()) => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn pull(&self) -> Result<(), PullError> {
+        let (secret, node) = (self.secret.clone(), self.node_id.clone());
+        let config = ClientConfig::new(self.address.clone())
+            .ca_file(&self.ca)
+            .token_refresher(move || super::peer_token(&secret, &node));
+        let config = ClientConfig {
+            client_name: format!("spread-peer/{}", self.node_id),
+            ..config
+        };
+        let client = Client::connect(config).await?;
+        let after = self.cursor.load()?;
+        let mut sub = client
+            .subscribe_history(self.prefix.as_str(), after)
+            .await?;
+        tracing::info!(
+            peer = %self.address,
+            prefix = self.prefix.as_str(),
+            after,
+            "replicating from peer"
+        );
+        let mut state = Progress {
+            last: after,
+            snapshot: false,
+        };
+        let mut batch = Vec::new();
+        loop {
+            // Wait for one item, then take what is already there.
+            let Some(item) = sub.next_item().await else {
+                return Err(PullError::Ended);
+            };
+            state.take(item?, &mut batch);
+            while batch.len() < BATCH {
+                match next_ready(&mut sub) {
+                    Some(item) => state.take(item?, &mut batch),
+                    None => break,
+                }
+            }
+            self.apply(std::mem::take(&mut batch), &state).await?;
+        }
+    }
+
+    /// Applies `events`, waits until the log holds them durably, then
+    /// records how far the peer's history is applied.
+    async fn apply(&self, events: Vec<Event>, state: &Progress) -> Result<(), PullError> {
+        let (reply, applied) = oneshot::channel();
+        if !events.is_empty() {
+            self.engine
+                .send(Command::ApplyRemote { events, reply })
+                .await
+                .map_err(|_| PullError::EngineGone)?;
+            let applied = applied.await.map_err(|_| PullError::EngineGone)?;
+            tracing::debug!(
+                peer = %self.address,
+                new = applied.new,
+                refused = applied.refused,
+                "applied a batch from a peer"
+            );
+            let committed = self.committed.clone();
+            let target = applied.iteration;
+            // The committed iteration moves once per engine round.
+            tokio::task::spawn_blocking(move || {
+                let mut seen = committed.get();
+                while seen < target {
+                    seen = committed.wait_beyond(seen, Duration::from_millis(100), || false);
+                }
+            })
+            .await
+            .map_err(|_| PullError::EngineGone)?;
+        }
+        // During a snapshot (history the peer no longer has) the events
+        // come in no order: the cursor moves only when it completes.
+        if !state.snapshot {
+            self.cursor.store(state.last)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a pull is in the peer's history.
+struct Progress {
+    /// The peer iteration everything up to which is in the batch or applied.
+    last: u64,
+    /// Between a `truncated` marker and the end of the snapshot after it.
+    snapshot: bool,
+}
+
+impl Progress {
+    fn take(&mut self, item: Item, batch: &mut Vec<Event>) {
+        match item {
+            Item::Event(event) => {
+                if !self.snapshot {
+                    self.last = self.last.max(event.iteration());
+                }
+                batch.push(event);
+            }
+            Item::Truncated { oldest } => {
+                tracing::warn!(
+                    oldest,
+                    "the peer no longer has the history after this node's cursor: taking its latest values"
+                );
+                self.snapshot = true;
+            }
+            Item::Synced { iteration } => {
+                self.snapshot = false;
+                self.last = self.last.max(iteration);
+            }
+            // History subscriptions are never conflated.
+            Item::Conflated { .. } => {}
+        }
+    }
+}
+
+/// The next item if one is ready now.
+fn next_ready(sub: &mut Subscription) -> Option<Result<Item, spread_client::Error>> {
+    sub.next_item().now_or_never().flatten()
+}

@@ -1,0 +1,304 @@
+//! Several brokers replicating each other (docs/cluster.md): real broker
+//! processes over real TLS, every link through a proxy the test can cut.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use spread_client::{Client, Item, PublishOptions};
+use support::{eventually, free_addr, Broker, Proxy};
+
+const SECRET: &str = "cluster-secret-for-tests";
+
+/// Two nodes on fixed addresses, each pulling from the other through a
+/// proxy, sharing one CA (the first node's generated TLS material).
+struct Pair {
+    a: Broker,
+    b: Broker,
+    /// The link A pulls through (to B; held so that it stays open), and
+    /// the one B pulls through (to A).
+    _to_b: Proxy,
+    to_a: Proxy,
+    addr_b: SocketAddr,
+}
+
+fn node(listen: SocketAddr, peer: SocketAddr, dir: Option<tempfile::TempDir>) -> Broker {
+    node_with(listen, peer, dir, &[])
+}
+
+fn node_with(
+    listen: SocketAddr,
+    peer: SocketAddr,
+    dir: Option<tempfile::TempDir>,
+    extra: &[&str],
+) -> Broker {
+    let builder = Broker::builder()
+        .listen(listen)
+        .flags(&[
+            "--archive",
+            "off",
+            "--cluster-secret",
+            SECRET,
+            "--peer",
+            &peer.to_string(),
+        ])
+        .flags(extra);
+    match dir {
+        Some(dir) => builder.dir(dir).start(),
+        None => builder.start(),
+    }
+}
+
+/// A data dir holding a copy of `from`'s TLS material, so that the nodes
+/// trust each other's certificate (the default peer CA is the node's own).
+fn sharing_tls(from: &Broker) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    for entry in std::fs::read_dir(from.dir.path().join("tls")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), tls.join(entry.file_name())).unwrap();
+    }
+    dir
+}
+
+impl Pair {
+    async fn start() -> Pair {
+        Pair::with(&[], &[]).await
+    }
+
+    /// Node A with `extra_a` flags, node B with `extra_b`.
+    async fn with(extra_a: &[&str], extra_b: &[&str]) -> Pair {
+        let (addr_a, addr_b) = (free_addr(), free_addr());
+        let to_a = Proxy::start(addr_a).await;
+        let to_b = Proxy::start(addr_b).await;
+        let a = node_with(addr_a, to_b.addr, None, extra_a);
+        let b = node_with(addr_b, to_a.addr, Some(sharing_tls(&a)), extra_b);
+        Pair {
+            a,
+            b,
+            _to_b: to_b,
+            to_a,
+            addr_b,
+        }
+    }
+}
+
+/// Waits until `client` holds `payload` at `topic`.
+async fn holds(client: &Client, topic: &str, payload: &[u8]) -> spread_protocol::Event {
+    eventually(&format!("{topic} = {payload:?}"), || async {
+        client
+            .get(topic)
+            .await
+            .ok()
+            .flatten()
+            .filter(|e| e.payload_bytes() == payload)
+    })
+    .await
+}
+
+/// Every event of the node's history, until its `synced` marker.
+async fn history(client: &Client) -> Vec<spread_protocol::Event> {
+    let mut sub = client.subscribe_history("", 0).await.unwrap();
+    let mut out = Vec::new();
+    loop {
+        match support::next_item(&mut sub).await {
+            Item::Event(e) => out.push(e),
+            Item::Synced { .. } => return out,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_accept_writes_and_converge_by_the_conflict_rule() {
+    let pair = Pair::start().await;
+    let (a, b) = (pair.a.client().await, pair.b.client().await);
+    a.publish("x/from-a", "1").await.unwrap();
+    b.publish("x/from-b", "2").await.unwrap();
+    // Each write reaches the other node with its id, timestamp and origin.
+    let there = holds(&b, "x/from-a", b"1").await;
+    let here = a.get("x/from-a").await.unwrap().unwrap();
+    assert_eq!(
+        (there.id(), there.timestamp(), there.origin()),
+        (here.id(), here.timestamp(), here.origin())
+    );
+    holds(&a, "x/from-b", b"2").await;
+
+    // Concurrent writes to one topic: the later timestamp wins on both,
+    // whichever node applied which first.
+    let at = |t: u64| PublishOptions {
+        timestamp: Some(t),
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    b.publish_with("x/both", "later", at(now + 10))
+        .await
+        .unwrap();
+    a.publish_with("x/both", "earlier", at(now)).await.unwrap();
+    holds(&a, "x/both", b"later").await;
+    holds(&b, "x/both", b"later").await;
+
+    // No event is applied twice on either node, although each node also
+    // pulls back what it sent (it is `existing` there).
+    for client in [&a, &b] {
+        let events = history(client).await;
+        let mut ids: Vec<_> = events.iter().map(|e| e.id()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), events.len(), "an event applied twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_and_a_restarted_node_resume_from_the_cursor_exactly_once() {
+    let pair = Pair::start().await;
+    let a = pair.a.client().await;
+    a.publish("r/first", "0").await.unwrap();
+    holds(&pair.b.client().await, "r/first", b"0").await;
+
+    // The link from B to A is cut and refused: writes on A pile up.
+    pair.to_a
+        .open
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    pair.to_a.cut();
+    let mut want = HashMap::new();
+    let mut last = 0;
+    for i in 0..200 {
+        let topic = format!("r/{}", i % 50);
+        last = a
+            .publish(&topic, i.to_string())
+            .await
+            .unwrap()
+            .summary()
+            .iteration();
+        want.insert(topic, i.to_string());
+    }
+    // B restarts meanwhile, on the same address and data dir.
+    let Pair {
+        b, to_a, addr_b, ..
+    } = pair;
+    let dir = b.stop();
+    assert!(
+        std::fs::read_dir(dir.path().join("peers")).unwrap().count() > 0,
+        "B keeps a cursor per peer"
+    );
+    let b = node(addr_b, to_a.addr, Some(dir));
+    let b_client = b.client().await;
+    let before: usize = history(&b_client).await.len();
+    to_a.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    for (topic, value) in &want {
+        holds(&b_client, topic, value.as_bytes()).await;
+    }
+    // B applied each of the 200 events once: its history grew by exactly
+    // what A applied after B's cursor.
+    let after = history(&b_client).await;
+    assert_eq!(after.len() - before, 200, "every event once, none twice");
+    let mut ids: Vec<_> = after.iter().map(|e| e.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), after.len());
+    // And its cursor for A reaches A's last write.
+    let cursor = b.dir.path().join("peers");
+    eventually("B's cursor for A to reach A's last write", || async {
+        let file = std::fs::read_dir(&cursor).ok()?.next()?.ok()?.path();
+        let at: u64 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+        (at >= last).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_event_too_far_ahead_or_past_the_topic_limit_is_refused_and_the_link_goes_on() {
+    // A accepts timestamps an hour ahead; B only its default second, and
+    // holds at most three topics.
+    let pair = Pair::with(&["--max-clock-skew", "1h"], &["--max-topics", "3"]).await;
+    let (a, b) = (pair.a.client().await, pair.b.client().await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let future = PublishOptions {
+        timestamp: Some(now + 600_000_000),
+        ..Default::default()
+    };
+    a.publish_with("s/future", "frozen?", future).await.unwrap();
+    // (A's own clock now stamps after the future event, as a hybrid clock
+    // must; these carry the present explicitly.)
+    let present = |i: u64| PublishOptions {
+        timestamp: Some(now + i),
+        ..Default::default()
+    };
+    a.publish_with("s/1", "1", present(1)).await.unwrap();
+    a.publish_with("s/2", "2", present(2)).await.unwrap();
+    holds(&b, "s/2", b"2").await;
+    assert!(
+        b.get("s/future").await.unwrap().is_none(),
+        "an event ten minutes ahead of B's clock cannot freeze the topic on B"
+    );
+    // B's third topic is its own; a fourth from A is refused, later
+    // changes to the topics B holds still arrive.
+    b.publish("s/b", "mine").await.unwrap();
+    a.publish_with("s/3", "3", present(3)).await.unwrap();
+    a.publish_with("s/1", "again", present(4)).await.unwrap();
+    holds(&b, "s/1", b"again").await;
+    assert!(b.get("s/3").await.unwrap().is_none(), "past --max-topics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_node_holds_only_its_prefix_and_the_hub_holds_everything() {
+    let pair = Pair::with(&[], &["--replicate", "site-7"]).await;
+    let (hub, edge) = (pair.a.client().await, pair.b.client().await);
+    hub.publish("site-70/b", "not for the edge").await.unwrap();
+    hub.publish("site-8/c", "nor this").await.unwrap();
+    hub.publish("site-7/a", "for the edge").await.unwrap();
+    edge.publish("elsewhere/e", "from the edge").await.unwrap();
+    holds(&edge, "site-7/a", b"for the edge").await;
+    // The edge's own writes reach the hub whatever their prefix.
+    holds(&hub, "elsewhere/e", b"from the edge").await;
+    // The hub's history is pulled in order, so the edge has been offered
+    // all that came before site-7/a; none outside its prefix is there.
+    let mut topics: Vec<String> = history(&edge)
+        .await
+        .iter()
+        .map(|e| e.topic().to_owned())
+        .collect();
+    topics.sort();
+    assert_eq!(topics, ["elsewhere/e", "site-7/a"]);
+}
+
+#[tokio::test]
+async fn only_a_token_signed_with_the_cluster_secret_is_a_peer() {
+    // A token signed with another secret is refused like any bad token;
+    // a node with a cluster secret still takes anonymous clients.
+    let broker = Broker::start(&["--cluster-secret", SECRET, "--archive", "off"]);
+    let anonymous = broker.client().await;
+    anonymous.publish("t", "v").await.unwrap();
+    let forged = peer_token("another-secret", "node-x");
+    let refused = Client::connect(broker.config().token(forged)).await;
+    assert!(refused.is_err(), "a forged peer token is refused");
+    let peer = Client::connect(broker.config().token(peer_token(SECRET, "node-x"))).await;
+    assert!(
+        peer.is_ok(),
+        "a token signed with the cluster secret is a peer's"
+    );
+}
+
+/// A token shaped like a peer's, signed with `secret`.
+fn peer_token(secret: &str, node: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({ "sub": node, "exp": exp, "peer": true }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
