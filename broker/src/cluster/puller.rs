@@ -17,8 +17,9 @@ use crate::log::committed::Committed;
 /// Events handed to the engine at once, at most.
 const BATCH: usize = 4096;
 
-/// Longest wait between attempts to reach a peer that is down.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between attempts to reach a peer that is down: a healed
+/// link is used again within about this long.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct Puller {
     pub address: String,
@@ -78,6 +79,8 @@ impl Puller {
             .token_refresher(move || super::peer_token(&secret, &node));
         let config = ClientConfig {
             client_name: format!("spread-peer/{}", self.node_id),
+            max_backoff: MAX_BACKOFF,
+            min_backoff: Duration::from_millis(20),
             ..config
         };
         let client = Client::connect(config).await?;
