@@ -174,6 +174,8 @@ pub struct Server {
     shared: Arc<Shared>,
     engine: EngineHandle,
     sinks: Sinks,
+    /// The pulls' status board, shared with the engine.
+    peers: Arc<crate::cluster::board::PeerBoard>,
     tls_source: TlsSource,
 }
 
@@ -252,6 +254,7 @@ impl Server {
                 .join()
         })
         .map_err(|_| sinks::SinkError::Config("a sink plugin panicked while loading".into()))??;
+        let peers = Arc::new(crate::cluster::board::PeerBoard::default());
         let log_options = config.log_options();
         let log_dir = log_options.dir.clone();
         let limits = crate::limits::Limits::of(&config);
@@ -263,6 +266,7 @@ impl Server {
             checkpoints,
             Services {
                 sinks: sinks.board(),
+                peers: peers.clone(),
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
                 limits: limits.clone(),
@@ -331,6 +335,7 @@ impl Server {
             shared,
             engine,
             sinks,
+            peers,
             tls_source,
         })
     }
@@ -364,6 +369,7 @@ impl Server {
             shared,
             engine,
             sinks,
+            peers,
             ..
         } = self;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -382,9 +388,12 @@ impl Server {
         crate::cluster::start(
             &shared.config.cluster,
             &shared.config.data_dir,
-            shared.node_id.clone(),
-            sender.clone(),
-            shared.committed.clone(),
+            crate::cluster::Local {
+                node_id: shared.node_id.clone(),
+                engine: sender.clone(),
+                committed: shared.committed.clone(),
+                board: peers.clone(),
+            },
             &tracker,
             shutdown_rx.clone(),
         );

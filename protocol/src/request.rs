@@ -175,6 +175,11 @@ messages! {
             /// Which events.
             query: ReplayQuery,
         },
+        /// Ask how the broker's pulls from its peers are doing.
+        PEERS = 0x18, "peers" => Peers {
+            /// Request id.
+            req_id: u64,
+        },
     }
 }
 
@@ -231,6 +236,7 @@ impl Request {
             | Request::Subscribe { req_id, .. }
             | Request::Unsubscribe { req_id, .. }
             | Request::Status { req_id }
+            | Request::Peers { req_id }
             | Request::Replay { req_id, .. } => Some(*req_id),
             Request::Publish(p) | Request::PublishIfAbsent(p) => Some(p.req_id),
             Request::Delete(d) => Some(d.req_id),
@@ -250,6 +256,7 @@ impl Request {
             | Request::Subscribe { .. }
             | Request::Unsubscribe { .. }
             | Request::Status { .. }
+            | Request::Peers { .. }
             | Request::Replay { .. } => None,
         }
     }

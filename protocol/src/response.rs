@@ -7,7 +7,7 @@ use crate::error::{ErrorCode, ProtocolError};
 use crate::event::{Event, EventId, EventKind};
 use crate::frame::{begin_frame, end_frame};
 use crate::message::{messages, wire_struct, Wire};
-use crate::status::StatusReport;
+use crate::status::{PeersReport, StatusReport};
 use crate::topic::TopicRules;
 use crate::wire::{self, Reader};
 
@@ -378,6 +378,8 @@ messages! {
             /// Events delivered.
             count: u64,
         },
+        /// Answer to a peers request.
+        PEERS = 0x99, "peers" => Peers(PeersReport),
         /// An error.
         ERROR = 0xff, "error" => Error(ErrorFrame),
     }

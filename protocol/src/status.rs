@@ -54,3 +54,45 @@ wire_struct! {
 
 /// Most sinks a report is decoded with (counts above are malformed).
 const MAX_SINKS: usize = 4096;
+
+wire_struct! {
+    /// One pull from a peer (a peer and one replicated prefix), as a
+    /// `peers` answer shows it (docs/cluster.md).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    nested "peer"
+    pub struct PeerStatus {
+        /// The address this node dials.
+        pub address: String,
+        /// The prefix pulled.
+        pub prefix: String,
+        /// `connecting`, `catching-up` (history before the peer's
+        /// `synced`), `live` or `retrying`.
+        pub state: String,
+        /// The peer's iteration up to which everything is applied and
+        /// committed here: where the pull resumes.
+        pub cursor: u64,
+        /// The highest iteration of the peer this node has heard of.
+        pub peer_iteration: u64,
+        /// Events the peer sent that were new here since the broker started.
+        pub applied: u64,
+        /// Events refused (clock skew, topic limit) since the broker started.
+        pub refused: u64,
+        /// The last error, if any.
+        pub last_error: Option<String>,
+    }
+}
+
+wire_struct! {
+    /// The broker's answer to a peers request.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    inline "peers"
+    pub struct PeersReport {
+        /// Request id.
+        pub req_id: u64,
+        /// Every pull.
+        pub peers: Vec<PeerStatus> as List<PeerStatus, MAX_PEERS>,
+    }
+}
+
+/// Most pulls a peers answer is decoded with.
+const MAX_PEERS: usize = 4096;

@@ -166,6 +166,14 @@ async fn a_cut_link_and_a_restarted_node_resume_from_the_cursor_exactly_once() {
         .open
         .store(false, std::sync::atomic::Ordering::SeqCst);
     pair.to_a.cut();
+    let b_first = pair.b.client().await;
+    let down = eventually("B to report the pull retrying", || async {
+        let peers = b_first.peers().await.ok()?.peers;
+        peers.into_iter().find(|p| p.state == "retrying")
+    })
+    .await;
+    assert!(down.last_error.is_some(), "{down:?}");
+    drop(b_first);
     let mut want = HashMap::new();
     let mut last = 0;
     for i in 0..200 {
@@ -202,7 +210,7 @@ async fn a_cut_link_and_a_restarted_node_resume_from_the_cursor_exactly_once() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), after.len());
-    // And its cursor for A reaches A's last write.
+    // And its cursor for A reaches A's last write, on disk and in status.
     let cursor = b.dir.path().join("peers");
     eventually("B's cursor for A to reach A's last write", || async {
         let file = std::fs::read_dir(&cursor).ok()?.next()?.ok()?.path();
@@ -210,6 +218,20 @@ async fn a_cut_link_and_a_restarted_node_resume_from_the_cursor_exactly_once() {
         (at >= last).then_some(())
     })
     .await;
+    let peer = eventually("B to report the pull live", || async {
+        let peers = b_client.peers().await.ok()?.peers;
+        peers
+            .into_iter()
+            .find(|p| p.state == "live" && p.cursor >= last)
+    })
+    .await;
+    assert_eq!(peer.address, to_a.addr.to_string());
+    assert!(peer.applied >= 200, "{peer:?}");
+    let out = support::cli(&b, &["status", "--json"], None);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["peers"][0]["state"], "live", "{v}");
+    assert_eq!(v["peers"][0]["lag_events"], 0, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

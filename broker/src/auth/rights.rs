@@ -144,7 +144,8 @@ pub fn authorize(rights: Option<&Rights>, request: &Request) -> Result<(), Strin
         | Request::PublishIfAbsent(_)
         | Request::Delete(_)
         | Request::Unsubscribe { .. }
-        | Request::Status { .. } => Ok(()),
+        | Request::Status { .. }
+        | Request::Peers { .. } => Ok(()),
     }
 }
 

@@ -3,6 +3,7 @@
 //! subscription per replicated prefix from a durable cursor, and applies
 //! what it receives through the engine's conflict rule.
 
+pub(crate) mod board;
 mod cursor;
 mod puller;
 
@@ -101,14 +102,22 @@ fn peer_token(secret: &str, node_id: &str) -> Option<String> {
     }
 }
 
+/// What a puller needs of its own node.
+#[derive(Clone)]
+pub(crate) struct Local {
+    pub node_id: Arc<str>,
+    pub engine: mpsc::Sender<Command>,
+    /// Where the log is committed up to: a batch's cursor is written after.
+    pub committed: Arc<Committed>,
+    pub board: Arc<board::PeerBoard>,
+}
+
 /// Starts one puller per (peer, replicated prefix) on `tracker`; they end
 /// when `shutdown` turns true.
 pub(crate) fn start(
     config: &ClusterConfig,
     data_dir: &std::path::Path,
-    node_id: Arc<str>,
-    engine: mpsc::Sender<Command>,
-    committed: Arc<Committed>,
+    local: Local,
     tracker: &TaskTracker,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -118,14 +127,13 @@ pub(crate) fn start(
     for address in &config.peers {
         for prefix in &config.replicate {
             let puller = puller::Puller {
+                entry: local.board.add(address, prefix.as_str()),
                 address: address.clone(),
                 prefix: prefix.clone(),
                 cursor: cursor::Cursor::new(data_dir, address, prefix),
                 ca: config.peer_ca.clone(),
                 secret: secret.clone(),
-                node_id: node_id.clone(),
-                engine: engine.clone(),
-                committed: committed.clone(),
+                local: local.clone(),
             };
             tracker.spawn(puller.run(shutdown.clone()));
         }

@@ -2,17 +2,15 @@
 //! applied in batches, the cursor recorded once the batch is committed.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use spread_client::{Client, ClientConfig, Item, Subscription};
 use spread_protocol::{Event, Topic};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::cursor::Cursor;
 use crate::engine::Command;
-use crate::log::committed::Committed;
 
 /// Events handed to the engine at once, at most.
 const BATCH: usize = 4096;
@@ -22,14 +20,14 @@ const BATCH: usize = 4096;
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct Puller {
+    /// This pull's entry on the board.
+    pub entry: usize,
     pub address: String,
     pub prefix: Topic,
     pub cursor: Cursor,
     pub ca: PathBuf,
     pub secret: String,
-    pub node_id: Arc<str>,
-    pub engine: mpsc::Sender<Command>,
-    pub committed: Arc<Committed>,
+    pub local: super::Local,
 }
 
 /// Why a pull stopped (it starts again, from the cursor, unless the broker
@@ -57,11 +55,18 @@ impl Puller {
             };
             match attempt {
                 Err(PullError::EngineGone) => return,
-                Err(e) => tracing::warn!(
-                    peer = %self.address,
-                    prefix = self.prefix.as_str(),
-                    "replication interrupted: {e}; retrying in {backoff:?}"
-                ),
+                Err(e) => {
+                    tracing::warn!(
+                        peer = %self.address,
+                        prefix = self.prefix.as_str(),
+                        "replication interrupted: {e}; retrying in {backoff:?}"
+                    );
+                    let error = e.to_string();
+                    self.local.board.update(self.entry, |p| {
+                        p.state = "retrying".into();
+                        p.last_error = Some(error);
+                    });
+                }
                 Ok(()) => {}
             }
             tokio::select! {
@@ -73,18 +78,19 @@ impl Puller {
     }
 
     async fn pull(&self) -> Result<(), PullError> {
-        let (secret, node) = (self.secret.clone(), self.node_id.clone());
+        let (secret, node) = (self.secret.clone(), self.local.node_id.clone());
         let config = ClientConfig::new(self.address.clone())
             .ca_file(&self.ca)
             .token_refresher(move || super::peer_token(&secret, &node));
         let config = ClientConfig {
-            client_name: format!("spread-peer/{}", self.node_id),
+            client_name: format!("spread-peer/{}", self.local.node_id),
             max_backoff: MAX_BACKOFF,
             min_backoff: Duration::from_millis(20),
             ..config
         };
-        let client = Client::connect(config).await?;
         let after = self.cursor.load()?;
+        self.local.board.update(self.entry, |p| p.cursor = after);
+        let client = Client::connect(config).await?;
         let mut sub = client
             .subscribe_history(self.prefix.as_str(), after)
             .await?;
@@ -94,14 +100,42 @@ impl Puller {
             after,
             "replicating from peer"
         );
+        self.local
+            .board
+            .update(self.entry, |p| p.state = "catching-up".into());
         let mut state = Progress {
             last: after,
             snapshot: false,
+            synced: false,
+            connected: true,
         };
         let mut batch = Vec::new();
+        // The SDK reconnects and resumes by itself; the board says so.
+        let mut connection = client.connection_state();
         loop {
             // Wait for one item, then take what is already there.
-            let Some(item) = sub.next_item().await else {
+            let item = tokio::select! {
+                item = sub.next_item() => item,
+                changed = connection.changed() => {
+                    if changed.is_err() {
+                        return Err(PullError::Ended);
+                    }
+                    let up = *connection.borrow_and_update();
+                    // After a reconnection the peer says `synced` again.
+                    state.connected = up;
+                    state.synced = false;
+                    self.local.board.update(self.entry, |p| {
+                        if up {
+                            p.state = "catching-up".into();
+                        } else {
+                            p.state = "retrying".into();
+                            p.last_error = Some("lost the connection to the peer; reconnecting".into());
+                        }
+                    });
+                    continue;
+                }
+            };
+            let Some(item) = item else {
                 return Err(PullError::Ended);
             };
             state.take(item?, &mut batch);
@@ -120,18 +154,23 @@ impl Puller {
     async fn apply(&self, events: Vec<Event>, state: &Progress) -> Result<(), PullError> {
         let (reply, applied) = oneshot::channel();
         if !events.is_empty() {
-            self.engine
+            self.local
+                .engine
                 .send(Command::ApplyRemote { events, reply })
                 .await
                 .map_err(|_| PullError::EngineGone)?;
             let applied = applied.await.map_err(|_| PullError::EngineGone)?;
+            self.local.board.update(self.entry, |p| {
+                p.applied += applied.new;
+                p.refused += applied.refused;
+            });
             tracing::debug!(
                 peer = %self.address,
                 new = applied.new,
                 refused = applied.refused,
                 "applied a batch from a peer"
             );
-            let committed = self.committed.clone();
+            let committed = self.local.committed.clone();
             let target = applied.iteration;
             // The committed iteration moves once per engine round.
             tokio::task::spawn_blocking(move || {
@@ -148,6 +187,15 @@ impl Puller {
         if !state.snapshot {
             self.cursor.store(state.last)?;
         }
+        self.local.board.update(self.entry, |p| {
+            if !state.snapshot {
+                p.cursor = state.last;
+            }
+            p.peer_iteration = p.peer_iteration.max(state.last);
+            if state.synced && state.connected {
+                p.state = "live".into();
+            }
+        });
         Ok(())
     }
 }
@@ -158,6 +206,12 @@ struct Progress {
     last: u64,
     /// Between a `truncated` marker and the end of the snapshot after it.
     snapshot: bool,
+    /// The peer said `synced` on the current connection: what follows is
+    /// live.
+    synced: bool,
+    /// Whether the SDK's connection is up (items received before it went
+    /// down may still be applied after).
+    connected: bool,
 }
 
 impl Progress {
@@ -178,6 +232,7 @@ impl Progress {
             }
             Item::Synced { iteration } => {
                 self.snapshot = false;
+                self.synced = true;
                 self.last = self.last.max(iteration);
             }
             // History subscriptions are never conflated.

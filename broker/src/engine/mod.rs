@@ -154,6 +154,8 @@ struct Subscriber {
 pub struct Services {
     /// Sink status, and how much history sinks still need.
     pub sinks: Arc<SinkBoard>,
+    /// How the pulls from peers are doing.
+    pub peers: Arc<crate::cluster::board::PeerBoard>,
     /// Where replays are served from.
     pub replay: Option<Arc<ReplaySource>>,
     /// This node's id.
@@ -209,6 +211,7 @@ impl EngineHandle {
     ) -> Result<(Self, Recovery), EngineError> {
         let Services {
             sinks,
+            peers,
             replay,
             node_id,
             limits,
@@ -273,6 +276,7 @@ impl EngineHandle {
             },
             snapshots: snapshot::Snapshots::default(),
             sinks,
+            peers,
             replay,
             node_id,
             max_subscriptions: limits.subscriptions,
@@ -358,6 +362,8 @@ struct Engine {
     snapshots: snapshot::Snapshots,
     /// Sink status, and how much history they still need.
     sinks: Arc<SinkBoard>,
+    /// The pulls' status, for peers requests.
+    peers: Arc<crate::cluster::board::PeerBoard>,
     /// This node's id, for status reports.
     node_id: Arc<str>,
     /// Where replays are served from.
@@ -541,6 +547,17 @@ impl Engine {
                     }
                 }
                 self.answer(conn, Response::Status(report));
+            }
+            Request::Peers { req_id } => {
+                let mut peers = self.peers.report();
+                if conn.rights.is_some() {
+                    // Errors may name hosts and files: for operators.
+                    for peer in &mut peers {
+                        peer.last_error = None;
+                    }
+                }
+                let report = spread_protocol::PeersReport { req_id, peers };
+                self.answer(conn, Response::Peers(report));
             }
             Request::Replay { req_id, query } => match &self.replay {
                 // The archive is read on the read pool, never here.

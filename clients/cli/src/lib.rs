@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use base64::Engine as _;
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
-use spread_client::{Client, ClientConfig, Event, Item, Outcome, StatusReport};
+use spread_client::{Client, ClientConfig, Event, Item, Outcome, PeerStatus, StatusReport};
 
 mod replay;
 mod tail;
@@ -395,14 +395,56 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(_) => bail!("spread token does not connect to a broker"),
         Command::Status { json } => {
             let report = client.status().await?;
-            print_status(&mut out, &report, json)?;
+            // Brokers before the cluster do not know the request (it is the
+            // last one sent on this connection).
+            let peers = client.peers().await.map(|p| p.peers).unwrap_or_default();
+            print_status(&mut out, &report, &peers, json)?;
         }
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::Result<()> {
+/// The pulls from peers, as a table (nothing for a node without peers).
+fn print_peers(out: &mut impl Write, peers: &[PeerStatus]) -> anyhow::Result<()> {
+    if peers.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<24} {:<16} {:<12} {:>20} {:>10} {:>10} {:>8}",
+        "PEER", "PREFIX", "STATE", "CURSOR", "LAG", "APPLIED", "REFUSED"
+    )?;
+    for p in peers {
+        let prefix = if p.prefix.is_empty() {
+            "(all)"
+        } else {
+            &p.prefix
+        };
+        writeln!(
+            out,
+            "{:<24} {:<16} {:<12} {:>20} {:>10} {:>10} {:>8}",
+            p.address,
+            prefix,
+            p.state,
+            p.cursor,
+            p.peer_iteration.saturating_sub(p.cursor),
+            p.applied,
+            p.refused
+        )?;
+        if let Some(e) = &p.last_error {
+            writeln!(out, "{:<24} last error: {e}", "")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_status(
+    out: &mut impl Write,
+    r: &StatusReport,
+    peers: &[PeerStatus],
+    json: bool,
+) -> anyhow::Result<()> {
     if json {
         let sinks: Vec<serde_json::Value> = r
             .sinks
@@ -428,6 +470,17 @@ fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::R
             "committed": r.committed,
             "retained_from": r.retained_from,
             "sinks": sinks,
+            "peers": peers.iter().map(|p| serde_json::json!({
+                "address": p.address,
+                "prefix": p.prefix,
+                "state": p.state,
+                "cursor": p.cursor,
+                "peer_iteration": p.peer_iteration,
+                "lag_events": p.peer_iteration.saturating_sub(p.cursor),
+                "applied": p.applied,
+                "refused": p.refused,
+                "last_error": p.last_error,
+            })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
         return Ok(());
@@ -442,6 +495,7 @@ fn print_status(out: &mut impl Write, r: &StatusReport, json: bool) -> anyhow::R
         Some(it) => writeln!(out, "log from   iteration {it}")?,
         None => writeln!(out, "log from   the beginning")?,
     }
+    print_peers(out, peers)?;
     if r.sinks.is_empty() {
         writeln!(out, "sinks      none configured")?;
         return Ok(());

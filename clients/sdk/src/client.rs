@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spread_protocol::{
-    Delete, Event, EventId, Outcome, Publish, Request, Response, StatusReport, SubscribeMode, Topic,
+    Delete, Event, EventId, Outcome, PeersReport, Publish, Request, Response, StatusReport,
+    SubscribeMode, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -293,6 +294,19 @@ impl Client {
         {
             Response::Status(report) => Ok(report),
             _ => Err(Error::Unexpected("expected a status report")),
+        }
+    }
+
+    /// How the broker's pulls from its peers are doing (docs/cluster.md).
+    pub async fn peers(&self) -> Result<PeersReport, Error> {
+        match self
+            .call(Request::Peers {
+                req_id: self.shared.next_id(),
+            })
+            .await?
+        {
+            Response::Peers(report) => Ok(report),
+            _ => Err(Error::Unexpected("expected a peers report")),
         }
     }
 }

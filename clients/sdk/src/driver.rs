@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use spread_protocol::{
-    ClientCodec, ErrorFrame, Hello, Request, Response, StatusReport, SubscribeMode, Topic,
-    TopicRules, PROTOCOL_VERSION,
+    ClientCodec, ErrorFrame, Hello, PeersReport, Request, Response, StatusReport, SubscribeMode,
+    Topic, TopicRules, PROTOCOL_VERSION,
 };
 use std::collections::HashMap;
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
@@ -403,7 +403,8 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
         | Response::Value { req_id, .. }
         | Response::Pong { req_id }
         | Response::Unsubscribed { req_id }
-        | Response::Status(StatusReport { req_id, .. }) => {
+        | Response::Status(StatusReport { req_id, .. })
+        | Response::Peers(PeersReport { req_id, .. }) => {
             if let Some(tx) = shared.pending.lock().remove(&req_id) {
                 let _ = tx.send(Ok(resp));
             }

@@ -39,7 +39,8 @@ pub use config::{ClientConfig, Trust};
 pub use error::Error;
 pub use replay::{Replay, ReplayStream};
 pub use spread_protocol::{
-    ErrorCode, Event, EventId, EventKind, Outcome, PublishStatus, SinkStatus, StatusReport, Summary,
+    ErrorCode, Event, EventId, EventKind, Outcome, PeerStatus, PeersReport, PublishStatus,
+    SinkStatus, StatusReport, Summary,
 };
 pub use subscription::{Item, Subscription};
 
