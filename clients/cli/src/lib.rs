@@ -34,7 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 struct ConnArgs {
-    /// Broker address.
+    /// Broker address; several, comma-separated, are brokers of one
+    /// cluster tried in order (the client fails over between them).
     #[arg(
         long,
         global = true,
@@ -213,7 +214,14 @@ pub fn run() -> ExitCode {
 }
 
 fn client_config(args: &ConnArgs) -> ClientConfig {
-    let mut cfg = ClientConfig::new(args.server.clone());
+    // `--server a,b,c`: brokers of one cluster, the first preferred.
+    let servers: Vec<&str> = args
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut cfg = ClientConfig::new(args.server.clone()).servers(servers);
     cfg.client_name = format!("spread-cli/{}", env!("CARGO_PKG_VERSION"));
     // One-shot commands fail fast instead of retrying; `sub` reconnects.
     cfg.token = args.token.clone();

@@ -230,6 +230,7 @@ impl Client {
                 prefix: prefix.clone(),
                 mode,
                 last: since,
+                seen: (!self.shared.config.failover.is_empty()).then(Default::default),
                 tx,
             },
         );

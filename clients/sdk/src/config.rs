@@ -24,6 +24,9 @@ pub type TokenRefresher = std::sync::Arc<dyn Fn() -> Option<String> + Send + Syn
 pub struct ClientConfig {
     /// `host:port` of the broker.
     pub server: String,
+    /// Other brokers of the same cluster, tried in order after `server`
+    /// when it cannot be reached (see [`ClientConfig::servers`]).
+    pub failover: Vec<String>,
     /// Name to verify in the certificate (default: the host of `server`).
     pub server_name: Option<String>,
     /// Trusted certificates.
@@ -78,6 +81,7 @@ impl ClientConfig {
     pub fn new(server: impl Into<String>) -> Self {
         ClientConfig {
             server: server.into(),
+            failover: Vec::new(),
             server_name: None,
             trust: Trust::System,
             token: None,
@@ -92,6 +96,26 @@ impl ClientConfig {
             keepalive: Some(Duration::from_secs(30)),
             topic_rules: spread_protocol::TopicRules::default(),
         }
+    }
+
+    /// Brokers of one cluster (docs/cluster.md), the first preferred. The
+    /// client connects to one and, when it is lost, to the next that
+    /// answers. A subscription resumes on another node from the latest
+    /// values and delivers only events later (in the conflict order) than
+    /// what it delivered for their topic: no duplicate, never backwards.
+    /// Iterations are per node: compare them only within one node.
+    pub fn servers<S: Into<String>>(mut self, servers: impl IntoIterator<Item = S>) -> Self {
+        let mut all = servers.into_iter().map(Into::into);
+        if let Some(first) = all.next() {
+            self.server = first;
+        }
+        self.failover = all.collect();
+        self
+    }
+
+    /// `server`, then the failover brokers.
+    pub(crate) fn candidates(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.server.as_str()).chain(self.failover.iter().map(String::as_str))
     }
 
     /// Trusts the CA certificates in `path`.
@@ -134,16 +158,15 @@ impl ClientConfig {
             None => self.token.clone(),
         }
     }
+}
 
-    /// The host part of `server` (without brackets for IPv6).
-    pub(crate) fn host(&self) -> &str {
-        let s = self.server.as_str();
-        let host = match s.rfind(':') {
-            Some(i) if !s[..i].contains(':') || s.starts_with('[') => &s[..i],
-            _ => s,
-        };
-        host.trim_start_matches('[').trim_end_matches(']')
-    }
+/// The host part of `host:port` (without brackets for IPv6).
+pub(crate) fn host_of(s: &str) -> &str {
+    let host = match s.rfind(':') {
+        Some(i) if !s[..i].contains(':') || s.starts_with('[') => &s[..i],
+        _ => s,
+    };
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]
@@ -152,8 +175,17 @@ mod tests {
 
     #[test]
     fn host_of_server() {
-        assert_eq!(ClientConfig::new("localhost:7411").host(), "localhost");
-        assert_eq!(ClientConfig::new("127.0.0.1:7411").host(), "127.0.0.1");
-        assert_eq!(ClientConfig::new("[::1]:7411").host(), "::1");
+        assert_eq!(host_of("localhost:7411"), "localhost");
+        assert_eq!(host_of("127.0.0.1:7411"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7411"), "::1");
+    }
+
+    #[test]
+    fn servers_are_the_first_then_the_failover_ones() {
+        let c = ClientConfig::new("unused:1").servers(["a:1", "b:2", "c:3"]);
+        assert_eq!(c.server, "a:1");
+        assert_eq!(c.candidates().collect::<Vec<_>>(), ["a:1", "b:2", "c:3"]);
+        let one = ClientConfig::new("x:1");
+        assert_eq!(one.candidates().collect::<Vec<_>>(), ["x:1"]);
     }
 }

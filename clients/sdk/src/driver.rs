@@ -2,10 +2,10 @@
 //! writer, routes answers and deliveries, and reconnects with backoff,
 //! resuming every subscription from the last iteration it delivered.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use spread_protocol::{
@@ -34,8 +34,15 @@ pub(crate) struct SubState {
     pub mode: SubscribeMode,
     /// Last iteration handed to the application; resume point.
     pub last: u64,
+    /// With failover brokers: the conflict-order key of the last event
+    /// delivered per topic, so that a resume on another node (whose
+    /// iterations mean nothing here) delivers nothing older or equal.
+    pub seen: Option<HashMap<String, OrderKeyOwned>>,
     pub tx: mpsc::Sender<Result<Item, Error>>,
 }
+
+/// An event's place in the conflict order (timestamp, origin, id), owned.
+pub(crate) type OrderKeyOwned = (u64, Bytes, spread_protocol::EventId);
 
 /// Bytes waiting to be written, and whether a connection is up.
 pub(crate) struct Out {
@@ -56,6 +63,11 @@ pub(crate) struct Shared {
     /// Running replays, by request id.
     pub replays: Mutex<HashMap<u64, mpsc::Sender<Result<ReplayItem, Error>>>>,
     pub node_id: Mutex<String>,
+    /// Index in the candidates of the broker last connected to.
+    current: AtomicUsize,
+    /// The last connection reached another node than the one before:
+    /// subscriptions resume from the latest values, not an iteration.
+    moved: AtomicBool,
     pub shutdown: watch::Sender<bool>,
     /// Whether a connection is up; observers await changes.
     pub state: watch::Sender<bool>,
@@ -77,6 +89,8 @@ impl Shared {
             subs: Mutex::new(HashMap::new()),
             replays: Mutex::new(HashMap::new()),
             node_id: Mutex::new(String::new()),
+            current: AtomicUsize::new(0),
+            moved: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
             state: watch::channel(false).0,
         }
@@ -153,7 +167,14 @@ impl Shared {
         let mut out = self.out.lock();
         out.connected = true;
         out.buf.clear();
-        for (id, sub) in self.subs.lock().iter() {
+        let moved = self.moved.swap(false, Ordering::AcqRel);
+        for (id, sub) in self.subs.lock().iter_mut() {
+            if moved {
+                // Everything after iteration 1 of the new node: the latest
+                // value of every topic, deletes included (a snapshot since
+                // 0 would leave them out).
+                sub.last = 1;
+            }
             Request::Subscribe {
                 req_id: *id,
                 prefix: sub.prefix.clone(),
@@ -168,21 +189,40 @@ impl Shared {
     }
 }
 
-/// Connects, handshakes and returns the split stream.
+/// Connects to the first broker that answers, from the one last used on,
+/// handshakes and returns the split stream.
 pub(crate) async fn establish(shared: &Shared) -> Result<(Reader, Writer), Error> {
+    let candidates: Vec<&str> = shared.config.candidates().collect();
+    let start = shared.current.load(Ordering::Acquire);
+    let mut last = None;
+    for k in 0..candidates.len() {
+        let i = (start + k) % candidates.len();
+        match establish_with(shared, candidates[i]).await {
+            Ok(conn) => {
+                shared.current.store(i, Ordering::Release);
+                return Ok(conn);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(Error::Unexpected("no broker to connect to")))
+}
+
+/// Connects to `server` and handshakes.
+async fn establish_with(shared: &Shared, server: &str) -> Result<(Reader, Writer), Error> {
     let cfg = &shared.config;
     let fut = async {
-        let tcp = TcpStream::connect(&cfg.server)
+        let tcp = TcpStream::connect(server)
             .await
             .map_err(|source| Error::Connect {
-                addr: cfg.server.clone(),
+                addr: server.to_owned(),
                 source,
             })?;
         let _ = tcp.set_nodelay(true);
         let name = cfg
             .server_name
             .clone()
-            .unwrap_or_else(|| cfg.host().to_string());
+            .unwrap_or_else(|| crate::config::host_of(server).to_string());
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|_| Error::Tls(format!("invalid server name {name:?}")))?;
         let tls = shared
@@ -199,17 +239,20 @@ pub(crate) async fn establish(shared: &Shared) -> Result<(Reader, Writer), Error
         })
         .encode(&mut buf);
         wr.write_all(&buf).await.map_err(|source| Error::Connect {
-            addr: cfg.server.clone(),
+            addr: server.to_owned(),
             source,
         })?;
         wr.flush().await.map_err(|source| Error::Connect {
-            addr: cfg.server.clone(),
+            addr: server.to_owned(),
             source,
         })?;
         let mut framed = FramedRead::with_capacity(rd, ClientCodec::default(), 64 * 1024);
         match framed.next().await {
             Some(Ok(Response::Welcome { node_id, .. })) => {
-                *shared.node_id.lock() = node_id;
+                let previous = std::mem::replace(&mut *shared.node_id.lock(), node_id.clone());
+                if !previous.is_empty() && previous != node_id {
+                    shared.moved.store(true, Ordering::Release);
+                }
                 Ok((framed, wr))
             }
             Some(Ok(Response::Error(e))) => Err(Error::Server {
@@ -219,7 +262,7 @@ pub(crate) async fn establish(shared: &Shared) -> Result<(Reader, Writer), Error
             Some(Ok(_)) => Err(Error::Unexpected("expected welcome")),
             Some(Err(e)) => Err(e.into()),
             None => Err(Error::Connect {
-                addr: cfg.server.clone(),
+                addr: server.to_owned(),
                 source: std::io::ErrorKind::UnexpectedEof.into(),
             }),
         }
@@ -357,6 +400,17 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
             // below the resume point was delivered already.
             if event.iteration() <= sub.last {
                 return Ok(());
+            }
+            if let Some(seen) = &mut sub.seen {
+                let key = (event.timestamp(), event.origin_bytes(), event.id());
+                match seen.get_mut(event.topic()) {
+                    // Delivered already, or older than what was.
+                    Some(prev) if *prev >= key => return Ok(()),
+                    Some(prev) => *prev = key,
+                    None => {
+                        seen.insert(event.topic().to_owned(), key);
+                    }
+                }
             }
             sub.last = event.iteration();
             (sub_id, Item::Event(event))
