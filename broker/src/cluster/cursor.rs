@@ -1,8 +1,21 @@
-//! A puller's resume point: the last iteration of the peer whose events
-//! are committed in this node's log, kept in `<data-dir>/peers/` as a
-//! durable file per (peer, prefix).
+//! A puller's resume point: the peer's iteration up to which its events
+//! are committed in this node's log, and the id of the event at that
+//! iteration when there is one (so that a peer whose history changed under
+//! the cursor, a node restored from an older copy, is recognised). Kept in
+//! `<data-dir>/peers/` as a durable file per (peer, prefix): `ITERATION`
+//! or `ITERATION ID` (the id in hex).
 
 use std::path::{Path, PathBuf};
+
+use spread_protocol::EventId;
+
+/// Where a pull resumes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub iteration: u64,
+    /// The event the peer numbered `iteration`, if the position is one.
+    pub id: Option<EventId>,
+}
 
 /// One durable cursor.
 pub(crate) struct Cursor {
@@ -30,18 +43,46 @@ impl Cursor {
         }
     }
 
-    /// The iteration to resume after (0 the first time).
-    pub(crate) fn load(&self) -> std::io::Result<u64> {
-        Ok(crate::durable::read_u64(&self.path)?.unwrap_or(0))
+    /// The position to resume from (the start the first time; a file
+    /// that does not parse, which only a hand edit makes, also reads as
+    /// the start: the pull then re-applies what it has, harmlessly).
+    pub(crate) fn load(&self) -> std::io::Result<Position> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Position::default()),
+            Err(e) => return Err(e),
+        };
+        let mut parts = text.split_whitespace();
+        let Some(iteration) = parts.next().and_then(|n| n.parse().ok()) else {
+            return Ok(Position::default());
+        };
+        let id = parts.next().and_then(parse_id);
+        Ok(Position { iteration, id })
     }
 
-    /// Records `iteration` durably.
-    pub(crate) fn store(&self, iteration: u64) -> std::io::Result<()> {
+    /// Records `position` durably.
+    pub(crate) fn store(&self, position: Position) -> std::io::Result<()> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        crate::durable::write_u64(&self.path, iteration).map_err(|f| f.source)
+        let text = match position.id {
+            Some(id) => format!("{} {id}\n", position.iteration),
+            None => format!("{}\n", position.iteration),
+        };
+        crate::durable::write(&self.path, text.as_bytes(), 0o600).map_err(|f| f.source)
     }
+}
+
+/// An event id written as 32 hex digits.
+fn parse_id(hex: &str) -> Option<EventId> {
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(EventId(id))
 }
 
 #[cfg(test)]
@@ -53,15 +94,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let prefix = spread_protocol::Topic::prefix("site/7", &Default::default()).unwrap();
         let cursor = Cursor::new(dir.path(), "10.0.0.1:7411", &prefix);
-        assert_eq!(cursor.load().unwrap(), 0);
-        cursor.store(42).unwrap();
+        assert_eq!(cursor.load().unwrap(), Position::default());
+        let at = Position {
+            iteration: 42,
+            id: Some(EventId([0xa5; 16])),
+        };
+        cursor.store(at).unwrap();
         assert_eq!(
             Cursor::new(dir.path(), "10.0.0.1:7411", &prefix)
                 .load()
                 .unwrap(),
-            42
+            at
         );
+        let bare = Position {
+            iteration: 7,
+            id: None,
+        };
+        cursor.store(bare).unwrap();
+        assert_eq!(cursor.load().unwrap(), bare);
         let other = Cursor::new(dir.path(), "10.0.0.2:7411", &prefix);
-        assert_eq!(other.load().unwrap(), 0, "one cursor per peer");
+        assert_eq!(
+            other.load().unwrap(),
+            Position::default(),
+            "one cursor per peer"
+        );
     }
 }

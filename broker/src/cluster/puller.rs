@@ -9,7 +9,7 @@ use spread_client::{Client, ClientConfig, Item, Subscription};
 use spread_protocol::{Event, Topic};
 use tokio::sync::{oneshot, watch};
 
-use super::cursor::Cursor;
+use super::cursor::{Cursor, Position};
 use crate::engine::Command;
 
 /// Events handed to the engine at once, at most.
@@ -84,31 +84,33 @@ impl Puller {
             .token_refresher(move || super::peer_token(&secret, &node));
         let config = ClientConfig {
             client_name: format!("spread-peer/{}", self.local.node_id),
-            max_backoff: MAX_BACKOFF,
-            min_backoff: Duration::from_millis(20),
+            // Each connection checks the cursor against the peer's history
+            // (see `resume`): reconnections are this loop's, not the SDK's.
+            reconnect: false,
             ..config
         };
-        let after = self.cursor.load()?;
-        self.local.board.update(self.entry, |p| p.cursor = after);
+        let at = self.cursor.load()?;
+        self.local
+            .board
+            .update(self.entry, |p| p.cursor = at.iteration);
         let client = Client::connect(config).await?;
-        let mut sub = client
-            .subscribe_history(self.prefix.as_str(), after)
-            .await?;
+        let mut state = Progress {
+            last: at.iteration,
+            last_id: at.id,
+            snapshot: false,
+            synced: false,
+            connected: true,
+        };
+        let mut sub = self.resume(&client, at, &mut state).await?;
         tracing::info!(
             peer = %self.address,
             prefix = self.prefix.as_str(),
-            after,
+            after = state.last,
             "replicating from peer"
         );
         self.local
             .board
             .update(self.entry, |p| p.state = "catching-up".into());
-        let mut state = Progress {
-            last: after,
-            snapshot: false,
-            synced: false,
-            connected: true,
-        };
         let mut batch = Vec::new();
         // The SDK reconnects and resumes by itself; the board says so.
         let mut connection = client.connection_state();
@@ -149,6 +151,51 @@ impl Puller {
         }
     }
 
+    /// Subscribes after the cursor. When the cursor names an event, the
+    /// subscription starts one iteration before it and the peer's first
+    /// event must be that one: otherwise the peer's history changed under
+    /// the cursor (it was restored from an older copy, or its log reset,
+    /// and it may have numbered other events the same), and the pull takes
+    /// the peer's whole history again, which the conflict rule makes
+    /// harmless.
+    async fn resume(
+        &self,
+        client: &Client,
+        at: Position,
+        state: &mut Progress,
+    ) -> Result<Subscription, PullError> {
+        let prefix = self.prefix.as_str();
+        let Some(id) = at.id.filter(|_| at.iteration > 0) else {
+            return Ok(client.subscribe_history(prefix, at.iteration).await?);
+        };
+        let mut sub = client.subscribe_history(prefix, at.iteration - 1).await?;
+        match sub.next_item().await {
+            Some(Ok(Item::Event(e))) if e.iteration() == at.iteration && e.id() == id => Ok(sub),
+            // History gone: the peer's full state follows, as a reset would.
+            Some(Ok(item @ Item::Truncated { .. })) => {
+                state.take(item, &mut Vec::new());
+                Ok(sub)
+            }
+            Some(Err(e)) => Err(e.into()),
+            None => Err(PullError::Ended),
+            Some(Ok(_)) => {
+                tracing::warn!(
+                    peer = %self.address,
+                    prefix,
+                    cursor = at.iteration,
+                    "the peer's history differs from what this node applied (restored or reset?): pulling all of it again"
+                );
+                drop(sub);
+                *state = Progress {
+                    last: 0,
+                    last_id: None,
+                    ..*state
+                };
+                Ok(client.subscribe_history(prefix, 0).await?)
+            }
+        }
+    }
+
     /// Applies `events`, waits until the log holds them durably, then
     /// records how far the peer's history is applied.
     async fn apply(&self, events: Vec<Event>, state: &Progress) -> Result<(), PullError> {
@@ -185,7 +232,10 @@ impl Puller {
         // During a snapshot (history the peer no longer has) the events
         // come in no order: the cursor moves only when it completes.
         if !state.snapshot {
-            self.cursor.store(state.last)?;
+            self.cursor.store(Position {
+                iteration: state.last,
+                id: state.last_id,
+            })?;
         }
         self.local.board.update(self.entry, |p| {
             if !state.snapshot {
@@ -201,9 +251,12 @@ impl Puller {
 }
 
 /// Where a pull is in the peer's history.
+#[derive(Clone, Copy)]
 struct Progress {
     /// The peer iteration everything up to which is in the batch or applied.
     last: u64,
+    /// The id of the event at `last`, when `last` is an event's.
+    last_id: Option<spread_protocol::EventId>,
     /// Between a `truncated` marker and the end of the snapshot after it.
     snapshot: bool,
     /// The peer said `synced` on the current connection: what follows is
@@ -218,8 +271,9 @@ impl Progress {
     fn take(&mut self, item: Item, batch: &mut Vec<Event>) {
         match item {
             Item::Event(event) => {
-                if !self.snapshot {
-                    self.last = self.last.max(event.iteration());
+                if !self.snapshot && event.iteration() > self.last {
+                    self.last = event.iteration();
+                    self.last_id = Some(event.id());
                 }
                 batch.push(event);
             }
@@ -231,9 +285,14 @@ impl Progress {
                 self.snapshot = true;
             }
             Item::Synced { iteration } => {
+                // After a snapshot (events in no order), the position is
+                // the iteration it covers, which names no event.
+                if self.snapshot {
+                    self.last = self.last.max(iteration);
+                    self.last_id = None;
+                }
                 self.snapshot = false;
                 self.synced = true;
-                self.last = self.last.max(iteration);
             }
             // History subscriptions are never conflated.
             Item::Conflated { .. } => {}
