@@ -2,7 +2,7 @@
 //! applied in batches, the cursor recorded once the batch is committed.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use spread_client::{Client, ClientConfig, Item, Subscription};
@@ -11,6 +11,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::cursor::{Cursor, Position};
 use crate::engine::Command;
+
+/// How often a pull records its cursor while events flow.
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
 
 /// Events handed to the engine at once, at most.
 const BATCH: usize = 4096;
@@ -49,10 +52,11 @@ impl Puller {
     pub(crate) async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(50);
         loop {
-            let attempt = tokio::select! {
-                r = self.pull() => r,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
+            // The pull watches `shutdown` itself, to record its cursor.
+            let attempt = self.pull(shutdown.clone()).await;
+            if *shutdown.borrow() {
+                return;
+            }
             match attempt {
                 Err(PullError::EngineGone) => return,
                 Err(e) => {
@@ -77,7 +81,7 @@ impl Puller {
         }
     }
 
-    async fn pull(&self) -> Result<(), PullError> {
+    async fn pull(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PullError> {
         let (secret, node) = (self.secret.clone(), self.local.node_id.clone());
         let config = ClientConfig::new(self.address.clone())
             .ca_file(&self.ca)
@@ -93,7 +97,10 @@ impl Puller {
         self.local
             .board
             .update(self.entry, |p| p.cursor = at.iteration);
-        let client = Client::connect(config).await?;
+        let client = tokio::select! {
+            c = Client::connect(config) => c?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
         let mut state = Progress {
             last: at.iteration,
             last_id: at.id,
@@ -101,7 +108,10 @@ impl Puller {
             synced: false,
             connected: true,
         };
-        let mut sub = self.resume(&client, at, &mut state).await?;
+        let mut sub = tokio::select! {
+            s = self.resume(&client, at, &mut state) => s?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
         tracing::info!(
             peer = %self.address,
             prefix = self.prefix.as_str(),
@@ -112,43 +122,63 @@ impl Puller {
             .board
             .update(self.entry, |p| p.state = "catching-up".into());
         let mut batch = Vec::new();
-        // The SDK reconnects and resumes by itself; the board says so.
+        let mut pending = Pending {
+            queue: Default::default(),
+            stored: Instant::now(),
+        };
+        // A lost connection shows on the board at once (the subscription
+        // then ends, and `run` connects again through `resume`).
         let mut connection = client.connection_state();
-        loop {
-            // Wait for one item, then take what is already there.
-            let item = tokio::select! {
-                item = sub.next_item() => item,
-                changed = connection.changed() => {
-                    if changed.is_err() {
-                        return Err(PullError::Ended);
+        // However the pull ends, what the log committed is recorded.
+        let pulled: Result<(), PullError> = async {
+            loop {
+                // Wait for one item, then take what is already there.
+                let idle = CURSOR_EVERY.saturating_sub(pending.stored.elapsed());
+                let item = tokio::select! {
+                    item = sub.next_item() => item,
+                    // Quiet: record what the log committed meanwhile.
+                    _ = tokio::time::sleep(idle), if !pending.queue.is_empty() => {
+                        self.flush(&mut pending, true)?;
+                        continue;
                     }
-                    let up = *connection.borrow_and_update();
-                    // After a reconnection the peer says `synced` again.
-                    state.connected = up;
-                    state.synced = false;
-                    self.local.board.update(self.entry, |p| {
-                        if up {
-                            p.state = "catching-up".into();
-                        } else {
-                            p.state = "retrying".into();
-                            p.last_error = Some("lost the connection to the peer; reconnecting".into());
+                    _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                    changed = connection.changed() => {
+                        if changed.is_err() {
+                            return Err(PullError::Ended);
                         }
-                    });
-                    continue;
+                        let up = *connection.borrow_and_update();
+                        // After a reconnection the peer says `synced` again.
+                        state.connected = up;
+                        state.synced = false;
+                        self.local.board.update(self.entry, |p| {
+                            if up {
+                                p.state = "catching-up".into();
+                            } else {
+                                p.state = "retrying".into();
+                                p.last_error = Some("lost the connection to the peer".into());
+                            }
+                        });
+                        continue;
+                    }
+                };
+                let Some(item) = item else {
+                    return Err(PullError::Ended);
+                };
+                state.take(item?, &mut batch);
+                while batch.len() < BATCH {
+                    match next_ready(&mut sub) {
+                        Some(item) => state.take(item?, &mut batch),
+                        None => break,
+                    }
                 }
-            };
-            let Some(item) = item else {
-                return Err(PullError::Ended);
-            };
-            state.take(item?, &mut batch);
-            while batch.len() < BATCH {
-                match next_ready(&mut sub) {
-                    Some(item) => state.take(item?, &mut batch),
-                    None => break,
-                }
+                self.apply(std::mem::take(&mut batch), &state, &mut pending)
+                    .await?;
+                self.flush(&mut pending, false)?;
             }
-            self.apply(std::mem::take(&mut batch), &state).await?;
         }
+        .await;
+        self.flush(&mut pending, true)?;
+        pulled
     }
 
     /// Subscribes after the cursor. When the cursor names an event, the
@@ -196,11 +226,18 @@ impl Puller {
         }
     }
 
-    /// Applies `events`, waits until the log holds them durably, then
-    /// records how far the peer's history is applied.
-    async fn apply(&self, events: Vec<Event>, state: &Progress) -> Result<(), PullError> {
-        let (reply, applied) = oneshot::channel();
+    /// Hands `events` to the engine (which answers once they are applied,
+    /// not synced) and notes the position they bring the pull to, to be
+    /// recorded once the log has committed them ([`Puller::flush`]).
+    async fn apply(
+        &self,
+        events: Vec<Event>,
+        state: &Progress,
+        pending: &mut Pending,
+    ) -> Result<(), PullError> {
+        let mut local = None;
         if !events.is_empty() {
+            let (reply, applied) = oneshot::channel();
             self.local
                 .engine
                 .send(Command::ApplyRemote { events, reply })
@@ -211,36 +248,20 @@ impl Puller {
                 p.applied += applied.new;
                 p.refused += applied.refused;
             });
-            tracing::debug!(
-                peer = %self.address,
-                new = applied.new,
-                refused = applied.refused,
-                "applied a batch from a peer"
-            );
-            let committed = self.local.committed.clone();
-            let target = applied.iteration;
-            // The committed iteration moves once per engine round.
-            tokio::task::spawn_blocking(move || {
-                let mut seen = committed.get();
-                while seen < target {
-                    seen = committed.wait_beyond(seen, Duration::from_millis(100), || false);
-                }
-            })
-            .await
-            .map_err(|_| PullError::EngineGone)?;
+            local = Some(applied.iteration);
         }
         // During a snapshot (history the peer no longer has) the events
-        // come in no order: the cursor moves only when it completes.
+        // come in no order: the position moves only when it completes.
         if !state.snapshot {
-            self.cursor.store(Position {
+            let position = Position {
                 iteration: state.last,
                 id: state.last_id,
-            })?;
+            };
+            // Nothing new here: due once what came before is.
+            let local = local.or(pending.queue.back().map(|(_, l)| *l)).unwrap_or(0);
+            pending.queue.push_back((position, local));
         }
         self.local.board.update(self.entry, |p| {
-            if !state.snapshot {
-                p.cursor = state.last;
-            }
             p.peer_iteration = p.peer_iteration.max(state.last);
             if state.synced && state.connected {
                 p.state = "live".into();
@@ -248,6 +269,39 @@ impl Puller {
         });
         Ok(())
     }
+
+    /// Records the furthest noted position whose events the log has
+    /// committed, at most every [`CURSOR_EVERY`] (a cursor that lags only
+    /// makes a restart re-apply a few events, which are `existing`).
+    fn flush(&self, pending: &mut Pending, force: bool) -> Result<(), PullError> {
+        if !force && pending.stored.elapsed() < CURSOR_EVERY {
+            return Ok(());
+        }
+        let committed = self.local.committed.get();
+        let mut due = None;
+        while let Some((_, local)) = pending.queue.front() {
+            if *local > committed {
+                break;
+            }
+            due = pending.queue.pop_front().map(|(p, _)| p);
+        }
+        if let Some(position) = due {
+            self.cursor.store(position)?;
+            self.local
+                .board
+                .update(self.entry, |p| p.cursor = position.iteration);
+        }
+        // Also when nothing was due yet: the next try is a period later.
+        pending.stored = Instant::now();
+        Ok(())
+    }
+}
+
+/// Positions reached but not yet recorded, with the local iteration the
+/// log must have committed first.
+struct Pending {
+    queue: std::collections::VecDeque<(Position, u64)>,
+    stored: Instant,
 }
 
 /// Where a pull is in the peer's history.

@@ -7,6 +7,7 @@
 
 mod acked;
 mod archive;
+mod cluster;
 mod nats;
 mod restart;
 mod servers;
@@ -70,6 +71,10 @@ struct Args {
     /// Topics of the restart benchmark.
     #[arg(long, default_value_t = 1_000_000)]
     restart_topics: u64,
+    /// Instead of the workloads: the replication benchmark (a three-node
+    /// mesh against one node) with this many acknowledged publishes.
+    #[arg(long, default_value_t = 0)]
+    cluster_events: u64,
     /// Instead of the workloads: the sink benchmark with this many publishes.
     #[arg(long, default_value_t = 0)]
     sink_events: u64,
@@ -128,6 +133,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
+    if args.cluster_events > 0 {
+        drop(broker);
+        let tls = connector(&tls_dir.join("ca.pem"))?;
+        let result = cluster::run(
+            &broker_bin,
+            &data,
+            &args.durability,
+            tls,
+            args.cluster_events,
+            args.size,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
     if args.archive_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;

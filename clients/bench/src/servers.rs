@@ -90,8 +90,14 @@ pub fn start_spread_with(
     } else {
         &["--archive", "off"]
     };
+    let listen: &[&str] = if extra.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args(listen)
+        .arg("--data-dir")
         .arg(data_dir)
         // The same pending budget per subscriber as nats-server's default
         // (64 MiB) before it acts on a slow consumer.

@@ -1,0 +1,122 @@
+//! Replication: acknowledged publishes on node A of a three-node mesh, and
+//! the time until B and C have applied all of them, against one node alone
+//! measured in the same run (docs/cluster.md, docs/benchmarks.md).
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_rustls::TlsConnector;
+
+use crate::servers::{self, Server};
+use crate::spread::Spread;
+
+const SECRET: &str = "spread-bench-cluster";
+
+/// A free loopback address (the system's choice, released at once).
+fn free_addr() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// Copies the generated TLS material of `from` into `to`, so that the
+/// nodes trust each other's certificate.
+fn share_tls(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let tls = to.join("tls");
+    std::fs::create_dir_all(&tls)?;
+    for entry in std::fs::read_dir(from.join("tls"))? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), tls.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Waits until `node` has committed `n` events after iteration `from`
+/// (status polled every millisecond: the bench's own bound on precision).
+async fn applied(node: &Spread, from: u64, n: u64) -> anyhow::Result<Instant> {
+    let mut probe = node.probe().await?;
+    loop {
+        let status = probe.status().await?;
+        if status.committed.saturating_sub(from) >= n {
+            return Ok(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Prints the single-node and the replicated figures of one run each.
+pub async fn run(
+    bin: &Path,
+    data: &Path,
+    durability: &str,
+    tls: TlsConnector,
+    n: u64,
+    size: usize,
+) -> anyhow::Result<()> {
+    // Every node uses the TLS material the bench's first broker generated
+    // in `data`, which `tls` trusts.
+    // One node alone.
+    let alone_dir = data.join("alone");
+    share_tls(data, &alone_dir)?;
+    let alone = servers::start_spread(bin, &alone_dir, durability)?;
+    let single = Spread {
+        addr: alone.addr,
+        tls: tls.clone(),
+    };
+    let single_rate = crate::acked::spread(&single, n, size).await?;
+    drop(alone);
+
+    // Three nodes, each pulling from the two others.
+    let addrs = [free_addr()?, free_addr()?, free_addr()?];
+    let dirs: Vec<_> = (0..3).map(|i| data.join(format!("node-{i}"))).collect();
+    let start = |i: usize| -> anyhow::Result<Server> {
+        let mut flags = vec![
+            "--listen".to_string(),
+            addrs[i].to_string(),
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ];
+        let others = addrs.iter().enumerate().filter(|(j, _)| *j != i);
+        for (_, addr) in others {
+            flags.push("--peer".into());
+            flags.push(addr.to_string());
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        servers::start_spread_with(bin, &dirs[i], durability, &flags)
+    };
+    for dir in &dirs {
+        share_tls(data, dir)?;
+    }
+    let mesh: Vec<Server> = (0..3).map(start).collect::<anyhow::Result<_>>()?;
+    let nodes: Vec<Spread> = mesh
+        .iter()
+        .map(|s| Spread {
+            addr: s.addr,
+            tls: tls.clone(),
+        })
+        .collect();
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(node.probe().await?.status().await?.committed);
+    }
+    let began = Instant::now();
+    let (rate_a, b_done, c_done) = tokio::try_join!(
+        crate::acked::spread(&nodes[0], n, size),
+        applied(&nodes[1], before[1], n),
+        applied(&nodes[2], before[2], n),
+    )
+    .context("the replicated run")?;
+    let end_to_end = n as f64 / (b_done.max(c_done) - began).as_secs_f64();
+    println!("| workload | msgs/s | ÷ one node alone |");
+    println!("|---|---:|---:|");
+    println!("| acked publishes, one node alone | {single_rate:.0} | 1.00 |");
+    println!(
+        "| acked publishes on A of a 3-node mesh | {rate_a:.0} | {:.2} |",
+        rate_a / single_rate
+    );
+    println!(
+        "| end to end: until B and C applied all of them | {end_to_end:.0} | {:.2} |",
+        end_to_end / single_rate
+    );
+    Ok(())
+}
