@@ -167,7 +167,11 @@ async fn a_disk_full_at_a_segment_roll_recovers_and_restarts() {
     let other = broker.client().await;
     let mut refused = 0;
     while refused == 0 {
-        match other.publish("roll/probe", "p").await {
+        let probe = tokio::time::timeout(PATIENCE, other.publish("roll/probe", "p"));
+        match probe
+            .await
+            .expect("a publish on a full disk is answered, not held")
+        {
             Err(e) if e.code() == Some(ErrorCode::StorageUnavailable) => refused += 1,
             Err(e) => panic!("{e}"),
             // Raced ahead of the held write: try again.
@@ -182,7 +186,11 @@ async fn a_disk_full_at_a_segment_roll_recovers_and_restarts() {
     std::fs::remove_file(&ballast).unwrap();
     let mut accepted = false;
     for _ in 0..1_000 {
-        match other.publish("roll/after", "back").await {
+        let after = tokio::time::timeout(PATIENCE, other.publish("roll/after", "back"));
+        match after
+            .await
+            .expect("a publish after space returned is answered")
+        {
             Ok(_) => {
                 accepted = true;
                 break;

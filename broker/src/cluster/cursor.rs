@@ -18,6 +18,7 @@ pub(crate) struct Position {
 }
 
 /// One durable cursor.
+#[derive(Clone)]
 pub(crate) struct Cursor {
     path: PathBuf,
 }

@@ -53,7 +53,12 @@ impl Puller {
         let mut backoff = Duration::from_millis(50);
         loop {
             // The pull watches `shutdown` itself, to record its cursor.
+            let began = Instant::now();
             let attempt = self.pull(shutdown.clone()).await;
+            if began.elapsed() > MAX_BACKOFF {
+                // It had been working: the next try comes soon.
+                backoff = Duration::from_millis(50);
+            }
             if *shutdown.borrow() {
                 return;
             }
@@ -75,7 +80,7 @@ impl Puller {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = stopping(&mut shutdown) => return,
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -99,7 +104,7 @@ impl Puller {
             .update(self.entry, |p| p.cursor = at.iteration);
         let client = tokio::select! {
             c = Client::connect(config) => c?,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = stopping(&mut shutdown) => return Ok(()),
         };
         let mut state = Progress {
             last: at.iteration,
@@ -110,7 +115,7 @@ impl Puller {
         };
         let mut sub = tokio::select! {
             s = self.resume(&client, at, &mut state) => s?,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = stopping(&mut shutdown) => return Ok(()),
         };
         tracing::info!(
             peer = %self.address,
@@ -138,10 +143,10 @@ impl Puller {
                     item = sub.next_item() => item,
                     // Quiet: record what the log committed meanwhile.
                     _ = tokio::time::sleep(idle), if !pending.queue.is_empty() => {
-                        self.flush(&mut pending, true)?;
+                        self.flush(&mut pending, true).await?;
                         continue;
                     }
-                    _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+                    _ = stopping(&mut shutdown) => return Ok(()),
                     changed = connection.changed() => {
                         if changed.is_err() {
                             return Err(PullError::Ended);
@@ -173,11 +178,11 @@ impl Puller {
                 }
                 self.apply(std::mem::take(&mut batch), &state, &mut pending)
                     .await?;
-                self.flush(&mut pending, false)?;
+                self.flush(&mut pending, false).await?;
             }
         }
         .await;
-        self.flush(&mut pending, true)?;
+        self.flush(&mut pending, true).await?;
         pulled
     }
 
@@ -273,7 +278,7 @@ impl Puller {
     /// Records the furthest noted position whose events the log has
     /// committed, at most every [`CURSOR_EVERY`] (a cursor that lags only
     /// makes a restart re-apply a few events, which are `existing`).
-    fn flush(&self, pending: &mut Pending, force: bool) -> Result<(), PullError> {
+    async fn flush(&self, pending: &mut Pending, force: bool) -> Result<(), PullError> {
         if !force && pending.stored.elapsed() < CURSOR_EVERY {
             return Ok(());
         }
@@ -286,7 +291,11 @@ impl Puller {
             due = pending.queue.pop_front().map(|(p, _)| p);
         }
         if let Some(position) = due {
-            self.cursor.store(position)?;
+            // Three fsyncs: on a blocking thread, not the runtime's.
+            let cursor = self.cursor.clone();
+            tokio::task::spawn_blocking(move || cursor.store(position))
+                .await
+                .map_err(|_| PullError::EngineGone)??;
             self.local
                 .board
                 .update(self.entry, |p| p.cursor = position.iteration);
@@ -352,6 +361,12 @@ impl Progress {
             Item::Conflated { .. } => {}
         }
     }
+}
+
+/// Completes when the broker is stopping (without holding the watch's
+/// guard, so that it can be awaited next to other work).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The next item if one is ready now.
