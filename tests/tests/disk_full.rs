@@ -165,21 +165,30 @@ async fn a_disk_full_at_a_segment_roll_recovers_and_restarts() {
     let c = client.clone();
     let held = tokio::spawn(async move { c.publish("roll/big", vec![b'b'; 3000]).await });
     let other = broker.client().await;
-    let mut refused = 0;
-    while refused == 0 {
-        let probe = tokio::time::timeout(PATIENCE, other.publish("roll/probe", "p"));
-        match probe
-            .await
-            .expect("a publish on a full disk is answered, not held")
-        {
-            Err(e) if e.code() == Some(ErrorCode::StorageUnavailable) => refused += 1,
-            Err(e) => panic!("{e}"),
-            // Raced ahead of the held write: try again.
-            Ok(_) => {}
+    // A probe that shares a round with the failing write is held like it
+    // (answered once space returns); the ones after it are refused. Each
+    // probe runs on its own, so a held one does not block the next.
+    let mut probes = tokio::task::JoinSet::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let o = other.clone();
+        probes.spawn(async move { o.publish("roll/probe", "p").await });
+        let answered = tokio::time::timeout(Duration::from_millis(100), probes.join_next());
+        if let Ok(Some(answer)) = answered.await {
+            match answer.unwrap() {
+                Err(e) if e.code() == Some(ErrorCode::StorageUnavailable) => break,
+                Err(e) => panic!("{e}"),
+                // Raced ahead of the held write.
+                Ok(_) => {}
+            }
         }
         assert!(
             !held.is_finished(),
             "acknowledged although it could not be logged"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no publish was refused on the full disk"
         );
     }
     // Space returns: the roll is retried and succeeds.
@@ -204,6 +213,15 @@ async fn a_disk_full_at_a_segment_roll_recovers_and_restarts() {
         .expect("the held publish completes")
         .unwrap()
         .unwrap();
+    // Held probes are answered too: applied, or refused while the disk was full.
+    while let Some(answer) = tokio::time::timeout(PATIENCE, probes.join_next())
+        .await
+        .expect("every probe is answered")
+    {
+        if let Err(e) = answer.unwrap() {
+            assert_eq!(e.code(), Some(ErrorCode::StorageUnavailable), "{e}");
+        }
+    }
     // And the broker starts again on that log, with everything in it.
     drop((client, other));
     let dir = broker.kill();
