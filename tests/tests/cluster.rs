@@ -414,6 +414,20 @@ impl Mesh {
         self.boot(i);
     }
 
+    /// Waits until every node holds the same latest events; returns them.
+    async fn converged(&self, what: &str) -> Vec<(String, spread_protocol::EventId)> {
+        eventually(what, || async {
+            let first = state(self.node(0)).await;
+            for i in 1..self.nodes.len() {
+                if state(self.node(i)).await != first {
+                    return None;
+                }
+            }
+            Some(first)
+        })
+        .await
+    }
+
     fn set_link(&self, link: (usize, usize), up: bool) {
         let proxy = &self.links[&link];
         proxy.open.store(up, std::sync::atomic::Ordering::SeqCst);
@@ -487,16 +501,9 @@ async fn a_mesh_under_random_partitions_and_crashes_converges_and_loses_nothing_
         mesh.set_link(*link, true);
     }
     let healed = std::time::Instant::now();
-    let converged = eventually(&format!("seed {seed}: the nodes to converge"), || async {
-        let first = state(mesh.node(0)).await;
-        for i in 1..3 {
-            if state(mesh.node(i)).await != first {
-                return None;
-            }
-        }
-        Some(first)
-    })
-    .await;
+    let converged = mesh
+        .converged(&format!("seed {seed}: the nodes to converge"))
+        .await;
     eprintln!(
         "seed {seed}: converged {} ms after the last heal, {} topics, {} acknowledged writes",
         healed.elapsed().as_millis(),
@@ -540,16 +547,7 @@ async fn a_ring_carries_each_write_round_once_and_stops() {
             written.push(topic);
         }
     }
-    let converged = eventually("the ring to converge", || async {
-        let first = state(mesh.node(0)).await;
-        for i in 1..3 {
-            if state(mesh.node(i)).await != first {
-                return None;
-            }
-        }
-        Some(first)
-    })
-    .await;
+    let converged = mesh.converged("the ring to converge").await;
     assert_eq!(converged.len(), 15);
     for i in 0..3 {
         let client = mesh.node(i).client().await;
