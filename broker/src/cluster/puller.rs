@@ -295,7 +295,7 @@ impl Puller {
             let cursor = self.cursor.clone();
             tokio::task::spawn_blocking(move || cursor.store(position))
                 .await
-                .map_err(|_| PullError::EngineGone)??;
+                .map_err(|_| std::io::Error::other("the cursor write panicked"))??;
             self.local
                 .board
                 .update(self.entry, |p| p.cursor = position.iteration);
