@@ -77,6 +77,9 @@ pub enum BrokerError {
     /// The read pool's threads could not start.
     #[error("cannot start the read threads: {0}")]
     ReadThreads(std::io::Error),
+    /// The system's random number source failed.
+    #[error("no randomness from the system: {0}")]
+    Random(String),
     /// A sink plugin could not be loaded or opened.
     #[error(transparent)]
     Sinks(#[from] sinks::SinkError),

@@ -33,6 +33,22 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, BrokerError> {
     Ok(id)
 }
 
+/// A random non-zero number naming this run of the node: the `source` of
+/// the events it accepts until it stops. A new one at every start, because
+/// a node that restarts may have lost some of what it accepted (unsynced
+/// under `interval`, or a data dir restored from a copy), and its peers
+/// must then send those events back to it rather than skip them as its own.
+pub fn incarnation() -> Result<u64, BrokerError> {
+    loop {
+        let mut raw = [0u8; 8];
+        getrandom::getrandom(&mut raw).map_err(|e| BrokerError::Random(e.to_string()))?;
+        let n = u64::from_le_bytes(raw);
+        if n != 0 {
+            return Ok(n);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

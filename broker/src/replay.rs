@@ -196,6 +196,9 @@ fn encode(e: &OwnedEvent) -> Event {
             Kind::Value => EventKind::Value,
             Kind::Tombstone => EventKind::Tombstone,
         },
+        // The archive does not keep it: replays are for reading, not for
+        // replication.
+        source: 0,
     }
     .encode()
 }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub tls: parking_lot::RwLock<TlsAcceptor>,
     /// This node's id, also the origin of anonymous publishes.
     pub node_id: Arc<str>,
+    /// This run of the node (the source of the events it accepts).
+    pub incarnation: u64,
     /// Delivery counters.
     pub stats: Arc<Stats>,
     /// Verifies client tokens.
@@ -234,6 +236,7 @@ impl Server {
                 reason: e.to_string(),
             }
         })?;
+        let incarnation = node::incarnation()?;
         let (tls_config, tls_source) = tls::server_config(
             config.tls_files.as_ref(),
             &config.data_dir,
@@ -269,6 +272,7 @@ impl Server {
                 peers: peers.clone(),
                 replay: sinks.replay(),
                 node_id: node_id.clone(),
+                incarnation,
                 limits: limits.clone(),
                 reads,
             },
@@ -324,6 +328,7 @@ impl Server {
             auth,
             tls: parking_lot::RwLock::new(TlsAcceptor::from(tls_config)),
             node_id,
+            incarnation,
             stats: Arc::default(),
             committed: engine.committed(),
             limits,
@@ -390,6 +395,7 @@ impl Server {
             &shared.config.data_dir,
             crate::cluster::Local {
                 node_id: shared.node_id.clone(),
+                incarnation: shared.incarnation,
                 engine: sender.clone(),
                 committed: shared.committed.clone(),
                 board: peers.clone(),

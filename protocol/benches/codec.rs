@@ -30,6 +30,7 @@ fn event() -> Event {
         id: EventId([9; 16]),
         iteration: 1_796_000_000_000_123,
         kind: EventKind::Value,
+        source: 0x9c41_e07a_2b55_d310,
     }
     .encode()
 }

@@ -1,7 +1,7 @@
 //! Events: one change of one topic, stored and sent in a single encoding.
 //!
 //! An [`Event`] owns exactly one buffer: its MessagePack encoding
-//! `[topic, payload, timestamp, origin, id, iteration, kind]`. The broker
+//! `[topic, payload, timestamp, origin, id, iteration, kind, source]`. The broker
 //! keeps that buffer as the topic's latest value and splices it unchanged
 //! into every delivery frame, so an event is encoded once however many
 //! subscribers receive it.
@@ -117,6 +117,7 @@ pub struct Event {
     iteration: u64,
     id: EventId,
     kind: EventKind,
+    source: u64,
 }
 
 /// The parts of an event before it is encoded.
@@ -136,6 +137,11 @@ pub struct EventParts<'a> {
     pub iteration: u64,
     /// Value or tombstone.
     pub kind: EventKind,
+    /// The run of the node that first accepted the event (its
+    /// incarnation, drawn at every start; 0 when unknown, as for events
+    /// written before protocol version 2). A node never sends an event
+    /// back to the run that accepted it.
+    pub source: u64,
 }
 
 impl<'a> EventParts<'a> {
@@ -157,9 +163,10 @@ impl<'a> EventParts<'a> {
             + wire::header_len(self.origin.len())
             + wire::header_len(16)
             + 9
-            + 1;
+            + 1
+            + 9;
         let mut buf = BytesMut::with_capacity(cap);
-        wire::put_array(&mut buf, 7);
+        wire::put_array(&mut buf, 8);
         let topic_start = buf.len() + str_header(self.topic.len());
         wire::put_str(&mut buf, self.topic);
         let topic = topic_start..buf.len();
@@ -173,6 +180,7 @@ impl<'a> EventParts<'a> {
         wire::put_bin(&mut buf, &self.id.0);
         wire::put_uint(&mut buf, self.iteration);
         wire::put_uint(&mut buf, self.kind as u64);
+        wire::put_uint(&mut buf, self.source);
         Event {
             raw: buf.freeze(),
             topic: range32(topic),
@@ -182,6 +190,7 @@ impl<'a> EventParts<'a> {
             iteration: self.iteration,
             id: self.id,
             kind: self.kind,
+            source: self.source,
         }
     }
 }
@@ -212,7 +221,9 @@ impl Event {
     /// Reads one event from a frame, validating its topic with `rules`.
     pub(crate) fn read(r: &mut Reader<'_>, rules: &TopicRules) -> Result<Event, ProtocolError> {
         let start = r.position();
-        r.array_of(7, "event: array of 7")?;
+        // Logs and archives written before protocol version 2 hold events
+        // without a source.
+        let len = r.array_between(7, 8, "event: array of 7 or 8")?;
         let topic = r.str_span("event: topic string")?;
         let topic_str = std::str::from_utf8(r.bytes_of(topic.clone()))
             .map_err(|_| r.malformed("event: topic string"))?;
@@ -231,6 +242,11 @@ impl Event {
             1 => EventKind::Tombstone,
             _ => return Err(r.malformed("event: kind must be 0 or 1")),
         };
+        let source = if len == 8 {
+            r.uint("event: source")?
+        } else {
+            0
+        };
         let rel = |s: Range<usize>| range32(s.start - start..s.end - start);
         Ok(Event {
             raw: r.slice_from(start),
@@ -241,6 +257,7 @@ impl Event {
             iteration,
             id: EventId(id),
             kind,
+            source,
         })
     }
 
@@ -317,6 +334,12 @@ impl Event {
         self.kind
     }
 
+    /// The run of the node that first accepted it (see
+    /// [`EventParts::source`]).
+    pub fn source(&self) -> u64 {
+        self.source
+    }
+
     /// Whether this event deletes its topic.
     pub fn is_tombstone(&self) -> bool {
         self.kind == EventKind::Tombstone
@@ -360,6 +383,7 @@ impl Event {
             id: self.id,
             iteration: self.iteration,
             kind: self.kind,
+            source: self.source,
         }
     }
 
@@ -383,6 +407,7 @@ impl fmt::Debug for Event {
             .field("id", &self.id)
             .field("iteration", &self.iteration)
             .field("kind", &self.kind)
+            .field("source", &self.source)
             .finish()
     }
 }
@@ -400,6 +425,7 @@ mod tests {
             id: EventId([7; 16]),
             iteration: 42,
             kind: EventKind::Value,
+            source: 0x5eed,
         }
     }
 
@@ -417,7 +443,24 @@ mod tests {
             assert_eq!(back.topic(), topic);
             assert_eq!(back.origin(), "node-a");
             assert_eq!(back.iteration(), 42);
+            assert_eq!(back.source(), 0x5eed);
         }
+    }
+
+    /// Logs and archives written before protocol version 2 hold events of
+    /// seven elements: they read with source 0.
+    #[test]
+    fn seven_element_events_read_with_no_source() {
+        let ev = parts("a/b", b"v1").encode();
+        let raw = ev.encoded();
+        // The source is the last element: a 3-byte uint (0xcd 0x5e 0xed).
+        let mut old = vec![0x97];
+        old.extend_from_slice(&raw[1..raw.len() - 3]);
+        let back = Event::decode(Bytes::from(old)).unwrap();
+        assert_eq!(back.source(), 0);
+        assert_eq!(back.order_key(), ev.order_key());
+        assert_eq!(back.payload_bytes(), b"v1");
+        assert_eq!(back.iteration(), 42);
     }
 
     #[test]
@@ -481,6 +524,7 @@ mod tests {
                 id: EventId([0xff; 16]),
                 iteration: u64::MAX,
                 kind: EventKind::Tombstone,
+                source: u64::MAX,
             }
             .encode();
             assert!(e.encoded().len() <= 1 + payload_len + MAX_EVENT_OVERHEAD);

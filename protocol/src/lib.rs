@@ -54,6 +54,8 @@ pub use status::{PeerStatus, PeersReport, SinkStatus, StatusReport};
 pub use topic::{Topic, TopicError, TopicRules};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u64 = 1;
-/// Oldest protocol version this crate speaks.
-pub const MIN_PROTOCOL_VERSION: u64 = 1;
+pub const PROTOCOL_VERSION: u64 = 2;
+/// Oldest protocol version this crate speaks: version 1 events have no
+/// `source`, and a broker splices one encoding of each event into every
+/// delivery, so it cannot send version 1 events to some connections only.
+pub const MIN_PROTOCOL_VERSION: u64 = 2;

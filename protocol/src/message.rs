@@ -679,23 +679,27 @@ mod arb {
                 any::<[u8; 16]>(),
                 any::<u64>(),
                 any::<bool>(),
+                any::<u64>(),
             )
-                .prop_map(|(topic, payload, timestamp, origin, id, iteration, tomb)| {
-                    crate::EventParts {
-                        topic: &topic,
-                        payload: &payload,
-                        timestamp,
-                        origin: &origin,
-                        id: EventId(id),
-                        iteration,
-                        kind: if tomb {
-                            crate::EventKind::Tombstone
-                        } else {
-                            crate::EventKind::Value
-                        },
-                    }
-                    .encode()
-                })
+                .prop_map(
+                    |(topic, payload, timestamp, origin, id, iteration, tomb, source)| {
+                        crate::EventParts {
+                            topic: &topic,
+                            payload: &payload,
+                            timestamp,
+                            origin: &origin,
+                            id: EventId(id),
+                            iteration,
+                            kind: if tomb {
+                                crate::EventKind::Tombstone
+                            } else {
+                                crate::EventKind::Value
+                            },
+                            source,
+                        }
+                        .encode()
+                    },
+                )
                 .boxed()
         }
     }

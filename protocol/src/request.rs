@@ -155,6 +155,11 @@ messages! {
             /// What the subscription delivers before going live (absent:
             /// `latest`).
             mode: SubscribeMode,
+            /// Leave out the events whose `source` is this (absent or 0:
+            /// leave out none): a node pulling from a peer names its own
+            /// run, so that what it sent is not sent back. Snapshots are
+            /// never filtered.
+            skip_source: u64,
         },
         /// End a subscription.
         UNSUBSCRIBE = 0x15, "unsubscribe" => Unsubscribe {
@@ -271,14 +276,14 @@ mod tests {
     fn documented_examples() {
         let mut buf = BytesMut::new();
         Request::Hello(Hello {
-            version: 1,
+            version: 2,
             client_name: "cli".into(),
             token: None,
         })
         .encode(&mut buf);
         assert_eq!(
             &buf[..],
-            &[0, 0, 0, 8, 0x94, 0x01, 0x01, 0xa3, b'c', b'l', b'i', 0xc0]
+            &[0, 0, 0, 8, 0x94, 0x01, 0x02, 0xa3, b'c', b'l', b'i', 0xc0]
         );
         buf.clear();
         encode_publish(&mut buf, 1, "a/b", b"hi", None, None, PublishMode::Set);

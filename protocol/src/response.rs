@@ -313,7 +313,10 @@ messages! {
             /// The broker's node id.
             node_id: String,
             /// The broker's current iteration.
-            iteration: u64,
+            iteration: u64;
+            /// The broker's run (see `source` in events): drawn at every
+            /// start.
+            incarnation: u64,
         },
         /// Answer to a ping.
         PONG = 0x82, "pong" => Pong {
@@ -531,14 +534,16 @@ mod tests {
     fn documented_broker_examples() {
         let mut buf = BytesMut::new();
         Response::Welcome {
-            version: 1,
+            version: 2,
             node_id: "node-373c38eaec9a".into(),
             iteration: 1_796_171_496_718_358,
+            incarnation: 0x0102_0304_0506_0708,
         }
         .encode(&mut buf);
-        let mut welcome = vec![0, 0, 0, 0x1f, 0x94, 0xcc, 0x81, 0x01, 0xb1];
+        let mut welcome = vec![0, 0, 0, 0x28, 0x95, 0xcc, 0x81, 0x02, 0xb1];
         welcome.extend_from_slice(b"node-373c38eaec9a");
         welcome.extend_from_slice(&[0xcf, 0x00, 0x06, 0x61, 0x9b, 0xc4, 0x04, 0x80, 0x16]);
+        welcome.extend_from_slice(&[0xcf, 1, 2, 3, 4, 5, 6, 7, 8]);
         assert_eq!(&buf[..], &welcome[..]);
         buf.clear();
         Response::Pong { req_id: 0 }.encode(&mut buf);

@@ -78,7 +78,16 @@ wire_struct! {
         /// Events refused (clock skew, topic limit) since the broker started.
         pub refused: u64,
         /// The last error, if any.
-        pub last_error: Option<String>,
+        pub last_error: Option<String>;
+        /// Events the peer sent since the broker started, new or not:
+        /// `received - applied - refused` were already here (they came by
+        /// another path first).
+        pub received: u64,
+        /// The peer's node id, from its welcome (empty before the first).
+        pub peer_node: String,
+        /// The peer's incarnation, from its welcome (0 before the first):
+        /// it changes when the peer restarts.
+        pub peer_incarnation: u64,
     }
 }
 

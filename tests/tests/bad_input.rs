@@ -84,21 +84,24 @@ async fn each_kind_of_bad_input_gets_its_error_and_the_broker_keeps_serving() {
 #[tokio::test]
 async fn wrong_protocol_version_names_the_supported_range() {
     let broker = Broker::start(&[]);
-    let mut raw: Raw = broker.raw_unhandshaken().await;
-    raw.send(&Request::Hello(Hello {
-        version: 99,
-        client_name: "future".into(),
-        token: None,
-    }))
-    .await;
-    match raw.recv().await {
-        Some(Response::Error(e)) => {
-            assert_eq!(e.code, ErrorCode::UnsupportedVersion);
-            assert!(e.message.contains("1 to 1"), "{}", e.message);
+    // Version 1 events had no source: a version 1 client is refused too.
+    for version in [1, 99] {
+        let mut raw: Raw = broker.raw_unhandshaken().await;
+        raw.send(&Request::Hello(Hello {
+            version,
+            client_name: "other".into(),
+            token: None,
+        }))
+        .await;
+        match raw.recv().await {
+            Some(Response::Error(e)) => {
+                assert_eq!(e.code, ErrorCode::UnsupportedVersion);
+                assert!(e.message.contains("2 to 2"), "{}", e.message);
+            }
+            other => panic!("expected error, got {other:?}"),
         }
-        other => panic!("expected error, got {other:?}"),
+        assert!(raw.recv().await.is_none());
     }
-    assert!(raw.recv().await.is_none());
     still_serving(&broker, 0).await;
 }
 
@@ -112,7 +115,7 @@ async fn requests_before_hello_and_a_second_hello_are_refused() {
     let mut raw = broker.raw().await;
     raw.send(&Request::Ping { req_id: 7 }).await;
     raw.send(&Request::Hello(Hello {
-        version: 1,
+        version: spread_protocol::PROTOCOL_VERSION,
         client_name: "again".into(),
         token: None,
     }))
@@ -141,6 +144,7 @@ async fn plain_tcp_and_abrupt_disconnects_do_not_hurt() {
         prefix: spread_protocol::Topic::root(),
         since: 0,
         mode: spread_protocol::SubscribeMode::Latest,
+        skip_source: 0,
     })
     .await;
     drop(raw);
@@ -158,7 +162,7 @@ async fn before_its_hello_a_client_gets_no_large_frame() {
     // A hello with a long token still fits.
     let mut raw = broker.raw_unhandshaken().await;
     raw.send(&Request::Hello(Hello {
-        version: 1,
+        version: spread_protocol::PROTOCOL_VERSION,
         client_name: "x".repeat(16 * 1024),
         token: None,
     }))

@@ -143,8 +143,7 @@ async fn two_nodes_accept_writes_and_converge_by_the_conflict_rule() {
     holds(&a, "x/both", b"later").await;
     holds(&b, "x/both", b"later").await;
 
-    // No event is applied twice on either node, although each node also
-    // pulls back what it sent (it is `existing` there).
+    // No event is applied twice on either node.
     for client in [&a, &b] {
         let events = history(client).await;
         let mut ids: Vec<_> = events.iter().map(|e| e.id()).collect();
@@ -152,6 +151,24 @@ async fn two_nodes_accept_writes_and_converge_by_the_conflict_rule() {
         ids.dedup();
         assert_eq!(ids.len(), events.len(), "an event applied twice");
     }
+    // Nor sent back where it came from: once A holds a marker written on
+    // B after everything else, A's pull has received all B will send it,
+    // and that is exactly what B's clients wrote (new on A), none of A's
+    // own events echoed.
+    b.publish("x/marker", "m").await.unwrap();
+    holds(&a, "x/marker", b"m").await;
+    let pull = a.peers().await.unwrap().peers.remove(0);
+    assert_eq!(pull.received, pull.applied, "{pull:?}");
+    assert_eq!(pull.applied, 3, "from-b, later and the marker: {pull:?}");
+    assert_eq!(pull.peer_node, b.node_id());
+    assert_eq!(pull.peer_incarnation, b.incarnation());
+    let mine = a.get("x/from-a").await.unwrap().unwrap().source();
+    assert_eq!(
+        mine,
+        a.incarnation(),
+        "an event names the run that accepted it"
+    );
+    assert_eq!(b.get("x/from-a").await.unwrap().unwrap().source(), mine);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,6 +212,7 @@ mod tests {
             prefix: t(prefix),
             since: 0,
             mode: SubscribeMode::Latest,
+            skip_source: 0,
         };
         assert!(
             authorize(Some(&r), &subscribe("")).is_ok(),

@@ -23,6 +23,9 @@ impl PeerBoard {
             applied: 0,
             refused: 0,
             last_error: None,
+            received: 0,
+            peer_node: String::new(),
+            peer_incarnation: 0,
         });
         entries.len() - 1
     }

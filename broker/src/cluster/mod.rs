@@ -105,6 +105,8 @@ fn peer_token(secret: &str, node_id: &str) -> Option<String> {
 /// What a puller needs of its own node.
 #[derive(Clone)]
 pub(crate) struct Local {
+    /// This run of the node: what its pulls ask peers to leave out.
+    pub incarnation: u64,
     pub node_id: Arc<str>,
     pub engine: mpsc::Sender<Command>,
     /// Where the log is committed up to: a batch's cursor is written after.

@@ -106,6 +106,11 @@ impl Puller {
             c = Client::connect(config) => c?,
             _ = stopping(&mut shutdown) => return Ok(()),
         };
+        let (peer_node, peer_incarnation) = (client.node_id(), client.incarnation());
+        self.local.board.update(self.entry, |p| {
+            p.peer_node = peer_node;
+            p.peer_incarnation = peer_incarnation;
+        });
         let mut state = Progress {
             last: at.iteration,
             last_id: at.id,
@@ -200,10 +205,17 @@ impl Puller {
         state: &mut Progress,
     ) -> Result<Subscription, PullError> {
         let prefix = self.prefix.as_str();
+        // What this run accepted is not sent back; what an earlier run
+        // accepted is (it may have been lost here with that run).
+        let mine = self.local.incarnation;
         let Some(id) = at.id.filter(|_| at.iteration > 0) else {
-            return Ok(client.subscribe_history(prefix, at.iteration).await?);
+            return Ok(client
+                .subscribe_history_skipping(prefix, at.iteration, mine)
+                .await?);
         };
-        let mut sub = client.subscribe_history(prefix, at.iteration - 1).await?;
+        let mut sub = client
+            .subscribe_history_skipping(prefix, at.iteration - 1, mine)
+            .await?;
         match sub.next_item().await {
             Some(Ok(Item::Event(e))) if e.iteration() == at.iteration && e.id() == id => Ok(sub),
             // History gone: the peer's full state follows, as a reset would.
@@ -226,7 +238,7 @@ impl Puller {
                     last_id: None,
                     ..*state
                 };
-                Ok(client.subscribe_history(prefix, 0).await?)
+                Ok(client.subscribe_history_skipping(prefix, 0, mine).await?)
             }
         }
     }
@@ -242,6 +254,7 @@ impl Puller {
     ) -> Result<(), PullError> {
         let mut local = None;
         if !events.is_empty() {
+            let received = events.len() as u64;
             let (reply, applied) = oneshot::channel();
             self.local
                 .engine
@@ -250,6 +263,7 @@ impl Puller {
                 .map_err(|_| PullError::EngineGone)?;
             let applied = applied.await.map_err(|_| PullError::EngineGone)?;
             self.local.board.update(self.entry, |p| {
+                p.received += received;
                 p.applied += applied.new;
                 p.refused += applied.refused;
             });

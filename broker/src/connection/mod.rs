@@ -155,6 +155,7 @@ async fn session<S>(
             version: PROTOCOL_VERSION,
             node_id: shared.node_id.to_string(),
             iteration: shared.iteration(),
+            incarnation: shared.incarnation,
         }
         .encode(&mut buf);
         if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {

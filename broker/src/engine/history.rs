@@ -79,16 +79,34 @@ impl Recent {
         after >= self.covered_from
     }
 
-    /// The events after `after` under `prefix`, in order.
-    pub fn after(&self, after: u64, prefix: &Topic) -> Vec<Event> {
+    /// The events after `after` under `prefix`, in order, leaving out
+    /// those of source `skip_source` (0: none).
+    pub fn after(&self, after: u64, prefix: &Topic, skip_source: u64) -> Vec<Event> {
         let start = self.events.partition_point(|e| e.iteration() <= after);
         self.events
             .range(start..)
-            .filter(|e| prefix.covers(e.topic()))
+            .filter(|e| wanted(e, prefix, skip_source))
             .cloned()
             .collect()
     }
 }
+
+/// Whether a history subscription to `prefix` skipping `skip_source`
+/// delivers `event`.
+fn wanted(event: &Event, prefix: &Topic, skip_source: u64) -> bool {
+    prefix.covers(event.topic()) && (skip_source == 0 || event.source() != skip_source)
+}
+
+/// Where a catch-up pass ended, as it asks the engine to attach.
+pub(super) struct CaughtUp {
+    /// Everything up to this iteration was delivered.
+    pub after: u64,
+    /// Retention deleted the events up to here before the job read them.
+    pub deleted_through: Option<u64>,
+    pub skip_source: u64,
+}
+
+impl Recent {}
 
 /// A catch-up job: reads the log after `after` in slices on the read pool
 /// (see [`crate::reads`]), then asks the engine to attach.
@@ -96,6 +114,7 @@ pub struct CatchUp {
     pub conn: Arc<Conn>,
     pub sub_id: u64,
     pub prefix: Topic,
+    pub skip_source: u64,
     pub after: u64,
     /// The end of the current pass: the durable iteration when it began.
     pub until: Option<u64>,
@@ -167,7 +186,7 @@ impl CatchUp {
         let mut batch: Vec<Event> = self
             .read
             .drain(..)
-            .filter(|e| self.prefix.covers(e.topic()))
+            .filter(|e| wanted(e, &self.prefix, self.skip_source))
             .inspect(|e| kept_bytes += e.encoded().len())
             .collect();
         // The events share the buffer of the chunk they were read in: when
@@ -206,6 +225,7 @@ impl CatchUp {
             after: until,
             deleted_through,
             job: self.cancelled.clone(),
+            skip_source: self.skip_source,
             reply,
         };
         if engine.blocking_send(attach).is_err() {
@@ -228,15 +248,16 @@ impl Engine {
         sub_id: u64,
         prefix: Topic,
         since: u64,
+        skip_source: u64,
     ) {
         if let Some(oldest) = self.persist.log.retained_from() {
             if since.saturating_add(1) < oldest && !self.history.recent.covers(since) {
-                return self.fall_back_to_latest(conn, sub_id, prefix, oldest);
+                return self.fall_back_to_latest(conn, sub_id, prefix, oldest, skip_source);
             }
         }
         if self.history.recent.covers(since) || since >= self.tree.iteration() {
-            let events = self.history.recent.after(since, &prefix);
-            return self.attach(conn, sub_id, &prefix, events);
+            let events = self.history.recent.after(since, &prefix, skip_source);
+            return self.attach(conn, sub_id, &prefix, events, skip_source);
         }
         let permit = match self.reads.admit(conn, Kind::CatchUp) {
             Ok(permit) => permit,
@@ -255,6 +276,7 @@ impl Engine {
             conn: conn.clone(),
             sub_id,
             prefix,
+            skip_source,
             after: since,
             until: None,
             cursor: self.persist.log.cursor(since),
@@ -275,11 +297,15 @@ impl Engine {
         &mut self,
         conn: &Arc<Conn>,
         sub_id: u64,
-        after: u64,
-        deleted_through: Option<u64>,
+        caught_up: CaughtUp,
         job: &Arc<AtomicBool>,
         reply: std::sync::mpsc::Sender<bool>,
     ) {
+        let CaughtUp {
+            after,
+            deleted_through,
+            skip_source,
+        } = caught_up;
         let prefix = self
             .subs
             .get(&conn.id)
@@ -297,12 +323,12 @@ impl Engine {
         };
         if let Some(through) = deleted_through {
             self.history.catchups.remove(&(conn.id, sub_id));
-            self.fall_back_to_latest(conn, sub_id, prefix, through + 1);
+            self.fall_back_to_latest(conn, sub_id, prefix, through + 1, skip_source);
             let _ = reply.send(false);
         } else if self.history.recent.covers(after) || after >= self.tree.iteration() {
             self.history.catchups.remove(&(conn.id, sub_id));
-            let events = self.history.recent.after(after, &prefix);
-            self.attach(conn, sub_id, &prefix, events);
+            let events = self.history.recent.after(after, &prefix, skip_source);
+            self.attach(conn, sub_id, &prefix, events, skip_source);
             let _ = reply.send(false);
         } else {
             let _ = reply.send(true);
@@ -313,7 +339,14 @@ impl Engine {
     /// topic (the full state: the client replaces what it had, so deletes
     /// it missed show as absences, forgotten ones included), then go live,
     /// every event from there on.
-    fn fall_back_to_latest(&mut self, conn: &Arc<Conn>, sub_id: u64, prefix: Topic, oldest: u64) {
+    fn fall_back_to_latest(
+        &mut self,
+        conn: &Arc<Conn>,
+        sub_id: u64,
+        prefix: Topic,
+        oldest: u64,
+        skip_source: u64,
+    ) {
         self.fanout
             .push(conn, Outbound::Truncated { sub_id, oldest });
         let events = self.tree.subscribe(
@@ -325,6 +358,7 @@ impl Engine {
                 exact: true,
                 pending: false,
                 filtered: !conn.reads_all_under(prefix.as_str()),
+                skip_source,
             },
         );
         self.fanout.push(
@@ -338,7 +372,14 @@ impl Engine {
     }
 
     /// Registers the subscription live after delivering `events`.
-    fn attach(&mut self, conn: &Arc<Conn>, sub_id: u64, prefix: &Topic, events: Vec<Event>) {
+    fn attach(
+        &mut self,
+        conn: &Arc<Conn>,
+        sub_id: u64,
+        prefix: &Topic,
+        events: Vec<Event>,
+        skip_source: u64,
+    ) {
         self.tree.register(
             prefix,
             Subscriber {
@@ -347,6 +388,7 @@ impl Engine {
                 exact: true,
                 pending: false,
                 filtered: !conn.reads_all_under(prefix.as_str()),
+                skip_source,
             },
         );
         if !events.is_empty() {
@@ -394,8 +436,23 @@ mod tests {
             id: EventId([0; 16]),
             iteration,
             kind: EventKind::Value,
+            // Even iterations come from run 7, odd ones from run 8.
+            source: 7 + iteration % 2,
         }
         .encode()
+    }
+
+    #[test]
+    fn a_skipped_source_is_left_out_and_no_source_skips_nothing() {
+        let mut r = Recent::new(0, 10, usize::MAX);
+        for i in 1..=6 {
+            r.push(ev(i, "a"));
+        }
+        let root = Topic::root();
+        let its = |events: Vec<Event>| events.iter().map(Event::iteration).collect::<Vec<_>>();
+        assert_eq!(its(r.after(0, &root, 7)), [1, 3, 5]);
+        assert_eq!(its(r.after(0, &root, 8)), [2, 4, 6]);
+        assert_eq!(its(r.after(3, &root, 0)), [4, 5, 6]);
     }
 
     #[test]
@@ -410,10 +467,10 @@ mod tests {
         assert!(r.covers(12));
         assert!(!r.covers(11));
         let a = Topic::prefix("a", &TopicRules::default()).unwrap();
-        let got: Vec<u64> = r.after(12, &a).iter().map(Event::iteration).collect();
+        let got: Vec<u64> = r.after(12, &a, 0).iter().map(Event::iteration).collect();
         assert_eq!(got, [14]);
         let all: Vec<u64> = r
-            .after(13, &Topic::root())
+            .after(13, &Topic::root(), 0)
             .iter()
             .map(Event::iteration)
             .collect();

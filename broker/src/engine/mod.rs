@@ -82,6 +82,8 @@ pub enum Command {
         /// The job's cancellation flag, which names it: a job of an earlier
         /// subscription with the same id is not this one.
         job: Arc<std::sync::atomic::AtomicBool>,
+        /// The subscription's `skip_source`.
+        skip_source: u64,
         /// `true`: read on (the ring does not reach back); `false`: attached
         /// or gone.
         reply: std::sync::mpsc::Sender<bool>,
@@ -127,6 +129,9 @@ fn deliver(
     if s.filtered && !s.conn.may_read(event.topic()) {
         return;
     }
+    if s.skip_source != 0 && event.source() == s.skip_source {
+        return;
+    }
     if s.pending {
         if let Some(p) = snapshots.pending.get_mut(&(s.conn.id, s.sub_id)) {
             p.hold(event);
@@ -148,6 +153,9 @@ struct Subscriber {
     /// checked before they are queued, so that what it may not read never
     /// takes its queue's room nor counts as skipped when it is conflated.
     filtered: bool,
+    /// Live events of this source are left out (0: none); see subscribe's
+    /// `skip_source` in docs/protocol.md.
+    skip_source: u64,
 }
 
 /// What the engine shares with the rest of the broker.
@@ -160,6 +168,8 @@ pub struct Services {
     pub replay: Option<Arc<ReplaySource>>,
     /// This node's id.
     pub node_id: Arc<str>,
+    /// This run of the node: the source of the events it accepts.
+    pub incarnation: u64,
     /// The configured bounds (subscriptions, topics, clock skew).
     pub limits: crate::limits::Limits,
     /// Where catch-ups and replays run.
@@ -214,6 +224,7 @@ impl EngineHandle {
             peers,
             replay,
             node_id,
+            incarnation,
             limits,
             reads,
         } = services;
@@ -279,6 +290,7 @@ impl EngineHandle {
             peers,
             replay,
             node_id,
+            incarnation,
             max_subscriptions: limits.subscriptions,
             max_topics: limits.topics,
             max_clock_skew: limits.clock_skew.as_micros().try_into().unwrap_or(u64::MAX),
@@ -366,6 +378,8 @@ struct Engine {
     peers: Arc<crate::cluster::board::PeerBoard>,
     /// This node's id, for status reports.
     node_id: Arc<str>,
+    /// The source of the events this node's clients publish.
+    incarnation: u64,
     /// Where replays are served from.
     replay: Option<Arc<ReplaySource>>,
     /// Live subscriptions allowed per connection.
@@ -466,8 +480,16 @@ impl Engine {
                 after,
                 deleted_through,
                 job,
+                skip_source,
                 reply,
-            } => self.attach_caught_up(&conn, sub_id, after, deleted_through, &job, reply),
+            } => {
+                let caught_up = history::CaughtUp {
+                    after,
+                    deleted_through,
+                    skip_source,
+                };
+                self.attach_caught_up(&conn, sub_id, caught_up, &job, reply)
+            }
             Command::ApplyRemote { events, reply } => {
                 let _ = reply.send(self.apply_remote(events));
             }
@@ -510,7 +532,8 @@ impl Engine {
                 prefix,
                 since,
                 mode,
-            } => self.subscribe(conn, req_id, prefix, since, mode),
+                skip_source,
+            } => self.subscribe(conn, req_id, prefix, since, mode, skip_source),
             Request::Unsubscribe { req_id, sub_id } => {
                 let prefix = self
                     .subs
@@ -639,6 +662,7 @@ impl Engine {
             snapshots,
             persist,
             history,
+            incarnation,
             ..
         } = self;
         let draft = Draft {
@@ -648,6 +672,7 @@ impl Engine {
             id: p.id,
             origin: &conn.origin,
             mode,
+            source: *incarnation,
         };
         let applied = tree.publish(draft, |s, event| deliver(fanout, snapshots, s, event));
         if let Applied::New { event, .. } = &applied {
@@ -673,6 +698,7 @@ impl Engine {
         prefix: Topic,
         since: u64,
         mode: SubscribeMode,
+        skip_source: u64,
     ) {
         let subs = self.subs.entry(conn.id).or_default();
         if subs.len() >= self.max_subscriptions {
@@ -695,7 +721,7 @@ impl Engine {
         }
         subs.insert(req_id, prefix.clone());
         if mode == SubscribeMode::History {
-            return self.subscribe_history(conn, req_id, prefix, since);
+            return self.subscribe_history(conn, req_id, prefix, since, skip_source);
         }
         // Deletes since `since` may have been forgotten: the client must
         // replace its state with a full snapshot, and is told so.
@@ -711,7 +737,7 @@ impl Engine {
         } else {
             since
         };
-        self.start_snapshot(conn, req_id, prefix, since);
+        self.start_snapshot(conn, req_id, prefix, since, skip_source);
     }
 
     fn status(&self, req_id: u64) -> StatusReport {

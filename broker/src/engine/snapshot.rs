@@ -86,6 +86,7 @@ impl Engine {
         sub_id: u64,
         prefix: Topic,
         since: u64,
+        skip_source: u64,
     ) {
         let until = self.tree.iteration();
         let mut walk = self.tree.walk(&prefix);
@@ -115,6 +116,7 @@ impl Engine {
                 exact: false,
                 pending,
                 filtered: !conn.reads_all_under(prefix.as_str()),
+                skip_source,
             },
         );
         let Some(permit) = permit else {

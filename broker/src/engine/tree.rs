@@ -173,6 +173,8 @@ pub struct Draft<'a> {
     pub origin: &'a str,
     /// Set, set-if-absent or delete.
     pub mode: PublishMode,
+    /// The run of the node that accepted it (see `Event::source`).
+    pub source: u64,
 }
 
 /// What applying a publish did, holding the events themselves (the report
@@ -292,6 +294,7 @@ impl<S> Tree<S> {
             id: d.id.unwrap_or_else(|| ids.next_id()),
             iteration: 0,
             kind,
+            source: d.source,
         };
         if let Some(c) = current {
             match parts.order_key().cmp(&c.order_key()) {
@@ -364,6 +367,7 @@ impl<S> Tree<S> {
             } else {
                 PublishMode::Set
             },
+            source: event.source(),
         };
         self.publish(draft, deliver)
     }
@@ -668,6 +672,7 @@ mod tests {
             id: None,
             origin: "n1",
             mode: PublishMode::Set,
+            source: 1,
         }
     }
 
@@ -848,6 +853,7 @@ mod tests {
                 id: EventId([it as u8; 16]),
                 iteration: it,
                 kind: EventKind::Value,
+                source: 0,
             }
             .encode()
         };
@@ -964,6 +970,7 @@ mod tests {
                             } else {
                                 EventKind::Value
                             },
+                            source: origin as u64 + 1,
                         }
                         .encode()
                     })

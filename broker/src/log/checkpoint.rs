@@ -137,6 +137,7 @@ mod tests {
             id: EventId([i as u8; 16]),
             iteration: i,
             kind: EventKind::Value,
+            source: 0,
         }
         .encode()
     }

@@ -14,6 +14,7 @@ fn event(iteration: u64, topic: &str, payload: &[u8]) -> Event {
         id: EventId([iteration as u8; 16]),
         iteration,
         kind: EventKind::Value,
+        source: 0,
     }
     .encode()
 }

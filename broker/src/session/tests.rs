@@ -18,6 +18,7 @@ fn ev(topic: &str, iteration: u64) -> Event {
         id: EventId([0; 16]),
         iteration,
         kind: EventKind::Value,
+        source: 0,
     }
     .encode()
 }

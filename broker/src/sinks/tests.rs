@@ -97,6 +97,7 @@ fn write_log(dir: &Path, range: std::ops::RangeInclusive<u64>) {
             id: EventId([it as u8; 16]),
             iteration: it,
             kind: EventKind::Value,
+            source: 0,
         }
         .encode();
         log.append(&event);

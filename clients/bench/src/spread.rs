@@ -209,6 +209,7 @@ impl System for Spread {
             prefix: Topic::prefix(topic, &TopicRules::default())?,
             since: 0,
             mode: spread_protocol::SubscribeMode::Latest,
+            skip_source: 0,
         }
         .encode(&mut out);
         conn.wr.write_all(&out).await?;

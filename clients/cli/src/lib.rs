@@ -420,8 +420,8 @@ fn print_peers(out: &mut impl Write, peers: &[PeerStatus]) -> anyhow::Result<()>
     }
     writeln!(
         out,
-        "{:<24} {:<16} {:<12} {:>20} {:>10} {:>10} {:>8}",
-        "PEER", "PREFIX", "STATE", "CURSOR", "LAG", "APPLIED", "REFUSED"
+        "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>8}",
+        "PEER", "NODE", "PREFIX", "STATE", "CURSOR", "LAG", "RECEIVED", "APPLIED", "REFUSED"
     )?;
     for p in peers {
         let prefix = if p.prefix.is_empty() {
@@ -431,12 +431,14 @@ fn print_peers(out: &mut impl Write, peers: &[PeerStatus]) -> anyhow::Result<()>
         };
         writeln!(
             out,
-            "{:<24} {:<16} {:<12} {:>20} {:>10} {:>10} {:>8}",
+            "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>8}",
             p.address,
+            p.peer_node,
             prefix,
             p.state,
             p.cursor,
             p.peer_iteration.saturating_sub(p.cursor),
+            p.received,
             p.applied,
             p.refused
         )?;
@@ -485,9 +487,12 @@ fn print_status(
                 "cursor": p.cursor,
                 "peer_iteration": p.peer_iteration,
                 "lag_events": p.peer_iteration.saturating_sub(p.cursor),
+                "received": p.received,
                 "applied": p.applied,
                 "refused": p.refused,
                 "last_error": p.last_error,
+                "peer_node": p.peer_node,
+                "peer_incarnation": format!("{:016x}", p.peer_incarnation),
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
@@ -633,8 +638,9 @@ pub(crate) fn set_payload(v: &mut serde_json::Value, payload: &[u8]) {
 }
 
 /// The `--json` form of an event: `topic`, `iteration`, `timestamp`,
-/// `origin`, `id`, `kind`, `status` (when given) and `payload` (UTF-8) or
-/// `payload_base64`.
+/// `origin`, `id`, `kind`, `source` (16 hex digits: a JSON number would
+/// lose precision in JavaScript), `status` (when given) and `payload`
+/// (UTF-8) or `payload_base64`.
 pub fn event_json(e: &Event, status: Option<&str>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "topic": e.topic(),
@@ -643,6 +649,7 @@ pub fn event_json(e: &Event, status: Option<&str>) -> serde_json::Value {
         "origin": e.origin(),
         "id": e.id().to_string(),
         "kind": e.kind().as_str(),
+        "source": format!("{:016x}", e.source()),
     });
     if let Some(s) = status {
         v["status"] = s.into();

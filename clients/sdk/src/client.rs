@@ -83,6 +83,14 @@ impl Client {
         self.shared.node_id.lock().clone()
     }
 
+    /// The connected broker's incarnation: the `source` of the events it
+    /// accepts in its current run (drawn at every start).
+    pub fn incarnation(&self) -> u64 {
+        self.shared
+            .incarnation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether a connection is currently up.
     pub fn is_connected(&self) -> bool {
         self.shared.out.lock().connected
@@ -202,7 +210,7 @@ impl Client {
     /// Subscribes, receiving only what changed after iteration `since`
     /// (deletes included, so a resumed copy of the state stays exact).
     pub async fn subscribe_since(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
-        self.open_subscription(prefix, since, SubscribeMode::Latest)
+        self.open_subscription(prefix, since, SubscribeMode::Latest, 0)
     }
 
     /// Subscribes in history mode: *every* event under `prefix` after
@@ -212,7 +220,20 @@ impl Client {
     /// delivered. This is how consumers that must see every change (sinks,
     /// audit tails) subscribe.
     pub async fn subscribe_history(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
-        self.open_subscription(prefix, since, SubscribeMode::History)
+        self.open_subscription(prefix, since, SubscribeMode::History, 0)
+    }
+
+    /// [`Client::subscribe_history`], leaving out the events whose source
+    /// is `source` (see [`Event::source`](spread_protocol::Event::source)):
+    /// how a cluster node pulls from a peer without getting back what it
+    /// sent. Snapshots (after `Item::Truncated`) are not filtered.
+    pub async fn subscribe_history_skipping(
+        &self,
+        prefix: &str,
+        since: u64,
+        source: u64,
+    ) -> Result<Subscription, Error> {
+        self.open_subscription(prefix, since, SubscribeMode::History, source)
     }
 
     fn open_subscription(
@@ -220,6 +241,7 @@ impl Client {
         prefix: &str,
         since: u64,
         mode: SubscribeMode,
+        skip_source: u64,
     ) -> Result<Subscription, Error> {
         let prefix = Topic::prefix(prefix, &self.shared.rules)?;
         let id = self.shared.next_id();
@@ -229,6 +251,7 @@ impl Client {
             SubState {
                 prefix: prefix.clone(),
                 mode,
+                skip_source,
                 last: since,
                 seen: (!self.shared.config.failover.is_empty()).then(Default::default),
                 tx,
@@ -239,6 +262,7 @@ impl Client {
             prefix,
             since,
             mode,
+            skip_source,
         };
         // Deliveries and a refusal both arrive on the subscription's stream.
         if let Err(e) = self.shared.send_streamed(&req) {

@@ -32,6 +32,8 @@ type Writer = WriteHalf<TlsStream<TcpStream>>;
 pub(crate) struct SubState {
     pub prefix: Topic,
     pub mode: SubscribeMode,
+    /// Events of this source are left out by the broker (0: none).
+    pub skip_source: u64,
     /// Last iteration handed to the application; resume point.
     pub last: u64,
     /// With failover brokers: the conflict-order key of the last event
@@ -63,6 +65,8 @@ pub(crate) struct Shared {
     /// Running replays, by request id.
     pub replays: Mutex<HashMap<u64, mpsc::Sender<Result<ReplayItem, Error>>>>,
     pub node_id: Mutex<String>,
+    /// The connected broker's incarnation (from its welcome).
+    pub incarnation: std::sync::atomic::AtomicU64,
     /// Index in the candidates of the broker last connected to.
     current: AtomicUsize,
     /// The last connection reached another node than the one before:
@@ -89,6 +93,7 @@ impl Shared {
             subs: Mutex::new(HashMap::new()),
             replays: Mutex::new(HashMap::new()),
             node_id: Mutex::new(String::new()),
+            incarnation: Default::default(),
             current: AtomicUsize::new(0),
             moved: AtomicBool::new(false),
             shutdown: watch::channel(false).0,
@@ -180,6 +185,7 @@ impl Shared {
                 prefix: sub.prefix.clone(),
                 since: sub.last,
                 mode: sub.mode,
+                skip_source: sub.skip_source,
             }
             .encode(&mut out.buf);
         }
@@ -248,7 +254,12 @@ async fn establish_with(shared: &Shared, server: &str) -> Result<(Reader, Writer
         })?;
         let mut framed = FramedRead::with_capacity(rd, ClientCodec::default(), 64 * 1024);
         match framed.next().await {
-            Some(Ok(Response::Welcome { node_id, .. })) => {
+            Some(Ok(Response::Welcome {
+                node_id,
+                incarnation,
+                ..
+            })) => {
+                shared.incarnation.store(incarnation, Ordering::Release);
                 let previous = std::mem::replace(&mut *shared.node_id.lock(), node_id.clone());
                 if !previous.is_empty() && previous != node_id {
                     shared.moved.store(true, Ordering::Release);
