@@ -246,6 +246,8 @@ settings! {
         "CA certificates (PEM) trusted when dialling peers";
     replicate: list String, "SPREAD_REPLICATE", "the root",
         "Prefix this node asks its peers for (repeatable; default: everything)";
+    anti_entropy_secs: value u64, "SPREAD_ANTI_ENTROPY_SECS", "600",
+        "How often each pull compares digests with its peer and fetches what differs (0: only when history is gone)";
 }
 
 /// Reads a setting written as text in the file (a duration such as `1s`).

@@ -26,6 +26,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod codec;
+pub mod digest;
 pub mod error;
 pub mod event;
 pub mod frame;
@@ -41,6 +42,7 @@ mod wire;
 mod proptests;
 
 pub use codec::{ClientCodec, ServerCodec};
+pub use digest::{DigestEntry, DigestQuery, DigestReport};
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{
     check_origin, Event, EventId, EventKind, EventParts, OrderKey, OriginError, MAX_EVENT_OVERHEAD,

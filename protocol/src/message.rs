@@ -381,11 +381,12 @@ macro_rules! wire_struct {
         impl $crate::message::Arb<$name> for $name {
             fn arb() -> proptest::strategy::BoxedStrategy<$name> {
                 use proptest::strategy::Strategy;
+                // Two tuples: proptest's reach 12 elements each.
                 (
-                    $( <$crate::message::wire_ty!($fty $(, $fw)?) as $crate::message::Arb<$fty>>::arb(), )*
-                    $( $( <$crate::message::wire_ty!($oty $(, $ow)?) as $crate::message::Arb<$oty>>::arb(), )* )?
+                    ( $( <$crate::message::wire_ty!($fty $(, $fw)?) as $crate::message::Arb<$fty>>::arb(), )* ),
+                    ( proptest::strategy::Just(()), $( $( <$crate::message::wire_ty!($oty $(, $ow)?) as $crate::message::Arb<$oty>>::arb(), )* )? ),
                 )
-                    .prop_map(|( $($f,)* $( $($of,)* )? )| $name { $($f,)* $( $($of,)* )? })
+                    .prop_map(|( ( $($f,)* ), ( (), $( $($of,)* )? ) )| $name { $($f,)* $( $($of,)* )? })
                     .boxed()
             }
         }

@@ -204,13 +204,13 @@ fn docs_list_every_message_as_declared() {
 
 #[test]
 fn a_sink_from_an_older_broker_has_no_rejected_count() {
-    // [0x97, 1, "n", 2, 2, nil, [["s", "p", "running", 1, 0, 0, 5, 0, nil]]]
+    // [0x97, 1, "n", 2, 2, nil, [["s", "p", "running", 1, 0, 0, 5, 0, nil]], 7]
     let mut body = vec![
-        0x97, 0xcc, 0x97, 0x01, 0xa1, b'n', 0x02, 0x02, 0xc0, 0x91, 0x99,
+        0x98, 0xcc, 0x97, 0x01, 0xa1, b'n', 0x02, 0x02, 0xc0, 0x91, 0x99,
     ];
     body.extend_from_slice(&[0xa1, b's', 0xa1, b'p', 0xa7]);
     body.extend_from_slice(b"running");
-    body.extend_from_slice(&[0x01, 0x00, 0x00, 0x05, 0x00, 0xc0]);
+    body.extend_from_slice(&[0x01, 0x00, 0x00, 0x05, 0x00, 0xc0, 0x07]);
     match Response::decode(&Bytes::from(body), &TopicRules::default()).unwrap() {
         Response::Status(report) => {
             assert_eq!(report.sinks.len(), 1);

@@ -185,6 +185,9 @@ messages! {
             /// Request id.
             req_id: u64,
         },
+        /// Ask for the digests of the latest values under a prefix
+        /// (anti-entropy between cluster nodes).
+        DIGEST = 0x19, "digest" => Digest(crate::digest::DigestQuery),
     }
 }
 
@@ -243,6 +246,7 @@ impl Request {
             | Request::Status { req_id }
             | Request::Peers { req_id }
             | Request::Replay { req_id, .. } => Some(*req_id),
+            Request::Digest(q) => Some(q.req_id),
             Request::Publish(p) | Request::PublishIfAbsent(p) => Some(p.req_id),
             Request::Delete(d) => Some(d.req_id),
         }
@@ -262,6 +266,7 @@ impl Request {
             | Request::Unsubscribe { .. }
             | Request::Status { .. }
             | Request::Peers { .. }
+            | Request::Digest(_)
             | Request::Replay { .. } => None,
         }
     }

@@ -383,6 +383,8 @@ messages! {
         },
         /// Answer to a peers request.
         PEERS = 0x99, "peers" => Peers(PeersReport),
+        /// Answer to a digest request.
+        DIGEST = 0x9a, "digest" => Digest(crate::digest::DigestReport),
         /// An error.
         ERROR = 0xff, "error" => Error(ErrorFrame),
     }

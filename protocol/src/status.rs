@@ -49,6 +49,9 @@ wire_struct! {
         pub retained_from: Option<u64>,
         /// Every sink.
         pub sinks: Vec<SinkStatus> as List<SinkStatus, MAX_SINKS>,
+        /// The digest of every live value (`crate::digest`): equal on
+        /// nodes that hold the same latest values.
+        pub digest: u64,
     }
 }
 
@@ -65,8 +68,9 @@ wire_struct! {
         pub address: String,
         /// The prefix pulled.
         pub prefix: String,
-        /// `connecting`, `catching-up` (history before the peer's
-        /// `synced`), `live` or `retrying`.
+        /// `connecting`, `digest` (a digest exchange, when the peer's
+        /// history no longer covers the cursor), `catching-up` (history
+        /// before the peer's `synced`), `live` or `retrying`.
         pub state: String,
         /// The peer's iteration up to which everything is applied and
         /// committed here: where the pull resumes.
@@ -88,6 +92,11 @@ wire_struct! {
         /// The peer's incarnation, from its welcome (0 before the first):
         /// it changes when the peer restarts.
         pub peer_incarnation: u64,
+        /// Digest exchanges run with the peer since the broker started.
+        pub exchanges: u64,
+        /// Digest requests those exchanges sent (about k · depth for k
+        /// differing topics).
+        pub exchange_requests: u64,
     }
 }
 

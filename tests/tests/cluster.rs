@@ -691,3 +691,145 @@ async fn a_node_restored_from_an_older_copy_rejoins_and_converges() {
     holds(&on_b, "o/a", b"2").await;
     assert_eq!(state(&a).await, state(&b).await);
 }
+
+/// The pull of `broker` (the first one it has).
+async fn first_pull(client: &Client) -> spread_protocol::PeerStatus {
+    client.peers().await.unwrap().peers.remove(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_history_is_gone_is_resynced_by_digests_not_its_whole_state() {
+    // A keeps about 128 KiB of log (enforced below its checkpoints, one
+    // every 1,000 events) and 16 recent events in memory.
+    let pair = Pair::with(
+        &[
+            "--segment-bytes",
+            "65536",
+            "--retention-bytes",
+            "131072",
+            "--checkpoint-every",
+            "1000",
+            "--recent-events",
+            "16",
+        ],
+        &[],
+    )
+    .await;
+    let (a, b) = (pair.a.client().await, pair.b.client().await);
+    // 2,000 topics, 100 under each of 20 parents (more than an answer
+    // lists: the parents' children are split into buckets).
+    let topic = |i: usize| format!("d/{}/{i}", i % 20);
+    for i in 0..2000 {
+        a.publish(&topic(i), "v0").await.unwrap();
+    }
+    holds(&b, &topic(1999), b"v0").await;
+    eventually("B to hold all of A's topics", || async {
+        (state(&pair.a).await == state(&pair.b).await).then_some(())
+    })
+    .await;
+    let before = first_pull(&a).await;
+
+    // B's link to A is cut; A changes 10 topics, many times over, until
+    // retention has deleted the history after B's cursor.
+    pair.to_a
+        .open
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    pair.to_a.cut();
+    eventually("B to see the link down", || async {
+        (first_pull(&b).await.state == "retrying").then_some(())
+    })
+    .await;
+    let b_before = first_pull(&b).await;
+    let big = vec![b'x'; 1024];
+    for round in 0..400 {
+        for t in 0..10 {
+            let mut payload = big.clone();
+            payload.extend_from_slice(format!("{round}").as_bytes());
+            a.publish(&topic(t * 37), payload).await.unwrap();
+        }
+    }
+    let status = a.status().await.unwrap();
+    assert!(
+        status
+            .retained_from
+            .is_some_and(|oldest| oldest > b_before.cursor + 1),
+        "retention must have deleted the history after B's cursor: {status:?} {b_before:?}"
+    );
+
+    // Healed: B takes the 10 changed topics by a digest exchange.
+    pair.to_a
+        .open
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    eventually("B to converge with A", || async {
+        (state(&pair.a).await == state(&pair.b).await).then_some(())
+    })
+    .await;
+    let pull = eventually("B's pull to be live again", || async {
+        let p = first_pull(&b).await;
+        (p.state == "live").then_some(p)
+    })
+    .await;
+    assert_eq!(pull.exchanges, b_before.exchanges + 1, "{pull:?}");
+    // Converged nodes report the same digest of their latest values.
+    assert_eq!(
+        a.status().await.unwrap().digest,
+        b.status().await.unwrap().digest
+    );
+    assert_ne!(a.status().await.unwrap().digest, 0);
+    assert_eq!(
+        pull.received - b_before.received,
+        10,
+        "only the 10 topics that differ cross the link, not A's 2,000: {pull:?}"
+    );
+    assert_eq!(pull.applied - b_before.applied, 10, "{pull:?}");
+    // k differing topics cost digests along k paths: root, `d`, the 20
+    // parents' buckets, then the topics (depth 4, plus buckets).
+    let requests = pull.exchange_requests - b_before.exchange_requests;
+    assert!(
+        requests <= 10 * 6 + 2,
+        "{requests} digest requests for 10 topics"
+    );
+    // A pulled nothing back from B meanwhile (B had nothing A lacks).
+    let after = first_pull(&a).await;
+    assert_eq!(after.applied, before.applied, "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_digest_exchange_takes_what_a_link_refused_once_it_can() {
+    // B refuses A's writes past its third topic; its cursor moves past them.
+    let pair = Pair::with(&[], &["--max-topics", "3"]).await;
+    let a = pair.a.client().await;
+    for t in 0..5 {
+        a.publish(&format!("ae/{t}"), "from a").await.unwrap();
+    }
+    let b = pair.b.client().await;
+    eventually("B to refuse two of A's topics", || async {
+        (first_pull(&b).await.refused == 2).then_some(())
+    })
+    .await;
+    drop(b);
+    // Restarted with room, and a digest exchange every second: the
+    // history after its cursor does not hold the refused events again, the
+    // exchange does.
+    let Pair {
+        a: node_a,
+        b,
+        to_a,
+        addr_b,
+        _to_b,
+    } = pair;
+    let dir = b.stop();
+    let b = node_with(
+        addr_b,
+        to_a.addr,
+        Some(dir),
+        &["--max-topics", "10", "--anti-entropy-secs", "1"],
+    );
+    let on_b = b.client().await;
+    for t in 0..5 {
+        holds(&on_b, &format!("ae/{t}"), b"from a").await;
+    }
+    let pull = first_pull(&on_b).await;
+    assert!(pull.exchanges >= 1, "{pull:?}");
+    assert_eq!(state(&node_a).await, state(&b).await);
+}

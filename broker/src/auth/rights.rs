@@ -135,7 +135,13 @@ pub fn authorize(rights: Option<&Rights>, request: &Request) -> Result<(), Strin
         {
             Err("this token may not read under every prefix of this replay".into())
         }
+        // A digest sums every value under the prefix: all must be readable.
+        Request::Digest(q) if !r.reads_all_under(q.prefix.as_str()) => Err(format!(
+            "this token may not read everything under {:?}, which a digest covers",
+            q.prefix.as_str()
+        )),
         Request::Get { .. }
+        | Request::Digest(_)
         | Request::Subscribe { .. }
         | Request::Replay { .. }
         | Request::Hello(_)

@@ -26,6 +26,8 @@ impl PeerBoard {
             received: 0,
             peer_node: String::new(),
             peer_incarnation: 0,
+            exchanges: 0,
+            exchange_requests: 0,
         });
         entries.len() - 1
     }

@@ -6,6 +6,7 @@
 pub(crate) mod board;
 mod cursor;
 mod puller;
+mod reconcile;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub struct ClusterConfig {
     pub peer_ca: PathBuf,
     /// What this node asks its peers for.
     pub replicate: Vec<Topic>,
+    /// How often a pull runs a digest exchange while live (`None`: only
+    /// when the peer's history no longer covers the cursor).
+    pub anti_entropy: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -66,6 +70,8 @@ impl ClusterConfig {
                 .clone()
                 .unwrap_or_else(|| s.data_dir.join("tls").join("ca.pem")),
             replicate,
+            anti_entropy: (s.anti_entropy_secs > 0)
+                .then(|| Duration::from_secs(s.anti_entropy_secs)),
         })
     }
 }
@@ -135,6 +141,7 @@ pub(crate) fn start(
                 cursor: cursor::Cursor::new(data_dir, address, prefix),
                 ca: config.peer_ca.clone(),
                 secret: secret.clone(),
+                anti_entropy: config.anti_entropy,
                 local: local.clone(),
             };
             tracker.spawn(puller.run(shutdown.clone()));

@@ -10,6 +10,7 @@ use spread_protocol::{Event, Topic};
 use tokio::sync::{oneshot, watch};
 
 use super::cursor::{Cursor, Position};
+use super::reconcile::{reconcile, ReconcileError, Reconciled};
 use crate::engine::Command;
 
 /// How often a pull records its cursor while events flow.
@@ -30,6 +31,8 @@ pub(crate) struct Puller {
     pub cursor: Cursor,
     pub ca: PathBuf,
     pub secret: String,
+    /// How often to run a digest exchange while live.
+    pub anti_entropy: Option<Duration>,
     pub local: super::Local,
 }
 
@@ -41,6 +44,8 @@ enum PullError {
     Peer(#[from] spread_client::Error),
     #[error("cursor: {0}")]
     Cursor(#[from] std::io::Error),
+    #[error("digest exchange: {0}")]
+    Reconcile(#[from] ReconcileError),
     #[error("the engine stopped")]
     EngineGone,
     #[error("the subscription ended")]
@@ -118,8 +123,12 @@ impl Puller {
             synced: false,
             connected: true,
         };
+        let mut pending = Pending {
+            queue: Default::default(),
+            stored: Instant::now(),
+        };
         let mut sub = tokio::select! {
-            s = self.resume(&client, at, &mut state) => s?,
+            s = self.resume(&client, at, &mut state, &mut pending) => s?,
             _ = stopping(&mut shutdown) => return Ok(()),
         };
         tracing::info!(
@@ -132,10 +141,8 @@ impl Puller {
             .board
             .update(self.entry, |p| p.state = "catching-up".into());
         let mut batch = Vec::new();
-        let mut pending = Pending {
-            queue: Default::default(),
-            stored: Instant::now(),
-        };
+        let period = self.anti_entropy.unwrap_or(Duration::MAX);
+        let mut next_exchange = tokio::time::Instant::now().checked_add(period);
         // A lost connection shows on the board at once (the subscription
         // then ends, and `run` connects again through `resume`).
         let mut connection = client.connection_state();
@@ -152,6 +159,14 @@ impl Puller {
                         continue;
                     }
                     _ = stopping(&mut shutdown) => return Ok(()),
+                    // The safety net for what a link did not carry (an
+                    // event refused for its clock, then superseded there).
+                    _ = sleep_until(next_exchange) => {
+                        let done = reconcile(&client, &self.local, &self.prefix).await?;
+                        self.report_exchange(&done);
+                        next_exchange = tokio::time::Instant::now().checked_add(period);
+                        continue;
+                    }
                     changed = connection.changed() => {
                         if changed.is_err() {
                             return Err(PullError::Ended);
@@ -203,11 +218,27 @@ impl Puller {
         client: &Client,
         at: Position,
         state: &mut Progress,
+        pending: &mut Pending,
     ) -> Result<Subscription, PullError> {
         let prefix = self.prefix.as_str();
         // What this run accepted is not sent back; what an earlier run
         // accepted is (it may have been lost here with that run).
         let mine = self.local.incarnation;
+        // Retention deleted the peer's history past the cursor: compare
+        // digests rather than take the peer's whole state.
+        let status = client.status().await?;
+        if status
+            .retained_from
+            .is_some_and(|oldest| at.iteration.saturating_add(1) < oldest)
+        {
+            tracing::info!(
+                peer = %self.address,
+                prefix,
+                cursor = at.iteration,
+                "the peer's history no longer reaches this node's cursor: exchanging digests"
+            );
+            return self.resync(client, status.iteration, state, pending).await;
+        }
         let Some(id) = at.id.filter(|_| at.iteration > 0) else {
             return Ok(client
                 .subscribe_history_skipping(prefix, at.iteration, mine)
@@ -230,16 +261,63 @@ impl Puller {
                     peer = %self.address,
                     prefix,
                     cursor = at.iteration,
-                    "the peer's history differs from what this node applied (restored or reset?): pulling all of it again"
+                    "the peer's history differs from what this node applied (restored or reset?): exchanging digests"
                 );
                 drop(sub);
-                *state = Progress {
-                    last: 0,
-                    last_id: None,
-                    ..*state
-                };
-                Ok(client.subscribe_history_skipping(prefix, 0, mine).await?)
+                let from = client.status().await?.iteration;
+                self.resync(client, from, state, pending).await
             }
+        }
+    }
+
+    /// Takes what the peer holds and this node lacks by a digest exchange,
+    /// then pulls the peer's history after `from`, its iteration before
+    /// the exchange began (what came after is in that history).
+    async fn resync(
+        &self,
+        client: &Client,
+        from: u64,
+        state: &mut Progress,
+        pending: &mut Pending,
+    ) -> Result<Subscription, PullError> {
+        self.local
+            .board
+            .update(self.entry, |p| p.state = "digest".into());
+        let done = reconcile(client, &self.local, &self.prefix).await?;
+        self.report_exchange(&done);
+        *state = Progress {
+            last: from,
+            last_id: None,
+            ..*state
+        };
+        // Recorded once the log has committed what the exchange applied.
+        let position = Position {
+            iteration: from,
+            id: None,
+        };
+        pending.queue.push_back((position, done.local_iteration));
+        Ok(client
+            .subscribe_history_skipping(self.prefix.as_str(), from, self.local.incarnation)
+            .await?)
+    }
+
+    fn report_exchange(&self, done: &Reconciled) {
+        self.local.board.update(self.entry, |p| {
+            p.received += done.fetched;
+            p.applied += done.applied;
+            p.refused += done.refused;
+            p.exchanges += 1;
+            p.exchange_requests += done.requests;
+        });
+        if done.fetched > 0 {
+            tracing::info!(
+                peer = %self.address,
+                prefix = self.prefix.as_str(),
+                requests = done.requests,
+                fetched = done.fetched,
+                applied = done.applied,
+                "digest exchange took what differed"
+            );
         }
     }
 
@@ -374,6 +452,14 @@ impl Progress {
             // History subscriptions are never conflated.
             Item::Conflated { .. } => {}
         }
+    }
+}
+
+/// Sleeps until `at`; never, for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

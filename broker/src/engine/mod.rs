@@ -94,6 +94,13 @@ pub enum Command {
         events: Vec<spread_protocol::Event>,
         reply: tokio::sync::oneshot::Sender<remote::RemoteApplied>,
     },
+    /// This node's digests under a prefix, for a puller comparing them
+    /// with its peer's (docs/cluster.md, resync).
+    Digest {
+        prefix: Topic,
+        bucket: bytes::Bytes,
+        reply: tokio::sync::oneshot::Sender<spread_protocol::DigestReport>,
+    },
     /// The broker is stopping: the engine ends after this command.
     Stop,
     /// The connection's reader stopped: answer what came before, drop its
@@ -493,6 +500,13 @@ impl Engine {
             Command::ApplyRemote { events, reply } => {
                 let _ = reply.send(self.apply_remote(events));
             }
+            Command::Digest {
+                prefix,
+                bucket,
+                reply,
+            } => {
+                let _ = reply.send(self.tree.digest(prefix.as_str(), &bucket, 0));
+            }
             Command::Stop => self.stopping = true,
             Command::Closed { conn, error } => {
                 if let Some(subs) = self.subs.remove(&conn.id) {
@@ -534,6 +548,12 @@ impl Engine {
                 mode,
                 skip_source,
             } => self.subscribe(conn, req_id, prefix, since, mode, skip_source),
+            Request::Digest(q) => {
+                let report = self.tree.digest(q.prefix.as_str(), &q.bucket, q.req_id);
+                let carried = report.own.as_ref().map_or(0, |e| e.encoded().len());
+                self.fanout
+                    .answer_response(conn, Response::Digest(report), carried);
+            }
             Request::Unsubscribe { req_id, sub_id } => {
                 let prefix = self
                     .subs
@@ -749,6 +769,7 @@ impl Engine {
             committed,
             retained_from: self.persist.log.retained_from(),
             sinks: self.sinks.reports(&self.persist.durable),
+            digest: self.tree.root_digest(),
         }
     }
 

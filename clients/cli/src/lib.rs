@@ -479,6 +479,7 @@ fn print_status(
             "iteration": r.iteration,
             "committed": r.committed,
             "retained_from": r.retained_from,
+            "digest": format!("{:016x}", r.digest),
             "sinks": sinks,
             "peers": peers.iter().map(|p| serde_json::json!({
                 "address": p.address,
@@ -493,6 +494,8 @@ fn print_status(
                 "last_error": p.last_error,
                 "peer_node": p.peer_node,
                 "peer_incarnation": format!("{:016x}", p.peer_incarnation),
+                "exchanges": p.exchanges,
+                "exchange_requests": p.exchange_requests,
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;
@@ -508,6 +511,8 @@ fn print_status(
         Some(it) => writeln!(out, "log from   iteration {it}")?,
         None => writeln!(out, "log from   the beginning")?,
     }
+    // Equal on nodes that hold the same latest values.
+    writeln!(out, "digest     {:016x}", r.digest)?;
     print_peers(out, peers)?;
     if r.sinks.is_empty() {
         writeln!(out, "sinks      none configured")?;

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spread_protocol::{
-    Delete, Event, EventId, Outcome, PeersReport, Publish, Request, Response, StatusReport,
-    SubscribeMode, Topic,
+    Delete, DigestQuery, DigestReport, Event, EventId, Outcome, PeersReport, Publish, Request,
+    Response, StatusReport, SubscribeMode, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -332,6 +332,22 @@ impl Client {
         {
             Response::Peers(report) => Ok(report),
             _ => Err(Error::Unexpected("expected a peers report")),
+        }
+    }
+
+    /// The digests of the latest values under `prefix`, for the children
+    /// in `bucket` (a nibble path; empty: the node itself and all its
+    /// children). See `spread_protocol::digest` and docs/cluster.md: this
+    /// is how a cluster node finds what it lacks without the whole state.
+    pub async fn digest(&self, prefix: &str, bucket: &[u8]) -> Result<DigestReport, Error> {
+        let query = DigestQuery {
+            req_id: self.shared.next_id(),
+            prefix: Topic::prefix(prefix, &self.shared.rules)?,
+            bucket: bytes::Bytes::copy_from_slice(bucket),
+        };
+        match self.call(Request::Digest(query)).await? {
+            Response::Digest(report) => Ok(report),
+            _ => Err(Error::Unexpected("expected a digest")),
         }
     }
 }

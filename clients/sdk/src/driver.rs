@@ -469,7 +469,8 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
         | Response::Pong { req_id }
         | Response::Unsubscribed { req_id }
         | Response::Status(StatusReport { req_id, .. })
-        | Response::Peers(PeersReport { req_id, .. }) => {
+        | Response::Peers(PeersReport { req_id, .. })
+        | Response::Digest(spread_protocol::DigestReport { req_id, .. }) => {
             if let Some(tx) = shared.pending.lock().remove(&req_id) {
                 let _ = tx.send(Ok(resp));
             }
