@@ -236,9 +236,9 @@ settings! {
         "How far ahead of the broker's clock a publish's timestamp may be, e.g. 1s, 500ms";
     plain_listen: optional SocketAddr, "SPREAD_PLAIN_LISTEN", "none",
         "Also listen WITHOUT TLS on this loopback address (benchmarking only)";
-    #[serde(rename = "peers")]
+    #[serde(rename = "peers", deserialize_with = "peers_from_toml")]
     peer: list String, "SPREAD_PEER", "none",
-        "A node to replicate from, HOST:PORT (repeatable; TOML: peers); see docs/cluster.md";
+        "A node to replicate from, HOST:PORT (repeatable; TOML: peers, or [[peers]] tables with an address); see docs/cluster.md";
     #[arg(hide_env_values = true)]
     cluster_secret: optional String, "SPREAD_CLUSTER_SECRET", "none",
         "HS256 secret shared by the nodes of a cluster: peers prove with it that they are peers";
@@ -248,6 +248,35 @@ settings! {
         "Prefix this node asks its peers for (repeatable; default: everything)";
     anti_entropy_secs: value u64, "SPREAD_ANTI_ENTROPY_SECS", "600",
         "How often each pull compares digests with its peer and fetches what differs (0: only when history is gone)";
+}
+
+/// Reads `peers` as a list of addresses or as `[[peers]]` tables, each
+/// with an `address` (room for per-peer settings later).
+fn peers_from_toml<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PeerTable {
+        address: String,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(
+        untagged,
+        expecting = "a peer: \"host:port\" or a table with an address"
+    )]
+    enum Peer {
+        Address(String),
+        Table(PeerTable),
+    }
+    let peers: Vec<Peer> = serde::Deserialize::deserialize(d)?;
+    Ok(peers
+        .into_iter()
+        .map(|p| match p {
+            Peer::Address(a) | Peer::Table(PeerTable { address: a }) => a,
+        })
+        .collect())
 }
 
 /// Reads a setting written as text in the file (a duration such as `1s`).
@@ -498,6 +527,18 @@ fn load_file(path: &Path) -> Result<Args, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_a_list_or_tables() {
+        let listed: Args = toml::from_str(r#"peers = ["a:1", "b:2"]"#).unwrap();
+        assert_eq!(listed.peer, ["a:1", "b:2"]);
+        let tables: Args =
+            toml::from_str("[[peers]]\naddress = \"a:1\"\n\n[[peers]]\naddress = \"b:2\"\n")
+                .unwrap();
+        assert_eq!(tables.peer, ["a:1", "b:2"]);
+        let typo = toml::from_str::<Args>("[[peers]]\nadress = \"a:1\"\n");
+        assert!(typo.is_err(), "an unknown key in a peer table is refused");
+    }
 
     /// What a program writes (a test harness, a deployment tool) is what
     /// the broker reads back.

@@ -440,9 +440,33 @@ impl Mesh {
                     return None;
                 }
             }
+            // Then their digests agree too (what an operator compares).
+            let digest = |i| async move {
+                let client = self.node(i).client().await;
+                client.status().await.ok().map(|s| s.digest)
+            };
+            let d0 = digest(0).await?;
+            for i in 1..self.nodes.len() {
+                if digest(i).await? != d0 {
+                    return None;
+                }
+            }
             Some(first)
         })
         .await
+    }
+
+    /// The events received by every pull of every node, by (puller, peer
+    /// address).
+    async fn received(&self) -> HashMap<(usize, String), u64> {
+        let mut out = HashMap::new();
+        for i in 0..self.nodes.len() {
+            let client = self.node(i).client().await;
+            for p in client.peers().await.unwrap().peers {
+                out.insert((i, p.address), p.received);
+            }
+        }
+        out
     }
 
     fn set_link(&self, link: (usize, usize), up: bool) {
@@ -574,6 +598,29 @@ async fn a_ring_carries_each_write_round_once_and_stops() {
         let all = ids.len();
         ids.dedup();
         assert_eq!(ids.len(), all, "node {i} applied an event twice");
+    }
+    // Once converged, a write crosses the two links after it and not the
+    // one back into the node that accepted it: one new marker per node
+    // makes every pull receive exactly the two others'.
+    let before = mesh.received().await;
+    for i in 0..3 {
+        let client = mesh.node(i).client().await;
+        client.publish(&format!("marker/{i}"), "m").await.unwrap();
+    }
+    for i in 0..3 {
+        let client = mesh.node(i).client().await;
+        for m in 0..3 {
+            holds(&client, &format!("marker/{m}"), b"m").await;
+        }
+    }
+    let after = mesh.received().await;
+    assert_eq!(after.len(), 3);
+    for (pull, n) in &after {
+        assert_eq!(
+            n - before[pull],
+            2,
+            "pull {pull:?}: {before:?} -> {after:?}"
+        );
     }
 }
 
@@ -832,4 +879,37 @@ async fn a_periodic_digest_exchange_takes_what_a_link_refused_once_it_can() {
     let pull = first_pull(&on_b).await;
     assert!(pull.exchanges >= 1, "{pull:?}");
     assert_eq!(state(&node_a).await, state(&b).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_clock_runs_ten_minutes_ahead_cannot_freeze_a_topic_elsewhere() {
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let (to_a, to_b) = (Proxy::start(addr_a).await, Proxy::start(addr_b).await);
+    let common = ["--archive", "off", "--cluster-secret", SECRET, "--peer"];
+    let skewed = Broker::builder()
+        .listen(addr_a)
+        .flags(&common)
+        .flags(&[&to_b.addr.to_string()])
+        .env("SPREAD_TEST_CLOCK_OFFSET_SECS", "600")
+        .start();
+    let honest = node(addr_b, to_a.addr, Some(sharing_tls(&skewed)));
+    let (a, b) = (skewed.client().await, honest.client().await);
+    // A stamps with its own clock, ten minutes ahead: B refuses the event
+    // (counted on its pull) instead of letting it win every write to come.
+    let stamped = a.publish("skew/t", "from the future").await.unwrap();
+    let ahead = stamped.summary().timestamp();
+    a.publish("skew/marker", "m").await.unwrap();
+    let refused = eventually("B to refuse A's stamp", || async {
+        let p = first_pull(&b).await;
+        (p.refused >= 2).then_some(p)
+    })
+    .await;
+    assert_eq!(refused.applied, 0, "{refused:?}");
+    assert!(b.get("skew/t").await.unwrap().is_none());
+    // B's own writes to the topic still take.
+    b.publish("skew/t", "now").await.unwrap();
+    let here = b.get("skew/t").await.unwrap().unwrap();
+    assert_eq!(here.payload_bytes(), b"now");
+    assert!(here.timestamp() < ahead);
+    drop((to_a, to_b));
 }

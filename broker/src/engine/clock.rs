@@ -25,9 +25,37 @@ pub struct Clock {
     source: fn() -> u64,
 }
 
+/// How far a debug build's engine clock is shifted from the system's, in
+/// µs: `SPREAD_TEST_CLOCK_OFFSET_SECS` (signed), a test hook for a cluster
+/// node whose clock is wrong. Release builds ignore it.
+fn test_offset() -> i64 {
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        if !cfg!(debug_assertions) {
+            return 0;
+        }
+        std::env::var("SPREAD_TEST_CLOCK_OFFSET_SECS")
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .map_or(0, |secs| secs.saturating_mul(1_000_000))
+    })
+}
+
+fn skewed_now_micros() -> u64 {
+    now_micros().saturating_add_signed(test_offset())
+}
+
 impl Clock {
-    /// A clock reading the system time.
+    /// A clock reading the system time (shifted by the test hook above in
+    /// debug builds).
     pub fn system() -> Self {
+        if test_offset() != 0 {
+            tracing::warn!(
+                offset_us = test_offset(),
+                "test hook: this node's clock is shifted (SPREAD_TEST_CLOCK_OFFSET_SECS)"
+            );
+            return Clock::with_source(skewed_now_micros);
+        }
         Clock::with_source(now_micros)
     }
 

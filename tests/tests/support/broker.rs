@@ -61,6 +61,8 @@ pub struct BrokerBuilder {
     dir: Option<tempfile::TempDir>,
     fd_limit: Option<u32>,
     listen: Option<SocketAddr>,
+    /// Environment variables of the process (test hooks).
+    env: Vec<(String, String)>,
 }
 
 impl BrokerBuilder {
@@ -97,6 +99,13 @@ impl BrokerBuilder {
     /// nodes that must find each other again after a restart).
     pub fn listen(mut self, addr: SocketAddr) -> BrokerBuilder {
         self.listen = Some(addr);
+        self
+    }
+
+    /// Sets an environment variable of the process, such as the debug
+    /// build's clock offset `SPREAD_TEST_CLOCK_OFFSET_SECS`.
+    pub fn env(mut self, key: &str, value: &str) -> BrokerBuilder {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -150,6 +159,7 @@ impl BrokerBuilder {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -250,6 +260,7 @@ impl Broker {
             dir: None,
             fd_limit: None,
             listen: None,
+            env: Vec::new(),
         }
     }
 
