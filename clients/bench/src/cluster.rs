@@ -21,7 +21,7 @@ fn free_addr() -> anyhow::Result<SocketAddr> {
 
 /// Copies the generated TLS material of `from` into `to`, so that the
 /// nodes trust each other's certificate.
-fn share_tls(from: &Path, to: &Path) -> anyhow::Result<()> {
+pub(crate) fn share_tls(from: &Path, to: &Path) -> anyhow::Result<()> {
     let tls = to.join("tls");
     std::fs::create_dir_all(&tls)?;
     for entry in std::fs::read_dir(from.join("tls"))? {

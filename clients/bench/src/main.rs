@@ -10,6 +10,7 @@ mod archive;
 mod cluster;
 mod nats;
 mod restart;
+mod resync;
 mod servers;
 mod sinks;
 mod spread;
@@ -75,6 +76,13 @@ struct Args {
     /// mesh against one node) with this many acknowledged publishes.
     #[arg(long, default_value_t = 0)]
     cluster_events: u64,
+    /// Instead of the workloads: the resync benchmark (two nodes, a cut
+    /// link) over this many topics.
+    #[arg(long, default_value_t = 0)]
+    resync_topics: u64,
+    /// Topics changed during the cut of the resync benchmark.
+    #[arg(long, default_value_t = 1000)]
+    resync_changed: u64,
     /// Instead of the workloads: the sink benchmark with this many publishes.
     #[arg(long, default_value_t = 0)]
     sink_events: u64,
@@ -133,6 +141,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
+    if args.resync_topics > 0 {
+        drop(broker);
+        let tls = connector(&tls_dir.join("ca.pem"))?;
+        let result = resync::run(
+            &broker_bin,
+            &data,
+            tls,
+            args.resync_topics,
+            args.resync_changed,
+            args.size,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
     if args.cluster_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
