@@ -97,6 +97,10 @@ wire_struct! {
         /// Digest requests those exchanges sent (about k · depth for k
         /// differing topics).
         pub exchange_requests: u64,
+        /// How far behind the peer this node is, in milliseconds: while
+        /// live, how old the last event applied was when it was applied;
+        /// otherwise how old it is now (by the accepting node's clock).
+        pub lag_ms: u64,
     }
 }
 

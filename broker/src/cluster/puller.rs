@@ -224,8 +224,8 @@ impl Puller {
         // What this run accepted is not sent back; what an earlier run
         // accepted is (it may have been lost here with that run).
         let mine = self.local.incarnation;
-        // Retention deleted the peer's history past the cursor: compare
-        // digests rather than take the peer's whole state.
+        // Retention deleted the peer's history past the cursor: take the
+        // latest value of what changed after it instead.
         let status = client.status().await?;
         if status
             .retained_from
@@ -235,9 +235,11 @@ impl Puller {
                 peer = %self.address,
                 prefix,
                 cursor = at.iteration,
-                "the peer's history no longer reaches this node's cursor: exchanging digests"
+                "the peer's history no longer reaches this node's cursor: taking the latest values changed since"
             );
-            return self.resync(client, status.iteration, state, pending).await;
+            return self
+                .latest_since(client, at.iteration, status.iteration, state, pending)
+                .await;
         }
         let Some(id) = at.id.filter(|_| at.iteration > 0) else {
             return Ok(client
@@ -268,6 +270,61 @@ impl Puller {
                 self.resync(client, from, state, pending).await
             }
         }
+    }
+
+    /// Takes the latest value of every topic the peer changed after
+    /// `since` (resync level 2: k events for k changed topics, however
+    /// many writes they had), then pulls the peer's history after the
+    /// iteration that snapshot covers. When the peer also forgot deletes
+    /// after `since`, it would send its whole state: a digest exchange
+    /// does better, from `peer_iteration` (the peer's before the snapshot).
+    async fn latest_since(
+        &self,
+        client: &Client,
+        since: u64,
+        peer_iteration: u64,
+        state: &mut Progress,
+        pending: &mut Pending,
+    ) -> Result<Subscription, PullError> {
+        let prefix = self.prefix.as_str();
+        let mut sub = client.subscribe_since(prefix, since).await?;
+        // Events in no order until the snapshot completes: no position.
+        state.snapshot = true;
+        let mut batch = Vec::new();
+        loop {
+            let item = match sub.next_item().await {
+                Some(item) => item?,
+                None => return Err(PullError::Ended),
+            };
+            match item {
+                Item::Truncated { .. } => {
+                    drop(sub);
+                    state.snapshot = false;
+                    self.apply(std::mem::take(&mut batch), state, pending)
+                        .await?;
+                    return self.resync(client, peer_iteration, state, pending).await;
+                }
+                item @ Item::Synced { .. } => {
+                    // Positions the pull at the iteration the snapshot covers.
+                    state.take(item, &mut batch);
+                    state.synced = false;
+                    self.apply(std::mem::take(&mut batch), state, pending)
+                        .await?;
+                    break;
+                }
+                item => {
+                    state.take(item, &mut batch);
+                    if batch.len() >= BATCH {
+                        self.apply(std::mem::take(&mut batch), state, pending)
+                            .await?;
+                    }
+                }
+            }
+        }
+        drop(sub);
+        Ok(client
+            .subscribe_history_skipping(prefix, state.last, self.local.incarnation)
+            .await?)
     }
 
     /// Takes what the peer holds and this node lacks by a digest exchange,
@@ -333,6 +390,7 @@ impl Puller {
         let mut local = None;
         if !events.is_empty() {
             let received = events.len() as u64;
+            let newest = events.iter().map(Event::timestamp).max().unwrap_or(0);
             let (reply, applied) = oneshot::channel();
             self.local
                 .engine
@@ -345,6 +403,8 @@ impl Puller {
                 p.applied += applied.new;
                 p.refused += applied.refused;
             });
+            let now = crate::engine::clock::now_micros();
+            self.local.board.applied_up_to(self.entry, newest, now);
             local = Some(applied.iteration);
         }
         // During a snapshot (history the peer no longer has) the events

@@ -420,8 +420,17 @@ fn print_peers(out: &mut impl Write, peers: &[PeerStatus]) -> anyhow::Result<()>
     }
     writeln!(
         out,
-        "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>8}",
-        "PEER", "NODE", "PREFIX", "STATE", "CURSOR", "LAG", "RECEIVED", "APPLIED", "REFUSED"
+        "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "PEER",
+        "NODE",
+        "PREFIX",
+        "STATE",
+        "CURSOR",
+        "LAG",
+        "LAG MS",
+        "RECEIVED",
+        "APPLIED",
+        "REFUSED"
     )?;
     for p in peers {
         let prefix = if p.prefix.is_empty() {
@@ -431,13 +440,14 @@ fn print_peers(out: &mut impl Write, peers: &[PeerStatus]) -> anyhow::Result<()>
         };
         writeln!(
             out,
-            "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>8}",
+            "{:<24} {:<18} {:<16} {:<12} {:>20} {:>10} {:>10} {:>10} {:>10} {:>8}",
             p.address,
             p.peer_node,
             prefix,
             p.state,
             p.cursor,
             p.peer_iteration.saturating_sub(p.cursor),
+            p.lag_ms,
             p.received,
             p.applied,
             p.refused
@@ -488,6 +498,7 @@ fn print_status(
                 "cursor": p.cursor,
                 "peer_iteration": p.peer_iteration,
                 "lag_events": p.peer_iteration.saturating_sub(p.cursor),
+                "lag_ms": p.lag_ms,
                 "received": p.received,
                 "applied": p.applied,
                 "refused": p.refused,
