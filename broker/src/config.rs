@@ -242,8 +242,8 @@ settings! {
     #[arg(hide_env_values = true)]
     cluster_secret: optional String, "SPREAD_CLUSTER_SECRET", "none",
         "HS256 secret shared by the nodes of a cluster: peers prove with it that they are peers";
-    peer_ca: optional PathBuf, "SPREAD_PEER_CA", "<data-dir>/tls/ca.pem",
-        "CA certificates (PEM) trusted when dialling peers";
+    peer_ca: optional PathBuf, "SPREAD_PEER_CA", "the system roots and <data-dir>/tls/ca.pem",
+        "CA certificates (PEM) trusted when dialling peers (given: only these)";
     replicate: list String, "SPREAD_REPLICATE", "the root",
         "Prefix this node asks its peers for (repeatable; default: everything)";
     anti_entropy_secs: value u64, "SPREAD_ANTI_ENTROPY_SECS", "600",

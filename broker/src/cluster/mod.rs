@@ -33,6 +33,9 @@ pub struct ClusterConfig {
     pub secret: Option<String>,
     /// CA certificates trusted when dialling peers.
     pub peer_ca: PathBuf,
+    /// Whether the system's roots are trusted too (when `--peer-ca` is not
+    /// given and `peer_ca` is the node's own CA).
+    pub system_roots: bool,
     /// What this node asks its peers for.
     pub replicate: Vec<Topic>,
     /// How often a pull runs a digest exchange while live (`None`: only
@@ -65,6 +68,7 @@ impl ClusterConfig {
         Ok(ClusterConfig {
             peers: s.peer.clone(),
             secret: s.cluster_secret.clone(),
+            system_roots: s.peer_ca.is_none(),
             peer_ca: s
                 .peer_ca
                 .clone()
@@ -140,6 +144,7 @@ pub(crate) fn start(
                 prefix: prefix.clone(),
                 cursor: cursor::Cursor::new(data_dir, address, prefix),
                 ca: config.peer_ca.clone(),
+                system_roots: config.system_roots,
                 secret: secret.clone(),
                 anti_entropy: config.anti_entropy,
                 local: local.clone(),

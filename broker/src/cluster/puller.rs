@@ -30,6 +30,8 @@ pub(crate) struct Puller {
     pub prefix: Topic,
     pub cursor: Cursor,
     pub ca: PathBuf,
+    /// Trust the system's roots as well as `ca`.
+    pub system_roots: bool,
     pub secret: String,
     /// How often to run a digest exchange while live.
     pub anti_entropy: Option<Duration>,
@@ -93,9 +95,13 @@ impl Puller {
 
     async fn pull(&self, mut shutdown: watch::Receiver<bool>) -> Result<(), PullError> {
         let (secret, node) = (self.secret.clone(), self.local.node_id.clone());
-        let config = ClientConfig::new(self.address.clone())
-            .ca_file(&self.ca)
-            .token_refresher(move || super::peer_token(&secret, &node));
+        let config = ClientConfig::new(self.address.clone());
+        let config = if self.system_roots {
+            config.system_roots_and_ca_file(&self.ca)
+        } else {
+            config.ca_file(&self.ca)
+        };
+        let config = config.token_refresher(move || super::peer_token(&secret, &node));
         let config = ClientConfig {
             client_name: format!("spread-peer/{}", self.local.node_id),
             // Each connection checks the cursor against the peer's history

@@ -11,6 +11,10 @@ pub enum Trust {
     System,
     /// A PEM file of CA certificates (for example `<data-dir>/tls/ca.pem`).
     CaFile(PathBuf),
+    /// The operating system's root certificates and those of a PEM file
+    /// (how a cluster node trusts peers by default: certificates from a
+    /// public CA, or from the cluster's own).
+    SystemAndCaFile(PathBuf),
     /// Accept any certificate. For development only: it gives no protection
     /// against an attacker on the network.
     Insecure,
@@ -121,6 +125,12 @@ impl ClientConfig {
     /// Trusts the CA certificates in `path`.
     pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.trust = Trust::CaFile(path.into());
+        self
+    }
+
+    /// Trusts the system's roots and the CA certificates in `path`.
+    pub fn system_roots_and_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.trust = Trust::SystemAndCaFile(path.into());
         self
     }
 

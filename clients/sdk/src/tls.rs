@@ -11,6 +11,30 @@ use rustls_pki_types::pem::PemObject;
 use crate::config::Trust;
 use crate::Error;
 
+/// Adds the CA certificates of a PEM file; a file without one is an error.
+fn add_pem_file(roots: &mut RootCertStore, path: &std::path::Path) -> Result<(), Error> {
+    let fail = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", path.display()));
+    let mut added = 0;
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(&e))? {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(fail(&"no certificate"));
+    }
+    Ok(())
+}
+
+/// Adds the operating system's root certificates that parse.
+fn add_system_roots(roots: &mut RootCertStore) {
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // Skip the odd unparsable system certificate.
+        let _ = roots.add(cert);
+    }
+}
+
 /// Builds the rustls configuration for `trust`, presenting `client_cert`
 /// (certificate chain and key, PEM files) when the broker asks for one.
 pub fn client_config(
@@ -27,31 +51,23 @@ pub fn client_config(
             .with_custom_certificate_verifier(Arc::new(AcceptAny(provider))),
         Trust::CaFile(path) => {
             let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-            }
-            if roots.is_empty() {
-                return Err(Error::Tls(format!("{}: no certificate", path.display())));
-            }
+            add_pem_file(&mut roots, path)?;
             builder.with_root_certificates(roots)
         }
         Trust::System => {
             let mut roots = RootCertStore::empty();
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                // Skip the odd unparsable system certificate.
-                let _ = roots.add(cert);
-            }
+            add_system_roots(&mut roots);
             if roots.is_empty() {
                 return Err(Error::Tls(
                     "no system root certificates found; pass a CA file".into(),
                 ));
             }
+            builder.with_root_certificates(roots)
+        }
+        Trust::SystemAndCaFile(path) => {
+            let mut roots = RootCertStore::empty();
+            add_system_roots(&mut roots);
+            add_pem_file(&mut roots, path)?;
             builder.with_root_certificates(roots)
         }
     };
