@@ -60,24 +60,55 @@ impl Acks {
 /// JetStream: a file-storage stream on `bench.js.>`; each publish carries a
 /// reply subject and is acknowledged once stored.
 pub async fn jetstream(nats: &Nats, n: u64, size: usize) -> anyhow::Result<f64> {
+    jetstream_replicated(nats, n, size, 1).await
+}
+
+/// [`jetstream`] on a stream of `replicas` copies (on a JetStream
+/// cluster, a publish is acknowledged once a quorum has stored it).
+pub async fn jetstream_replicated(
+    nats: &Nats,
+    n: u64,
+    size: usize,
+    replicas: u32,
+) -> anyhow::Result<f64> {
     let (mut rd, mut wr, mut buf) = nats.connect_raw().await?;
     wr.write_all(b"SUB _INBOX.bench.* 9\r\n").await?;
-    let create = br#"{"name":"BENCH","subjects":["bench.js.>"],"storage":"file","retention":"limits","discard":"old","max_msgs":-1,"num_replicas":1}"#;
-    wr.write_all(
-        format!(
-            "PUB $JS.API.STREAM.CREATE.BENCH _INBOX.bench.create {}\r\n",
-            create.len()
+    let create = format!(
+        r#"{{"name":"BENCH","subjects":["bench.js.>"],"storage":"file","retention":"limits","discard":"old","max_msgs":-1,"num_replicas":{replicas}}}"#
+    );
+    // A new cluster elects its JetStream leader first: retry meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        wr.write_all(
+            format!(
+                "PUB $JS.API.STREAM.CREATE.BENCH _INBOX.bench.create {}\r\n",
+                create.len()
+            )
+            .as_bytes(),
         )
-        .as_bytes(),
-    )
-    .await?;
-    wr.write_all(create).await?;
-    wr.write_all(b"\r\n").await?;
-    wr.flush().await?;
-    // The stream-create answer.
-    let answer = next_msg(&mut rd, &mut buf).await?;
-    if answer.contains("\"error\"") && !answer.contains("already in use") {
-        bail!("cannot create the JetStream stream: {answer}");
+        .await?;
+        wr.write_all(create.as_bytes()).await?;
+        wr.write_all(b"\r\n").await?;
+        wr.flush().await?;
+        // Before its leader is elected, a cluster may not answer at all;
+        // meanwhile the server's pings want a PONG (unasked ones are
+        // harmless), or it drops the connection as stale.
+        let answer =
+            tokio::time::timeout(Duration::from_secs(1), next_msg(&mut rd, &mut buf)).await;
+        wr.write_all(b"PONG\r\n").await?;
+        let answer = match answer {
+            Ok(answer) => answer?,
+            Err(_) => "no answer yet".to_string(),
+        };
+        if !answer.contains("\"error\"") && answer.contains("stream_create_response")
+            || answer.contains("already in use")
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("cannot create the JetStream stream: {answer}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let acks = Arc::new(Acks::default());
     let counter = acks.clone();

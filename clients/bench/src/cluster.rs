@@ -1,6 +1,9 @@
 //! Replication: acknowledged publishes on node A of a three-node mesh, and
 //! the time until B and C have applied all of them, against one node alone
-//! measured in the same run (docs/cluster.md, docs/benchmarks.md).
+//! measured in the same run (docs/cluster.md, docs/benchmarks.md); and the
+//! peer measured the same way: NATS JetStream on one server (one replica)
+//! and on a three-server JetStream cluster (three replicas, a publish
+//! acknowledged once a quorum stored it).
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -44,6 +47,13 @@ async fn applied(node: &Spread, from: u64, n: u64) -> anyhow::Result<Instant> {
     }
 }
 
+/// Where the peer's server is and the certificate it presents.
+pub struct NatsSetup<'a> {
+    pub bin: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 /// Prints the single-node and the replicated figures of one run each.
 pub async fn run(
     bin: &Path,
@@ -52,6 +62,7 @@ pub async fn run(
     tls: TlsConnector,
     n: u64,
     size: usize,
+    nats: NatsSetup<'_>,
 ) -> anyhow::Result<()> {
     // Every node uses the TLS material the bench's first broker generated
     // in `data`, which `tls` trusts.
@@ -107,6 +118,25 @@ pub async fn run(
     )
     .context("the replicated run")?;
     let end_to_end = n as f64 / (b_done.max(c_done) - began).as_secs_f64();
+    drop(mesh);
+
+    // The peer, the same way: one server, then a cluster of three.
+    let single_nats = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("js-one"))?;
+    let client = crate::nats::Nats {
+        addr: single_nats.addr,
+        tls: tls.clone(),
+    };
+    let js_single = crate::acked::jetstream_replicated(&client, n, size, 1).await?;
+    drop(single_nats);
+    let cluster =
+        servers::start_nats_cluster(nats.bin, nats.cert, nats.key, &data.join("js-three"), 3)?;
+    let client = crate::nats::Nats {
+        addr: cluster[0].addr,
+        tls: tls.clone(),
+    };
+    let js_three = crate::acked::jetstream_replicated(&client, n, size, 3).await?;
+    drop(cluster);
+
     println!("| workload | msgs/s | ÷ one node alone |");
     println!("|---|---:|---:|");
     println!("| acked publishes, one node alone | {single_rate:.0} | 1.00 |");
@@ -117,6 +147,11 @@ pub async fn run(
     println!(
         "| end to end: until B and C applied all of them | {end_to_end:.0} | {:.2} |",
         end_to_end / single_rate
+    );
+    println!("| NATS JetStream acked publishes, one server (1 replica) | {js_single:.0} | 1.00 |");
+    println!(
+        "| NATS JetStream acked publishes, 3-server cluster (3 replicas, acked at quorum) | {js_three:.0} | {:.2} |",
+        js_three / js_single
     );
     Ok(())
 }

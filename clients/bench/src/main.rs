@@ -159,6 +159,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.cluster_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
+        let nats = cluster::NatsSetup {
+            bin: &args.nats_bin,
+            cert: &tls_dir.join("server.pem"),
+            key: &tls_dir.join("server-key.pem"),
+        };
         let result = cluster::run(
             &broker_bin,
             &data,
@@ -166,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tls,
             args.cluster_events,
             args.size,
+            nats,
         )
         .await;
         let _ = std::fs::remove_dir_all(&data);

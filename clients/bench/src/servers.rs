@@ -121,39 +121,108 @@ pub fn start_spread_with(
     Ok(Server { child, addr })
 }
 
-/// Starts `nats-server` with TLS and JetStream (file storage in
-/// `store_dir`) on a free port.
-pub fn start_nats(bin: &Path, cert: &Path, key: &Path, store_dir: &Path) -> anyhow::Result<Server> {
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+/// Where a `nats-server` listens and keeps its JetStream files.
+struct NatsFiles<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    store_dir: &'a Path,
+}
+
+/// Spawns `nats-server` with TLS and JetStream on `port`, with `extra`
+/// arguments (a cluster's).
+fn spawn_nats(
+    bin: &Path,
+    port: u16,
+    files: &NatsFiles<'_>,
+    extra: &[String],
+) -> anyhow::Result<Server> {
     let child = Command::new(bin)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "--tls",
-            "--tlscert",
-        ])
-        .arg(cert)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
+        .args(["--tls", "--tlscert"])
+        .arg(files.cert)
         .arg("--tlskey")
-        .arg(key)
+        .arg(files.key)
         .arg("-js")
         .arg("-sd")
-        .arg(store_dir)
+        .arg(files.store_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let server = Server { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not start listening on {addr}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    Ok(Server { child, addr })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `nats-server` with TLS and JetStream (file storage in
+/// `store_dir`) on a free port.
+pub fn start_nats(bin: &Path, cert: &Path, key: &Path, store_dir: &Path) -> anyhow::Result<Server> {
+    let files = NatsFiles {
+        cert,
+        key,
+        store_dir,
+    };
+    let server = spawn_nats(bin, free_port()?, &files, &[])?;
+    wait_listening(&[&server], Instant::now() + Duration::from_secs(10))?;
     Ok(server)
+}
+
+/// Waits until every server accepts connections, until `deadline`.
+fn wait_listening(servers: &[&Server], deadline: Instant) -> anyhow::Result<()> {
+    for server in servers {
+        while std::net::TcpStream::connect(server.addr).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not start listening on {}", server.addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+/// Starts a JetStream cluster of `n` `nats-server`s on loopback (TLS for
+/// clients, plain routes between the servers), each storing in its own
+/// directory under `store_dir`.
+pub fn start_nats_cluster(
+    bin: &Path,
+    cert: &Path,
+    key: &Path,
+    store_dir: &Path,
+    n: usize,
+) -> anyhow::Result<Vec<Server>> {
+    let routes: Vec<u16> = (0..n).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let mut servers = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let others: Vec<String> = routes
+            .iter()
+            .filter(|r| *r != route)
+            .map(|r| format!("nats://127.0.0.1:{r}"))
+            .collect();
+        let extra = [
+            "-n".to_string(),
+            format!("bench-{i}"),
+            "--cluster_name".into(),
+            "bench".into(),
+            "--cluster".into(),
+            format!("nats://127.0.0.1:{route}"),
+            "--routes".into(),
+            others.join(","),
+        ];
+        let dir = store_dir.join(format!("node-{i}"));
+        let files = NatsFiles {
+            cert,
+            key,
+            store_dir: &dir,
+        };
+        servers.push(spawn_nats(bin, free_port()?, &files, &extra)?);
+    }
+    let all: Vec<&Server> = servers.iter().collect();
+    wait_listening(&all, Instant::now() + Duration::from_secs(10))?;
+    Ok(servers)
 }
 
 /// The release `spread-broker` next to this executable.
