@@ -17,6 +17,10 @@ use crate::spread::Spread;
 
 const SECRET: &str = "spread-bench-cluster";
 
+/// The steady rate and duration of the replication lag measurement.
+const LAG_RATE: u64 = 10_000;
+const LAG_SECS: u64 = 5;
+
 /// A free loopback address (the system's choice, released at once).
 fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -118,6 +122,9 @@ pub async fn run(
     )
     .context("the replicated run")?;
     let end_to_end = n as f64 / (b_done.max(c_done) - began).as_secs_f64();
+    // Replication lag: published on A at a steady rate, received by a
+    // subscriber on B.
+    let lag = crate::latency_across(&nodes[0], &nodes[1], "lag", LAG_RATE, LAG_SECS, size).await?;
     drop(mesh);
 
     // The peer, the same way: one server, then a cluster of three.
@@ -135,6 +142,13 @@ pub async fn run(
         tls: tls.clone(),
     };
     let js_three = crate::acked::jetstream_replicated(&client, n, size, 3).await?;
+    // The peer's lag the same way: core NATS published on one server of
+    // the cluster, received by a subscriber on another (one route hop).
+    let other = crate::nats::Nats {
+        addr: cluster[1].addr,
+        tls: tls.clone(),
+    };
+    let nats_lag = crate::latency_across(&client, &other, "lag", LAG_RATE, LAG_SECS, size).await?;
     drop(cluster);
 
     println!("| workload | msgs/s | ÷ one node alone |");
@@ -153,5 +167,20 @@ pub async fn run(
         "| NATS JetStream acked publishes, 3-server cluster (3 replicas, acked at quorum) | {js_three:.0} | {:.2} |",
         js_three / js_single
     );
+    println!();
+    println!("| lag at {LAG_RATE} msgs/s, published on one node, received on another | p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---:|---:|---:|");
+    for (name, l) in [
+        (
+            "Spread, A to a subscriber on B (3-node mesh, TLS, logged on both)",
+            &lag,
+        ),
+        (
+            "NATS core, server 1 to a subscriber on server 2 (3-server cluster, TLS to clients)",
+            &nats_lag,
+        ),
+    ] {
+        println!("| {name} | {:.0} | {:.0} | {:.0} |", l.p50, l.p99, l.p999);
+    }
     Ok(())
 }

@@ -519,10 +519,24 @@ async fn latency<S: System>(
     secs: u64,
     size: usize,
 ) -> anyhow::Result<Latency> {
+    latency_across(sys, sys, run, rate, secs, size).await
+}
+
+/// [`latency`] with the publisher on `publish_to` and the subscriber on
+/// `subscribe_to` (two nodes of a cluster: the replication lag).
+async fn latency_across<S: System>(
+    publish_to: &S,
+    subscribe_to: &S,
+    run: &str,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> anyhow::Result<Latency> {
+    let sys = publish_to;
     let topic = format!("bench/{run}");
     let n = (rate * secs) as usize;
     let base = Instant::now();
-    let mut sub = sys.subscriber(&topic).await?;
+    let mut sub = subscribe_to.subscriber(&topic).await?;
     let task = tokio::spawn(async move {
         let mut samples: Vec<u64> = Vec::with_capacity(n);
         while samples.len() < n {
