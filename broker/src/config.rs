@@ -242,6 +242,10 @@ settings! {
     #[arg(hide_env_values = true)]
     cluster_secret: optional String, "SPREAD_CLUSTER_SECRET", "none",
         "HS256 secret shared by the nodes of a cluster: peers prove with it that they are peers";
+    peer_cert: optional PathBuf, "SPREAD_PEER_CERT", "none",
+        "Certificate chain (PEM) this node presents when dialling peers (mutual TLS; with --peer-key)";
+    peer_key: optional PathBuf, "SPREAD_PEER_KEY", "none",
+        "Private key (PEM) of --peer-cert";
     peer_ca: optional PathBuf, "SPREAD_PEER_CA", "the system roots and <data-dir>/tls/ca.pem",
         "CA certificates (PEM) trusted when dialling peers (given: only these)";
     replicate: list String, "SPREAD_REPLICATE", "the root",

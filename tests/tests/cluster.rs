@@ -923,3 +923,62 @@ async fn a_node_whose_clock_runs_ten_minutes_ahead_cannot_freeze_a_topic_elsewhe
     assert!(here.timestamp() < ahead);
     drop((to_a, to_b));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_authenticated_by_certificates_alone_replicate() {
+    // A CA for the nodes' client certificates, and one certificate each.
+    let ca = support::TestCa::new();
+    let ca_file = &ca.file;
+    let (cert_a, key_a) = ca.issue("node-a");
+    let (cert_b, key_b) = ca.issue("node-b");
+    let start = |listen: SocketAddr, peer: SocketAddr, cert: &Path, key: &Path, dir| {
+        let builder = Broker::builder().listen(listen).flags(&[
+            "--archive",
+            "off",
+            "--tls-client-ca",
+            ca_file.to_str().unwrap(),
+            "--peer",
+            &peer.to_string(),
+            "--peer-cert",
+            cert.to_str().unwrap(),
+            "--peer-key",
+            key.to_str().unwrap(),
+        ]);
+        match dir {
+            Some(dir) => builder.dir(dir).start(),
+            None => builder.start(),
+        }
+    };
+    use std::path::Path;
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let a = start(addr_a, addr_b, &cert_a, &key_a, None);
+    let b = start(addr_b, addr_a, &cert_b, &key_b, Some(sharing_tls(&a)));
+    let connect = |broker: &Broker, cert: &Path, key: &Path| {
+        Client::connect(broker.config().client_cert(cert, key))
+    };
+    let on_a = connect(&a, &cert_a, &key_a).await.unwrap();
+    let on_b = connect(&b, &cert_b, &key_b).await.unwrap();
+    on_a.publish("mtls/a", "1").await.unwrap();
+    on_b.publish("mtls/b", "2").await.unwrap();
+    holds(&on_b, "mtls/a", b"1").await;
+    holds(&on_a, "mtls/b", b"2").await;
+    // The pulls are live, with no cluster secret anywhere.
+    for client in [&on_a, &on_b] {
+        let pull = eventually("the pull to be live", || async {
+            let p = first_pull(client).await;
+            (p.state == "live").then_some(p)
+        })
+        .await;
+        assert!(pull.applied >= 1, "{pull:?}");
+    }
+    // A certificate without its key is a configuration error, said so.
+    let refused = Broker::builder()
+        .flags(&[
+            "--peer",
+            "127.0.0.1:9",
+            "--peer-cert",
+            cert_a.to_str().unwrap(),
+        ])
+        .fail_to_start();
+    assert!(refused.contains("--peer-key go together"), "{refused}");
+}

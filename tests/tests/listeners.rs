@@ -132,26 +132,9 @@ async fn sighup_reloads_the_certificate_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_takes_the_certificate_subject_as_identity() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let files = tempfile::tempdir().unwrap();
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "device-9");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let (ca_file, cert_file, key_file) = (
-        files.path().join("clients-ca.pem"),
-        files.path().join("device.pem"),
-        files.path().join("device-key.pem"),
-    );
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    std::fs::write(&cert_file, cert.pem()).unwrap();
-    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let ca = support::TestCa::new();
+    let ca_file = &ca.file;
+    let (cert_file, key_file) = ca.issue("device-9");
     let broker = Broker::start(&[
         "--archive",
         "off",

@@ -41,15 +41,27 @@ pub struct ClusterConfig {
     /// How often a pull runs a digest exchange while live (`None`: only
     /// when the peer's history no longer covers the cursor).
     pub anti_entropy: Option<Duration>,
+    /// The certificate chain and key a pull presents (mutual TLS).
+    pub peer_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl ClusterConfig {
     pub(crate) fn of(s: &Settings) -> Result<ClusterConfig, ConfigError> {
         let invalid = |name, reason: String| ConfigError::Invalid { name, reason };
-        if !s.peer.is_empty() && s.cluster_secret.is_none() {
+        let peer_cert = match (&s.peer_cert, &s.peer_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(invalid(
+                    "peer_cert",
+                    "--peer-cert and --peer-key go together".into(),
+                ))
+            }
+        };
+        if !s.peer.is_empty() && s.cluster_secret.is_none() && peer_cert.is_none() {
             return Err(invalid(
                 "peer",
-                "peers authenticate with --cluster-secret: give it too".into(),
+                "peers authenticate with --cluster-secret or a certificate (--peer-cert, --peer-key): give one".into(),
             ));
         }
         let rules = TopicRules {
@@ -76,6 +88,7 @@ impl ClusterConfig {
             replicate,
             anti_entropy: (s.anti_entropy_secs > 0)
                 .then(|| Duration::from_secs(s.anti_entropy_secs)),
+            peer_cert,
         })
     }
 }
@@ -133,9 +146,6 @@ pub(crate) fn start(
     tracker: &TaskTracker,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Some(secret) = config.secret.clone() else {
-        return;
-    };
     for address in &config.peers {
         for prefix in &config.replicate {
             let puller = puller::Puller {
@@ -145,7 +155,8 @@ pub(crate) fn start(
                 cursor: cursor::Cursor::new(data_dir, address, prefix),
                 ca: config.peer_ca.clone(),
                 system_roots: config.system_roots,
-                secret: secret.clone(),
+                secret: config.secret.clone(),
+                peer_cert: config.peer_cert.clone(),
                 anti_entropy: config.anti_entropy,
                 local: local.clone(),
             };

@@ -32,7 +32,11 @@ pub(crate) struct Puller {
     pub ca: PathBuf,
     /// Trust the system's roots as well as `ca`.
     pub system_roots: bool,
-    pub secret: String,
+    /// Signs the peer token; without it the pull authenticates by its
+    /// certificate alone.
+    pub secret: Option<String>,
+    /// The certificate chain and key presented to the peer (mutual TLS).
+    pub peer_cert: Option<(PathBuf, PathBuf)>,
     /// How often to run a digest exchange while live.
     pub anti_entropy: Option<Duration>,
     pub local: super::Local,
@@ -101,7 +105,14 @@ impl Puller {
         } else {
             config.ca_file(&self.ca)
         };
-        let config = config.token_refresher(move || super::peer_token(&secret, &node));
+        let config = match secret {
+            Some(secret) => config.token_refresher(move || super::peer_token(&secret, &node)),
+            None => config,
+        };
+        let config = match &self.peer_cert {
+            Some((cert, key)) => config.client_cert(cert, key),
+            None => config,
+        };
         let config = ClientConfig {
             client_name: format!("spread-peer/{}", self.local.node_id),
             // Each connection checks the cursor against the peer's history
