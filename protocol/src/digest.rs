@@ -12,8 +12,8 @@
 //! a *bucket* is a path of nibbles (each 0 to 15) of [`segment_hash`], and
 //! the children in bucket `b` are those whose hash starts with `b`. An
 //! answer lists the children of the bucket asked for when there are at
-//! most [`MAX_LISTED`], else the digests of its 16 sub-buckets, so that no
-//! answer is large, however flat the namespace.
+//! most [`LIST_AT_MOST`], else the digests of its 16 sub-buckets, so that
+//! no answer is large, however flat the namespace.
 
 use bytes::Bytes;
 
@@ -21,8 +21,13 @@ use crate::event::{Event, EventId};
 use crate::message::{wire_struct, List};
 use crate::topic::Topic;
 
-/// Most children an answer lists; past it, the answer splits the bucket.
+/// Most children an answer may list (what a reader accepts).
 pub const MAX_LISTED: usize = 64;
+
+/// Most children this implementation lists; past it, the answer splits the
+/// bucket. Smaller listings cost a request more per level but fewer bytes
+/// per differing topic (a differing child is found among 16 names, not 64).
+pub const LIST_AT_MOST: usize = 16;
 
 /// Longest bucket path: the 16 nibbles of a 64-bit hash.
 pub const MAX_BUCKET_DEPTH: usize = 16;

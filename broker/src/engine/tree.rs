@@ -426,7 +426,7 @@ impl<S> Tree<S> {
 
     /// The digests under `prefix` (see `spread_protocol::digest`): of the
     /// node's subtree when `bucket` is empty, else of its children in that
-    /// bucket; the children listed when at most `digest::MAX_LISTED`, else
+    /// bucket; the children listed when at most `digest::LIST_AT_MOST`, else
     /// the 16 sub-bucket digests. Costs a pass over the node's children
     /// (about 3 ms for a million on this machine's cores).
     pub fn digest(&self, prefix: &str, bucket: &[u8], req_id: u64) -> DigestReport {
@@ -460,7 +460,7 @@ impl<S> Tree<S> {
             }
         }
         // Past the last nibble every child left has the same hash: listed.
-        if count > digest::MAX_LISTED && depth < digest::MAX_BUCKET_DEPTH {
+        if count > digest::LIST_AT_MOST && depth < digest::MAX_BUCKET_DEPTH {
             report.buckets = sums.to_vec();
         } else {
             report.entries = node
@@ -1021,7 +1021,7 @@ mod tests {
         assert_eq!(whole.buckets.len(), 16);
         let sum = whole.buckets.iter().fold(0u64, |a, b| a.wrapping_add(*b));
         assert_eq!(sum, whole.digest);
-        // About 62 children per nibble: listed at the first level.
+        // About 62 children per nibble: split again, then listed.
         let mut listed = 0;
         for n in 0..16u8 {
             let one = tr.digest("w", &[n], 0);
