@@ -982,3 +982,57 @@ async fn two_nodes_authenticated_by_certificates_alone_replicate() {
         .fail_to_start();
     assert!(refused.contains("--peer-key go together"), "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_three_nodes_at_once_converge_and_no_subscriber_sees_a_value_go_back() {
+    let mesh = Mesh::start(3).await;
+    // A subscriber on every node, from before the first write.
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        let client = mesh.node(i).client().await;
+        let mut sub = client.subscribe("c").await.unwrap();
+        assert!(support::snapshot(&mut sub).await.is_empty());
+        subs.push((client, sub));
+    }
+    // Three writers at once, on shared and on their own topics.
+    let writers = (0..3).map(|i| {
+        let node = mesh.node(i);
+        async move {
+            let client = node.client().await;
+            for k in 0..200 {
+                let topic = if k % 2 == 0 {
+                    format!("c/shared/{}", k / 2 % 10)
+                } else {
+                    format!("c/n{i}/{}", k / 2 % 10)
+                };
+                client.publish(&topic, format!("{i}-{k}")).await.unwrap();
+            }
+        }
+    });
+    futures_util::future::join_all(writers).await;
+    let converged = mesh.converged("the three nodes to converge").await;
+    assert_eq!(converged.len(), 40);
+    let want: HashMap<String, spread_protocol::EventId> = converged.into_iter().collect();
+    // Every subscriber ends on the converged values, and saw each topic
+    // only move forward in the conflict order on the way.
+    for (i, (_client, sub)) in subs.iter_mut().enumerate() {
+        let mut last: HashMap<String, (u64, String, spread_protocol::EventId)> = HashMap::new();
+        while want
+            .iter()
+            .any(|(topic, id)| last.get(topic).map(|(.., l)| l) != Some(id))
+        {
+            let Item::Event(e) = support::next_item(sub).await else {
+                continue;
+            };
+            let key = (e.timestamp(), e.origin().to_owned(), e.id());
+            if let Some(previous) = last.get(e.topic()) {
+                assert!(
+                    key > *previous,
+                    "node {i}: {} went back from {previous:?} to {key:?}",
+                    e.topic()
+                );
+            }
+            last.insert(e.topic().to_owned(), key);
+        }
+    }
+}
