@@ -522,7 +522,12 @@ async fn a_mesh_under_random_partitions_and_crashes_converges_and_loses_nothing_
     // Acknowledged writes: topic → (timestamp, origin, id) of each.
     let mut acked: Vec<(String, u64, String, spread_protocol::EventId)> = Vec::new();
     let links: Vec<(usize, usize)> = mesh.links.keys().copied().collect();
-    for step in 0..150 {
+    // 150 steps in CI; `SPREAD_MESH_STEPS` for longer runs under load.
+    let steps: u64 = std::env::var("SPREAD_MESH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    for step in 0..steps {
         match rng.below(10) {
             0..=4 => {
                 let i = rng.below(3) as usize;
