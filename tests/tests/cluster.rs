@@ -1041,3 +1041,43 @@ async fn writes_on_three_nodes_at_once_converge_and_no_subscriber_sees_a_value_g
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_carries_each_write_a_bounded_number_of_times_and_stops() {
+    // A — B — C: B pulls from both ends, each end from B.
+    let mesh = Mesh::with_links(3, &[(1, 0), (0, 1), (1, 2), (2, 1)]).await;
+    let start = mesh.received().await;
+    for round in 1..=2u64 {
+        for i in 0..3 {
+            let client = mesh.node(i).client().await;
+            client
+                .publish(&format!("chain/{i}"), round.to_string())
+                .await
+                .unwrap();
+        }
+        // Per round of one write on each node, every pull receives exactly
+        // two events: an end's write reaches the other end through B and
+        // comes back to B once from there (`existing`, not forwarded
+        // again); B's write goes to each end and back nowhere. More would
+        // mean a loop; the counts must reach exactly that, never pass it.
+        eventually(
+            &format!("round {round}: every pull to receive two"),
+            || async {
+                let now = mesh.received().await;
+                let mut done = true;
+                for (pull, n) in &now {
+                    let got = n - start[pull];
+                    assert!(
+                        got <= 2 * round,
+                        "pull {pull:?} received {got} in {round} rounds"
+                    );
+                    done &= got == 2 * round;
+                }
+                done.then_some(())
+            },
+        )
+        .await;
+    }
+    let converged = mesh.converged("the chain to converge").await;
+    assert_eq!(converged.len(), 3);
+}
