@@ -26,6 +26,9 @@ struct Node<S> {
     max_iteration: u64,
     /// The digest of the live values in this subtree.
     digest: u64,
+    /// What `value` adds to it (kept, so that a replaced value is not
+    /// hashed again).
+    own_digest: u64,
     /// `digest::segment_hash` of this node's segment: which bucket of its
     /// parent's children it is in.
     hash: u64,
@@ -39,6 +42,7 @@ impl<S> Default for Node<S> {
             value: None,
             max_iteration: 0,
             digest: 0,
+            own_digest: 0,
             hash: 0,
             subs: Vec::new(),
         }
@@ -333,8 +337,8 @@ impl<S> Tree<S> {
         if previous.is_none() {
             *topics += 1;
         }
-        let change = digest::value_digest(Some(&event))
-            .wrapping_sub(digest::value_digest(previous.as_ref()));
+        let own = digest::value_digest(Some(&event));
+        let change = own.wrapping_sub(std::mem::replace(&mut leaf.own_digest, own));
         let notified = Self::fan_out(root, d.topic, &event, change, &mut deliver);
         Applied::New {
             event,
@@ -351,7 +355,6 @@ impl<S> Tree<S> {
         self.iteration = self.iteration.max(iteration);
         let topic = event.topic().to_owned();
         let node = self.root.descend_mut(&topic);
-        let before = digest::value_digest(node.value.as_ref());
         match &node.value {
             Some(current) if current.cmp_order(&event) != std::cmp::Ordering::Less => {}
             Some(_) => node.value = Some(event),
@@ -360,7 +363,8 @@ impl<S> Tree<S> {
                 self.topics += 1;
             }
         }
-        let change = digest::value_digest(node.value.as_ref()).wrapping_sub(before);
+        let own = digest::value_digest(node.value.as_ref());
+        let change = own.wrapping_sub(std::mem::replace(&mut node.own_digest, own));
         let mut node = &mut self.root;
         node.max_iteration = node.max_iteration.max(iteration);
         node.digest = node.digest.wrapping_add(change);
