@@ -431,8 +431,8 @@ impl<S> Tree<S> {
     /// The digests under `prefix` (see `spread_protocol::digest`): of the
     /// node's subtree when `bucket` is empty, else of its children in that
     /// bucket; the children listed when at most `digest::LIST_AT_MOST`, else
-    /// the 16 sub-bucket digests. Costs a pass over the node's children
-    /// (about 3 ms for a million on this machine's cores).
+    /// the 16 sub-bucket digests. Costs a pass over the node's children,
+    /// on the engine thread (see docs/cluster.md on wide nodes).
     pub fn digest(&self, prefix: &str, bucket: &[u8], req_id: u64) -> DigestReport {
         let mut report = DigestReport {
             req_id,
