@@ -399,6 +399,7 @@ impl Server {
                 engine: sender.clone(),
                 committed: shared.committed.clone(),
                 board: peers.clone(),
+                direct: Default::default(),
             },
             &tracker,
             shutdown_rx.clone(),

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{ErrorCode, ProtocolError};
 use crate::event::{Event, EventId};
-use crate::request::SubscribeMode;
+use crate::request::{Sources, SubscribeMode};
 use crate::topic::{Topic, TopicRules};
 use crate::wire::{self, Reader};
 
@@ -212,6 +212,43 @@ impl Wire<SubscribeMode> for SubscribeMode {
     }
     fn doc_type() -> String {
         "uint".into()
+    }
+}
+
+/// One source as a uint (0: none, as version 2 first spelled it), several
+/// as an array.
+impl Wire<Sources> for Sources {
+    fn put(v: &Sources, dst: &mut BytesMut) {
+        match v.as_slice() {
+            [] => wire::put_uint(dst, 0),
+            [one] => wire::put_uint(dst, *one),
+            many => {
+                wire::put_array(dst, many.len());
+                for id in many {
+                    wire::put_uint(dst, *id);
+                }
+            }
+        }
+    }
+    fn read(
+        r: &mut Reader<'_>,
+        _: &TopicRules,
+        label: &'static str,
+    ) -> Result<Sources, ProtocolError> {
+        let Ok(n) = r.array(label) else {
+            return r.uint(label).map(Sources::from);
+        };
+        if n > Sources::MAX {
+            return Err(r.malformed("subscribe: skip_source names more than 8 sources"));
+        }
+        let mut ids = [0u64; Sources::MAX];
+        for id in ids.iter_mut().take(n) {
+            *id = r.uint(label)?;
+        }
+        Ok(Sources::of(ids.into_iter().take(n)))
+    }
+    fn doc_type() -> String {
+        "uint|[uint]".into()
     }
 }
 
@@ -663,6 +700,13 @@ mod arb {
     impl Arb<SubscribeMode> for SubscribeMode {
         fn arb() -> BoxedStrategy<SubscribeMode> {
             prop_oneof![Just(SubscribeMode::Latest), Just(SubscribeMode::History)].boxed()
+        }
+    }
+    impl Arb<Sources> for Sources {
+        fn arb() -> BoxedStrategy<Sources> {
+            proptest::collection::vec(1..u64::MAX, 0..=Sources::MAX)
+                .prop_map(Sources::of)
+                .boxed()
         }
     }
     impl Arb<ErrorCode> for ErrorCode {

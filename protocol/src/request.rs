@@ -118,6 +118,60 @@ pub enum SubscribeMode {
     History = 1,
 }
 
+/// The runs (incarnations, see welcome) whose events a subscription leaves
+/// out: at most [`Sources::MAX`] of them, none zero. A cluster node names
+/// its own run, and the runs of the peers it also pulls from directly
+/// (docs/cluster.md, "each event crosses each link once").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Sources {
+    ids: [u64; Sources::MAX],
+    len: u8,
+}
+
+impl Sources {
+    /// The most a subscribe may name (more is malformed).
+    pub const MAX: usize = 8;
+
+    /// `ids` without zeros and repeats, the first [`Sources::MAX`] of them
+    /// (leaving out fewer sources is only more traffic).
+    pub fn of(ids: impl IntoIterator<Item = u64>) -> Sources {
+        let mut out = Sources::default();
+        for id in ids {
+            if usize::from(out.len) == Sources::MAX {
+                break;
+            }
+            if id != 0 && !out.contains(id) {
+                out.ids[usize::from(out.len)] = id;
+                out.len += 1;
+            }
+        }
+        out
+    }
+
+    /// Whether events of `source` are left out (never those of source 0,
+    /// which names no run).
+    #[inline]
+    pub fn contains(&self, source: u64) -> bool {
+        source != 0 && self.as_slice().contains(&source)
+    }
+
+    /// The sources, in the order given.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.ids[..usize::from(self.len)]
+    }
+
+    /// Whether nothing is left out.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl From<u64> for Sources {
+    fn from(id: u64) -> Sources {
+        Sources::of([id])
+    }
+}
+
 messages! {
     /// A client request. Adding one is a line here and its arm in the
     /// broker's dispatch (the compiler points at it).
@@ -155,11 +209,12 @@ messages! {
             /// What the subscription delivers before going live (absent:
             /// `latest`).
             mode: SubscribeMode,
-            /// Leave out the events whose `source` is this (absent or 0:
-            /// leave out none): a node pulling from a peer names its own
-            /// run, so that what it sent is not sent back. Snapshots are
-            /// never filtered.
-            skip_source: u64,
+            /// Leave out the events whose `source` is one of these (absent
+            /// or 0: leave out none): a node pulling from a peer names its
+            /// own run, so that what it sent is not sent back, and those of
+            /// the peers it pulls from directly. Snapshots are never
+            /// filtered.
+            skip_source: Sources,
         },
         /// End a subscription.
         UNSUBSCRIBE = 0x15, "unsubscribe" => Unsubscribe {

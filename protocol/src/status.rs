@@ -101,6 +101,10 @@ wire_struct! {
         /// live, how old the last event applied was when it was applied;
         /// otherwise how old it is now (by the accepting node's clock).
         pub lag_ms: u64,
+        /// The runs whose events the pull asks the peer to leave out: this
+        /// node's own, then those of the peers it pulls from directly
+        /// (docs/cluster.md).
+        pub skipping: Vec<u64> as List<u64, 8>,
     }
 }
 

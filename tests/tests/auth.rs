@@ -555,7 +555,7 @@ async fn traffic_a_subscriber_may_not_read_never_counts_against_it() {
         prefix: Topic::new("a", &Default::default()).unwrap(),
         since: 0,
         mode: SubscribeMode::Latest,
-        skip_source: 0,
+        skip_source: Default::default(),
     })
     .await;
     let publish_all = |topics: Vec<String>| {

@@ -144,7 +144,7 @@ async fn plain_tcp_and_abrupt_disconnects_do_not_hurt() {
         prefix: spread_protocol::Topic::root(),
         since: 0,
         mode: spread_protocol::SubscribeMode::Latest,
-        skip_source: 0,
+        skip_source: Default::default(),
     })
     .await;
     drop(raw);

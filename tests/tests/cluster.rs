@@ -477,6 +477,61 @@ impl Mesh {
         out
     }
 
+    /// Writes `value` to `{prefix}/{i}` on every node `i`.
+    async fn write_on_each(&self, prefix: &str, value: &str) {
+        for i in 0..self.nodes.len() {
+            let client = self.node(i).client().await;
+            client
+                .publish(&format!("{prefix}/{i}"), value.to_owned())
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Waits until every pull has received `want(pull)` events since
+    /// `start`, failing at once if one receives more.
+    async fn each_pull_receives(
+        &self,
+        start: &HashMap<(usize, String), u64>,
+        round: u64,
+        want: impl Fn(&(usize, String)) -> u64,
+    ) {
+        eventually(
+            &format!("round {round}: every pull to receive its share"),
+            || async {
+                let now = self.received().await;
+                let mut done = true;
+                for (pull, n) in &now {
+                    let (got, want) = (n - start[pull], want(pull));
+                    assert!(
+                        got <= want,
+                        "pull {pull:?} received {got} by round {round}, not {want}"
+                    );
+                    done &= got == want;
+                }
+                done.then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Waits until every pull of node `i` leaves out `n` runs (its own,
+    /// then those its other live pulls deliver).
+    async fn skipping(&self, i: usize, n: usize) {
+        let client = self.node(i).client().await;
+        eventually(
+            &format!("node {i}'s pulls to leave out {n} runs"),
+            || async {
+                let peers = client.peers().await.ok()?.peers;
+                peers
+                    .iter()
+                    .all(|p| p.state == "live" && p.skipping.len() == n)
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     fn set_link(&self, link: (usize, usize), up: bool) {
         let proxy = &self.links[&link];
         proxy.open.store(up, std::sync::atomic::Ordering::SeqCst);
@@ -1046,38 +1101,129 @@ async fn writes_on_three_nodes_at_once_converge_and_no_subscriber_sees_a_value_g
 async fn a_chain_carries_each_write_a_bounded_number_of_times_and_stops() {
     // A — B — C: B pulls from both ends, each end from B.
     let mesh = Mesh::with_links(3, &[(1, 0), (0, 1), (1, 2), (2, 1)]).await;
+    // B leaves each end's own writes out of its pull from the other end.
+    mesh.skipping(1, 2).await;
     let start = mesh.received().await;
     for round in 1..=2u64 {
-        for i in 0..3 {
-            let client = mesh.node(i).client().await;
-            client
-                .publish(&format!("chain/{i}"), round.to_string())
-                .await
-                .unwrap();
-        }
-        // Per round of one write on each node, every pull receives exactly
-        // two events: an end's write reaches the other end through B and
-        // comes back to B once from there (`existing`, not forwarded
-        // again); B's write goes to each end and back nowhere. More would
-        // mean a loop; the counts must reach exactly that, never pass it.
-        eventually(
-            &format!("round {round}: every pull to receive two"),
-            || async {
-                let now = mesh.received().await;
-                let mut done = true;
-                for (pull, n) in &now {
-                    let got = n - start[pull];
-                    assert!(
-                        got <= 2 * round,
-                        "pull {pull:?} received {got} in {round} rounds"
-                    );
-                    done &= got == 2 * round;
-                }
-                done.then_some(())
-            },
+        mesh.write_on_each("chain", &round.to_string()).await;
+        // Per round of one write on each node: an end's pull from B
+        // receives B's write and the other end's (two); B's pull from an
+        // end receives that end's write only (one): the other end's comes
+        // by its own pull, and B's own is never sent back. More would mean
+        // a loop or a write carried twice; the counts must reach exactly
+        // that, never pass it.
+        mesh.each_pull_receives(
+            &start,
+            round,
+            |pull| if pull.0 == 1 { round } else { 2 * round },
         )
         .await;
     }
     let converged = mesh.converged("the chain to converge").await;
     assert_eq!(converged.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_carries_each_write_over_each_link_once() {
+    let mesh = Mesh::start(3).await;
+    for i in 0..3 {
+        mesh.skipping(i, 2).await;
+    }
+    let start = mesh.received().await;
+    for round in 1..=3u64 {
+        mesh.write_on_each("mesh", &round.to_string()).await;
+        // Each pull receives its peer's write only: the third node's comes
+        // by that node's own pull, not relayed.
+        mesh.each_pull_receives(&start, round, |_| round).await;
+    }
+    assert_eq!(mesh.converged("the mesh to converge").await.len(), 3);
+}
+
+/// A three-node mesh where C's link to A silently stops: A's writes reach
+/// B, C leaves them out of its pull from B (A's own pull is to deliver
+/// them), then B writes past them in its history.
+async fn stranded_writes() -> (Mesh, Vec<String>) {
+    let mesh = Mesh::start(3).await;
+    for i in 0..3 {
+        mesh.skipping(i, 2).await;
+    }
+    mesh.links[&(2, 0)].stall();
+    let a = mesh.node(0).client().await;
+    let b = mesh.node(1).client().await;
+    let c = mesh.node(2).client().await;
+    let mut topics = Vec::new();
+    for k in 0..20 {
+        let topic = format!("stranded/{k}");
+        a.publish(&topic, "from A").await.unwrap();
+        topics.push(topic);
+    }
+    for topic in &topics {
+        holds(&b, topic, b"from A").await;
+    }
+    b.publish("stranded/later", "from B").await.unwrap();
+    holds(&c, "stranded/later", b"from B").await;
+    assert!(
+        c.get("stranded/0").await.unwrap().is_none(),
+        "C left A's writes to its stalled pull from A"
+    );
+    (mesh, topics)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_that_ends_leaves_what_it_did_not_deliver_to_the_others() {
+    let (mut mesh, topics) = stranded_writes().await;
+    // A dies and C's pull from it ends: C's pull from B takes what it left
+    // out.
+    if let Some(a) = mesh.nodes[0].take() {
+        a.kill();
+    }
+    mesh.set_link((2, 0), false);
+    let c = mesh.node(2).client().await;
+    for topic in &topics {
+        holds(&c, topic, b"from A").await;
+    }
+    let peers = c.peers().await.unwrap().peers;
+    assert!(
+        peers.iter().any(|p| p.exchanges > 0),
+        "taken by a digest exchange with B: {peers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_after_leaving_writes_to_a_dead_peer_takes_them_from_another() {
+    let (mut mesh, topics) = stranded_writes().await;
+    // C's cursor for B passes the writes it left out, and says so.
+    let b_iteration = mesh
+        .node(1)
+        .client()
+        .await
+        .status()
+        .await
+        .unwrap()
+        .iteration;
+    let c = mesh.node(2).client().await;
+    let b_addr = mesh.links[&(2, 1)].addr.to_string();
+    eventually("C's cursor for B to pass B's last write", || async {
+        let peers = c.peers().await.ok()?.peers;
+        peers
+            .iter()
+            .any(|p| p.address == b_addr && p.cursor >= b_iteration)
+            .then_some(())
+    })
+    .await;
+    drop(c);
+    // C dies first (its pull from A still waiting on the stalled link),
+    // then A; C comes back while A stays down.
+    if let Some(c) = mesh.nodes[2].take() {
+        mesh.dirs[2] = Some(c.kill());
+    }
+    if let Some(a) = mesh.nodes[0].take() {
+        a.kill();
+    }
+    mesh.set_link((2, 0), false);
+    mesh.boot(2);
+    let c = mesh.node(2).client().await;
+    for topic in &topics {
+        holds(&c, topic, b"from A").await;
+    }
 }

@@ -362,7 +362,7 @@ async fn a_reused_subscription_id_never_gets_an_earlier_jobs_history() {
         prefix: Topic::root(),
         since: 1,
         mode: SubscribeMode::History,
-        skip_source: 0,
+        skip_source: Default::default(),
     };
     for round in 0..50u64 {
         // A few quick cancel-and-resubscribe cycles, then one kept.
@@ -455,7 +455,7 @@ async fn history_deleted_under_a_parked_catch_up_falls_back_to_the_latest_values
             prefix: Topic::new("h", &TopicRules::default()).unwrap(),
             since,
             mode: SubscribeMode::History,
-            skip_source: 0,
+            skip_source: Default::default(),
         })
         .await;
     // Publish until everything the catch-up was to read is deleted.

@@ -14,7 +14,7 @@ async fn sigterm_closes_connections_with_shutting_down_and_exits_cleanly() {
         prefix: Topic::root(),
         since: 0,
         mode: spread_protocol::SubscribeMode::Latest,
-        skip_source: 0,
+        skip_source: Default::default(),
     })
     .await;
     assert!(matches!(
@@ -134,7 +134,7 @@ async fn sigterm_ends_even_with_a_client_that_reads_nothing() {
             prefix: Topic::root(),
             since: 1,
             mode: SubscribeMode::History,
-            skip_source: 0,
+            skip_source: Default::default(),
         })
         .await;
     // Its catch-up is running once a first event arrives; from then on it
@@ -170,7 +170,7 @@ async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
             prefix: Topic::root(),
             since: 0,
             mode: spread_protocol::SubscribeMode::Latest,
-            skip_source: 0,
+            skip_source: Default::default(),
         })
         .await;
     let client = broker.client().await;

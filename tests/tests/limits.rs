@@ -269,7 +269,7 @@ async fn history_catch_ups_of_a_stalled_client_do_not_stall_others() {
             prefix: Topic::root(),
             since: 1,
             mode: SubscribeMode::History,
-            skip_source: 0,
+            skip_source: Default::default(),
         }),
     )
     .await;
@@ -315,7 +315,7 @@ async fn cancelled_catch_ups_give_their_request_credit_back() {
                         prefix: Topic::root(),
                         since: 1,
                         mode: SubscribeMode::History,
-                        skip_source: 0,
+                        skip_source: Default::default(),
                     },
                     Request::Unsubscribe {
                         req_id: id + 50,

@@ -192,7 +192,7 @@ async fn a_large_snapshot_is_walked_over_several_rounds_and_counts_as_a_read() {
         prefix: Topic::root(),
         since: 0,
         mode: SubscribeMode::Latest,
-        skip_source: 0,
+        skip_source: Default::default(),
     };
     let mut out = bytes::BytesMut::new();
     subscribe(1).encode(&mut out);

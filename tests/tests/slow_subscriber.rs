@@ -26,7 +26,7 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
             prefix: Topic::root(),
             since: 0,
             mode: spread_protocol::SubscribeMode::Latest,
-            skip_source: 0,
+            skip_source: Default::default(),
         })
         .await;
 

@@ -218,7 +218,7 @@ mod tests {
             prefix: t(prefix),
             since: 0,
             mode: SubscribeMode::Latest,
-            skip_source: 0,
+            skip_source: Default::default(),
         };
         assert!(
             authorize(Some(&r), &subscribe("")).is_ok(),

@@ -38,6 +38,7 @@ impl PeerBoard {
                 exchanges: 0,
                 exchange_requests: 0,
                 lag_ms: 0,
+                skipping: Vec::new(),
             },
             last_event_us: 0,
         });

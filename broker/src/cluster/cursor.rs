@@ -2,8 +2,9 @@
 //! are committed in this node's log, and the id of the event at that
 //! iteration when there is one (so that a peer whose history changed under
 //! the cursor, a node restored from an older copy, is recognised). Kept in
-//! `<data-dir>/peers/` as a durable file per (peer, prefix): `ITERATION`
-//! or `ITERATION ID` (the id in hex).
+//! `<data-dir>/peers/` as a durable file per (peer, prefix): `ITERATION`,
+//! then the id in hex if there is one, then `relied` if the pull left
+//! events before the position to other links.
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,11 @@ pub(crate) struct Position {
     pub iteration: u64,
     /// The event the peer numbered `iteration`, if the position is one.
     pub id: Option<EventId>,
+    /// Events before the position whose source another pull was
+    /// delivering were left out (see `direct`): a pull resuming from here
+    /// runs a digest exchange first, in case that other pull did not get
+    /// them before it stopped.
+    pub relied: bool,
 }
 
 /// One durable cursor.
@@ -57,8 +63,17 @@ impl Cursor {
         let Some(iteration) = parts.next().and_then(|n| n.parse().ok()) else {
             return Ok(Position::default());
         };
-        let id = parts.next().and_then(parse_id);
-        Ok(Position { iteration, id })
+        let mut at = Position {
+            iteration,
+            ..Position::default()
+        };
+        for part in parts {
+            match part {
+                "relied" => at.relied = true,
+                id => at.id = parse_id(id).or(at.id),
+            }
+        }
+        Ok(at)
     }
 
     /// Records `position` durably.
@@ -66,10 +81,14 @@ impl Cursor {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let text = match position.id {
-            Some(id) => format!("{} {id}\n", position.iteration),
-            None => format!("{}\n", position.iteration),
-        };
+        let mut text = position.iteration.to_string();
+        if let Some(id) = position.id {
+            text.push_str(&format!(" {id}"));
+        }
+        if position.relied {
+            text.push_str(" relied");
+        }
+        text.push('\n');
         crate::durable::write(&self.path, text.as_bytes(), 0o600).map_err(|f| f.source)
     }
 }
@@ -99,6 +118,7 @@ mod tests {
         let at = Position {
             iteration: 42,
             id: Some(EventId([0xa5; 16])),
+            relied: false,
         };
         cursor.store(at).unwrap();
         assert_eq!(
@@ -110,9 +130,19 @@ mod tests {
         let bare = Position {
             iteration: 7,
             id: None,
+            relied: false,
         };
         cursor.store(bare).unwrap();
         assert_eq!(cursor.load().unwrap(), bare);
+        for id in [None, Some(EventId([7; 16]))] {
+            let relied = Position {
+                iteration: 9,
+                id,
+                relied: true,
+            };
+            cursor.store(relied).unwrap();
+            assert_eq!(cursor.load().unwrap(), relied);
+        }
         let other = Cursor::new(dir.path(), "10.0.0.2:7411", &prefix);
         assert_eq!(
             other.load().unwrap(),

@@ -5,6 +5,7 @@
 
 pub(crate) mod board;
 mod cursor;
+mod direct;
 mod puller;
 mod reconcile;
 
@@ -135,6 +136,9 @@ pub(crate) struct Local {
     /// Where the log is committed up to: a batch's cursor is written after.
     pub committed: Arc<Committed>,
     pub board: Arc<board::PeerBoard>,
+    /// The pulls live right now, whose peers' own events other pulls
+    /// leave out.
+    pub direct: Arc<direct::Direct>,
 }
 
 /// Starts one puller per (peer, replicated prefix) on `tracker`; they end

@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use spread_client::{Client, ClientConfig, Item, Subscription};
-use spread_protocol::{Event, Topic};
+use spread_protocol::{Event, Sources, Topic};
 use tokio::sync::{oneshot, watch};
 
 use super::cursor::{Cursor, Position};
+use super::direct;
 use super::reconcile::{reconcile, ReconcileError, Reconciled};
 use crate::engine::Command;
 
@@ -139,15 +140,29 @@ impl Puller {
             snapshot: false,
             synced: false,
             connected: true,
+            relied: at.relied,
         };
         let mut pending = Pending {
             queue: Default::default(),
             stored: Instant::now(),
         };
+        let mine = Sources::from(self.local.incarnation);
         let mut sub = tokio::select! {
             s = self.resume(&client, at, &mut state, &mut pending) => s?,
             _ = stopping(&mut shutdown) => return Ok(()),
         };
+        self.local
+            .board
+            .update(self.entry, |p| p.skipping = mine.as_slice().to_vec());
+        if state.relied {
+            // An earlier connection left events to other pulls that may
+            // have ended before delivering them.
+            drop(sub);
+            sub = tokio::select! {
+                s = self.exchange(&client, &mut state, &mut pending, mine) => s?,
+                _ = stopping(&mut shutdown) => return Ok(()),
+            };
+        }
         tracing::info!(
             peer = %self.address,
             prefix = self.prefix.as_str(),
@@ -163,35 +178,55 @@ impl Puller {
         // A lost connection shows on the board at once (the subscription
         // then ends, and `run` connects again through `resume`).
         let mut connection = client.connection_state();
+        let mut direct = self.local.direct.watch();
+        // Pulls that joined before this one count from the start.
+        direct.mark_changed();
+        let mut skip = mine;
+        // In the set of live pulls from the first `synced` on this
+        // connection until it is lost.
+        let mut joined = None;
         // However the pull ends, what the log committed is recorded.
         let pulled: Result<(), PullError> = async {
             loop {
                 // Wait for one item, then take what is already there.
                 let idle = CURSOR_EVERY.saturating_sub(pending.stored.elapsed());
-                let item = tokio::select! {
-                    item = sub.next_item() => item,
+                let wake = tokio::select! {
+                    item = sub.next_item() => Wake::Item(item),
                     // Quiet: record what the log committed meanwhile.
-                    _ = tokio::time::sleep(idle), if !pending.queue.is_empty() => {
-                        self.flush(&mut pending, true).await?;
-                        continue;
-                    }
+                    _ = tokio::time::sleep(idle), if !pending.queue.is_empty() => Wake::Idle,
                     _ = stopping(&mut shutdown) => return Ok(()),
                     // The safety net for what a link did not carry (an
                     // event refused for its clock, then superseded there).
-                    _ = sleep_until(next_exchange) => {
-                        let done = reconcile(&client, &self.local, &self.prefix).await?;
-                        self.report_exchange(&done);
+                    _ = sleep_until(next_exchange) => Wake::Exchange,
+                    changed = connection.changed() => match changed {
+                        Ok(()) => Wake::Connection(*connection.borrow_and_update()),
+                        Err(_) => return Err(PullError::Ended),
+                    },
+                    Ok(()) = direct.changed() => Wake::Direct,
+                };
+                let item = match wake {
+                    Wake::Item(item) => item,
+                    Wake::Idle => {
+                        self.flush(&mut pending, true).await?;
+                        continue;
+                    }
+                    Wake::Exchange => {
+                        // Not with the subscription open: its events would
+                        // fill the SDK's buffer and hold up the answers.
+                        drop(sub);
+                        sub = self
+                            .exchange(&client, &mut state, &mut pending, skip)
+                            .await?;
                         next_exchange = tokio::time::Instant::now().checked_add(period);
                         continue;
                     }
-                    changed = connection.changed() => {
-                        if changed.is_err() {
-                            return Err(PullError::Ended);
-                        }
-                        let up = *connection.borrow_and_update();
+                    Wake::Connection(up) => {
                         // After a reconnection the peer says `synced` again.
                         state.connected = up;
                         state.synced = false;
+                        if !up {
+                            joined = None;
+                        }
                         self.local.board.update(self.entry, |p| {
                             if up {
                                 p.state = "catching-up".into();
@@ -200,6 +235,31 @@ impl Puller {
                                 p.last_error = Some("lost the connection to the peer".into());
                             }
                         });
+                        continue;
+                    }
+                    Wake::Direct => {
+                        let now = direct::skips(
+                            &direct.borrow_and_update(),
+                            self.entry,
+                            &self.prefix,
+                            peer_incarnation,
+                            self.local.incarnation,
+                        );
+                        if now == skip {
+                            continue;
+                        }
+                        // A pull that left took with it the promise to
+                        // deliver its peer's events: take what it may not
+                        // have delivered, and those events from here on.
+                        let lost = skip.as_slice().iter().any(|s| !now.contains(*s));
+                        skip = now;
+                        drop(sub);
+                        sub = if lost {
+                            self.exchange(&client, &mut state, &mut pending, skip)
+                                .await?
+                        } else {
+                            self.reopen(&client, &mut state, skip).await?
+                        };
                         continue;
                     }
                 };
@@ -215,12 +275,66 @@ impl Puller {
                 }
                 self.apply(std::mem::take(&mut batch), &state, &mut pending)
                     .await?;
+                if joined.is_none() && state.synced && state.connected {
+                    joined = Some(self.local.direct.join(
+                        self.entry,
+                        &self.prefix,
+                        peer_incarnation,
+                    ));
+                }
                 self.flush(&mut pending, false).await?;
             }
         }
         .await;
+        drop(joined);
         self.flush(&mut pending, true).await?;
         pulled
+    }
+
+    /// Subscribes again on the same connection from where the pull is,
+    /// leaving out `skip` (which the board shows).
+    async fn reopen(
+        &self,
+        client: &Client,
+        state: &mut Progress,
+        skip: Sources,
+    ) -> Result<Subscription, PullError> {
+        state.synced = false;
+        // Leaving out others' events: positions from here on say so.
+        state.relied |= skip.as_slice().len() > 1;
+        self.local.board.update(self.entry, |p| {
+            p.skipping = skip.as_slice().to_vec();
+            p.state = "catching-up".into();
+        });
+        Ok(client
+            .subscribe_history_skipping(self.prefix.as_str(), state.last, skip)
+            .await?)
+    }
+
+    /// Runs a digest exchange (with no subscription open), which takes
+    /// what the peer holds and this node lacks, then subscribes again from
+    /// where the pull is, leaving out `skip`.
+    async fn exchange(
+        &self,
+        client: &Client,
+        state: &mut Progress,
+        pending: &mut Pending,
+        skip: Sources,
+    ) -> Result<Subscription, PullError> {
+        self.local
+            .board
+            .update(self.entry, |p| p.state = "digest".into());
+        let done = reconcile(client, &self.local, &self.prefix).await?;
+        self.report_exchange(&done);
+        // What was left to others before is here now, once committed.
+        state.relied = false;
+        let position = Position {
+            iteration: state.last,
+            id: state.last_id,
+            relied: false,
+        };
+        pending.queue.push_back((position, done.local_iteration));
+        self.reopen(client, state, skip).await
     }
 
     /// Subscribes after the cursor. When the cursor names an event, the
@@ -339,9 +453,8 @@ impl Puller {
             }
         }
         drop(sub);
-        Ok(client
-            .subscribe_history_skipping(prefix, state.last, self.local.incarnation)
-            .await?)
+        let mine = Sources::from(self.local.incarnation);
+        self.reopen(client, state, mine).await
     }
 
     /// Takes what the peer holds and this node lacks by a digest exchange,
@@ -354,25 +467,10 @@ impl Puller {
         state: &mut Progress,
         pending: &mut Pending,
     ) -> Result<Subscription, PullError> {
-        self.local
-            .board
-            .update(self.entry, |p| p.state = "digest".into());
-        let done = reconcile(client, &self.local, &self.prefix).await?;
-        self.report_exchange(&done);
-        *state = Progress {
-            last: from,
-            last_id: None,
-            ..*state
-        };
-        // Recorded once the log has committed what the exchange applied.
-        let position = Position {
-            iteration: from,
-            id: None,
-        };
-        pending.queue.push_back((position, done.local_iteration));
-        Ok(client
-            .subscribe_history_skipping(self.prefix.as_str(), from, self.local.incarnation)
-            .await?)
+        state.last = from;
+        state.last_id = None;
+        let mine = Sources::from(self.local.incarnation);
+        self.exchange(client, state, pending, mine).await
     }
 
     fn report_exchange(&self, done: &Reconciled) {
@@ -430,6 +528,7 @@ impl Puller {
             let position = Position {
                 iteration: state.last,
                 id: state.last_id,
+                relied: state.relied,
             };
             // Nothing new here: due once what came before is.
             let local = local.or(pending.queue.back().map(|(_, l)| *l)).unwrap_or(0);
@@ -497,6 +596,22 @@ struct Progress {
     /// Whether the SDK's connection is up (items received before it went
     /// down may still be applied after).
     connected: bool,
+    /// Events before `last` were left to other pulls since the last digest
+    /// exchange (see [`Position::relied`]).
+    relied: bool,
+}
+
+/// What woke a pull.
+enum Wake {
+    Item(Option<Result<Item, spread_client::Error>>),
+    /// Time to record the cursor.
+    Idle,
+    /// Time for the periodic digest exchange.
+    Exchange,
+    /// The SDK's connection went up (`true`) or down.
+    Connection(bool),
+    /// A pull joined or left the live set.
+    Direct,
 }
 
 impl Progress {

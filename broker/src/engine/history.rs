@@ -80,8 +80,13 @@ impl Recent {
     }
 
     /// The events after `after` under `prefix`, in order, leaving out
-    /// those of source `skip_source` (0: none).
-    pub fn after(&self, after: u64, prefix: &Topic, skip_source: u64) -> Vec<Event> {
+    /// those of the sources in `skip_source`.
+    pub fn after(
+        &self,
+        after: u64,
+        prefix: &Topic,
+        skip_source: spread_protocol::Sources,
+    ) -> Vec<Event> {
         let start = self.events.partition_point(|e| e.iteration() <= after);
         self.events
             .range(start..)
@@ -93,8 +98,8 @@ impl Recent {
 
 /// Whether a history subscription to `prefix` skipping `skip_source`
 /// delivers `event`.
-fn wanted(event: &Event, prefix: &Topic, skip_source: u64) -> bool {
-    prefix.covers(event.topic()) && (skip_source == 0 || event.source() != skip_source)
+fn wanted(event: &Event, prefix: &Topic, skip_source: spread_protocol::Sources) -> bool {
+    prefix.covers(event.topic()) && !skip_source.contains(event.source())
 }
 
 /// Where a catch-up pass ended, as it asks the engine to attach.
@@ -103,7 +108,7 @@ pub(super) struct CaughtUp {
     pub after: u64,
     /// Retention deleted the events up to here before the job read them.
     pub deleted_through: Option<u64>,
-    pub skip_source: u64,
+    pub skip_source: spread_protocol::Sources,
 }
 
 impl Recent {}
@@ -114,7 +119,7 @@ pub struct CatchUp {
     pub conn: Arc<Conn>,
     pub sub_id: u64,
     pub prefix: Topic,
-    pub skip_source: u64,
+    pub skip_source: spread_protocol::Sources,
     pub after: u64,
     /// The end of the current pass: the durable iteration when it began.
     pub until: Option<u64>,
@@ -248,7 +253,7 @@ impl Engine {
         sub_id: u64,
         prefix: Topic,
         since: u64,
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
     ) {
         if let Some(oldest) = self.persist.log.retained_from() {
             if since.saturating_add(1) < oldest && !self.history.recent.covers(since) {
@@ -345,7 +350,7 @@ impl Engine {
         sub_id: u64,
         prefix: Topic,
         oldest: u64,
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
     ) {
         self.fanout
             .push(conn, Outbound::Truncated { sub_id, oldest });
@@ -378,7 +383,7 @@ impl Engine {
         sub_id: u64,
         prefix: &Topic,
         events: Vec<Event>,
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
     ) {
         self.tree.register(
             prefix,
@@ -443,16 +448,18 @@ mod tests {
     }
 
     #[test]
-    fn a_skipped_source_is_left_out_and_no_source_skips_nothing() {
+    fn skipped_sources_are_left_out_and_no_source_skips_nothing() {
         let mut r = Recent::new(0, 10, usize::MAX);
         for i in 1..=6 {
             r.push(ev(i, "a"));
         }
         let root = Topic::root();
         let its = |events: Vec<Event>| events.iter().map(Event::iteration).collect::<Vec<_>>();
-        assert_eq!(its(r.after(0, &root, 7)), [1, 3, 5]);
-        assert_eq!(its(r.after(0, &root, 8)), [2, 4, 6]);
-        assert_eq!(its(r.after(3, &root, 0)), [4, 5, 6]);
+        assert_eq!(its(r.after(0, &root, 7.into())), [1, 3, 5]);
+        assert_eq!(its(r.after(0, &root, 8.into())), [2, 4, 6]);
+        assert_eq!(its(r.after(3, &root, 0.into())), [4, 5, 6]);
+        let both = spread_protocol::Sources::of([7, 8]);
+        assert!(r.after(0, &root, both).is_empty());
     }
 
     #[test]
@@ -467,10 +474,14 @@ mod tests {
         assert!(r.covers(12));
         assert!(!r.covers(11));
         let a = Topic::prefix("a", &TopicRules::default()).unwrap();
-        let got: Vec<u64> = r.after(12, &a, 0).iter().map(Event::iteration).collect();
+        let got: Vec<u64> = r
+            .after(12, &a, Default::default())
+            .iter()
+            .map(Event::iteration)
+            .collect();
         assert_eq!(got, [14]);
         let all: Vec<u64> = r
-            .after(13, &Topic::root(), 0)
+            .after(13, &Topic::root(), Default::default())
             .iter()
             .map(Event::iteration)
             .collect();

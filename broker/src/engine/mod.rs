@@ -83,7 +83,7 @@ pub enum Command {
         /// subscription with the same id is not this one.
         job: Arc<std::sync::atomic::AtomicBool>,
         /// The subscription's `skip_source`.
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
         /// `true`: read on (the ring does not reach back); `false`: attached
         /// or gone.
         reply: std::sync::mpsc::Sender<bool>,
@@ -136,7 +136,7 @@ fn deliver(
     if s.filtered && !s.conn.may_read(event.topic()) {
         return;
     }
-    if s.skip_source != 0 && event.source() == s.skip_source {
+    if s.skip_source.contains(event.source()) {
         return;
     }
     if s.pending {
@@ -160,9 +160,9 @@ struct Subscriber {
     /// checked before they are queued, so that what it may not read never
     /// takes its queue's room nor counts as skipped when it is conflated.
     filtered: bool,
-    /// Live events of this source are left out (0: none); see subscribe's
+    /// Live events of these sources are left out; see subscribe's
     /// `skip_source` in docs/protocol.md.
-    skip_source: u64,
+    skip_source: spread_protocol::Sources,
 }
 
 /// What the engine shares with the rest of the broker.
@@ -718,7 +718,7 @@ impl Engine {
         prefix: Topic,
         since: u64,
         mode: SubscribeMode,
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
     ) {
         let subs = self.subs.entry(conn.id).or_default();
         if subs.len() >= self.max_subscriptions {

@@ -86,7 +86,7 @@ impl Engine {
         sub_id: u64,
         prefix: Topic,
         since: u64,
-        skip_source: u64,
+        skip_source: spread_protocol::Sources,
     ) {
         let until = self.tree.iteration();
         let mut walk = self.tree.walk(&prefix);

@@ -209,7 +209,7 @@ impl System for Spread {
             prefix: Topic::prefix(topic, &TopicRules::default())?,
             since: 0,
             mode: spread_protocol::SubscribeMode::Latest,
-            skip_source: 0,
+            skip_source: Default::default(),
         }
         .encode(&mut out);
         conn.wr.write_all(&out).await?;

@@ -507,6 +507,7 @@ fn print_status(
                 "peer_incarnation": format!("{:016x}", p.peer_incarnation),
                 "exchanges": p.exchanges,
                 "exchange_requests": p.exchange_requests,
+                "skipping": p.skipping.iter().map(|s| format!("{s:016x}")).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         writeln!(out, "{v}")?;

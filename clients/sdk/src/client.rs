@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use spread_protocol::{
     Delete, DigestQuery, DigestReport, Event, EventId, Outcome, PeersReport, Publish, Request,
-    Response, StatusReport, SubscribeMode, Topic,
+    Response, Sources, StatusReport, SubscribeMode, Topic,
 };
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
@@ -210,7 +210,7 @@ impl Client {
     /// Subscribes, receiving only what changed after iteration `since`
     /// (deletes included, so a resumed copy of the state stays exact).
     pub async fn subscribe_since(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
-        self.open_subscription(prefix, since, SubscribeMode::Latest, 0)
+        self.open_subscription(prefix, since, SubscribeMode::Latest, Sources::default())
     }
 
     /// Subscribes in history mode: *every* event under `prefix` after
@@ -220,20 +220,22 @@ impl Client {
     /// delivered. This is how consumers that must see every change (sinks,
     /// audit tails) subscribe.
     pub async fn subscribe_history(&self, prefix: &str, since: u64) -> Result<Subscription, Error> {
-        self.open_subscription(prefix, since, SubscribeMode::History, 0)
+        self.open_subscription(prefix, since, SubscribeMode::History, Sources::default())
     }
 
     /// [`Client::subscribe_history`], leaving out the events whose source
-    /// is `source` (see [`Event::source`](spread_protocol::Event::source)):
-    /// how a cluster node pulls from a peer without getting back what it
-    /// sent. Snapshots (after `Item::Truncated`) are not filtered.
+    /// is one of `sources` (a `u64` names one; see
+    /// [`Event::source`](spread_protocol::Event::source)): how a cluster
+    /// node pulls from a peer without getting back what it sent, nor what
+    /// it receives from their sources directly. Snapshots (after
+    /// `Item::Truncated`) are not filtered.
     pub async fn subscribe_history_skipping(
         &self,
         prefix: &str,
         since: u64,
-        source: u64,
+        sources: impl Into<Sources>,
     ) -> Result<Subscription, Error> {
-        self.open_subscription(prefix, since, SubscribeMode::History, source)
+        self.open_subscription(prefix, since, SubscribeMode::History, sources.into())
     }
 
     fn open_subscription(
@@ -241,7 +243,7 @@ impl Client {
         prefix: &str,
         since: u64,
         mode: SubscribeMode,
-        skip_source: u64,
+        skip_source: Sources,
     ) -> Result<Subscription, Error> {
         let prefix = Topic::prefix(prefix, &self.shared.rules)?;
         let id = self.shared.next_id();

@@ -33,7 +33,7 @@ pub(crate) struct SubState {
     pub prefix: Topic,
     pub mode: SubscribeMode,
     /// Events of this source are left out by the broker (0: none).
-    pub skip_source: u64,
+    pub skip_source: spread_protocol::Sources,
     /// Last iteration handed to the application; resume point.
     pub last: u64,
     /// With failover brokers: the conflict-order key of the last event
