@@ -50,7 +50,9 @@ pub use event::{
 };
 pub use frame::{DEFAULT_MAX_FRAME, HEADER_LEN};
 pub use replay::ReplayQuery;
-pub use request::{Delete, Hello, Publish, PublishMode, Request, Sources, SubscribeMode};
+pub use request::{
+    Delete, Hello, Publish, PublishMode, Request, Sources, SubscribeMode, NO_REPORT,
+};
 pub use response::{Counts, ErrorFrame, Outcome, PublishStatus, Response, Summary, SummaryRef};
 pub use status::{PeerStatus, PeersReport, SinkStatus, StatusReport};
 pub use topic::{Topic, TopicError, TopicRules};

@@ -257,6 +257,12 @@ impl PublishMode {
     }
 }
 
+/// The request id of a publish, publish-if-absent or delete that asks for
+/// no report (docs/protocol.md §5): the broker applies and logs it as any
+/// other, sends nothing when it succeeds and an error frame with this id
+/// when it is refused.
+pub const NO_REPORT: u64 = 0;
+
 /// Appends a publish frame from borrowed parts, without building a
 /// [`Request`]. `topic` must be valid (the broker refuses it otherwise).
 pub fn encode_publish(

@@ -291,3 +291,82 @@ async fn a_future_timestamp_cannot_freeze_a_topic() {
     let stamped = client.publish("b", "after").await.unwrap();
     assert!(stamped.summary().timestamp() > ahead);
 }
+
+#[tokio::test]
+async fn a_publish_without_a_report_is_applied_in_order_and_answered_by_nothing() {
+    use spread_protocol::{Publish, Request, Response, Topic, NO_REPORT};
+    let broker = Broker::in_process(&[]);
+    let reader = broker.client().await;
+    let mut sub = reader.subscribe("quiet").await.unwrap();
+    snapshot(&mut sub).await;
+    // On the wire: request id 0 gets no answer; the ping after it does.
+    let mut raw = broker.raw().await;
+    let publish = |req_id, payload: &'static str| {
+        Request::Publish(Publish {
+            req_id,
+            topic: Topic::new("quiet/raw", &Default::default()).unwrap(),
+            payload: payload.into(),
+            timestamp: None,
+            id: None,
+        })
+    };
+    raw.send(&publish(NO_REPORT, "unreported")).await;
+    raw.send(&Request::Ping { req_id: 7 }).await;
+    raw.send(&publish(8, "reported")).await;
+    let mut answered = Vec::new();
+    while answered.len() < 2 {
+        match raw.recv().await.expect("an answer") {
+            Response::Pong { req_id } => answered.push(req_id),
+            Response::Report { req_id, .. } => answered.push(req_id),
+            other => panic!("only the ping and the reported publish are answered: {other:?}"),
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, [7, 8]);
+    assert_eq!(next_event(&mut sub).await.payload_bytes(), b"unreported");
+    assert_eq!(next_event(&mut sub).await.payload_bytes(), b"reported");
+
+    // Through the SDK: in order, and a reported publish after them is
+    // answered only once they are applied.
+    let writer = broker.client().await;
+    for i in 0..1000 {
+        writer
+            .publish_nowait(&format!("quiet/n/{}", i % 10), i.to_string())
+            .await
+            .unwrap();
+    }
+    writer.publish("quiet/after", "done").await.unwrap();
+    for k in 0..10 {
+        let last = 990 + k;
+        let e = reader.get(&format!("quiet/n/{k}")).await.unwrap().unwrap();
+        assert_eq!(e.payload_bytes(), last.to_string().as_bytes());
+    }
+    let mut seen = 0;
+    while seen < 1000 {
+        let e = next_event(&mut sub).await;
+        assert_eq!(e.payload_bytes(), seen.to_string().as_bytes(), "in order");
+        seen += 1;
+    }
+    assert_eq!(writer.unreported_refusals(), 0);
+    // An invalid topic is refused by the SDK before anything is sent.
+    assert!(writer.publish_nowait("bad//topic", "x").await.is_err());
+}
+
+#[tokio::test]
+async fn a_refused_publish_without_a_report_is_counted() {
+    let broker = Broker::in_process(&["--max-topics", "3"]);
+    let writer = broker.client().await;
+    for i in 0..5 {
+        writer
+            .publish_nowait(&format!("full/{i}"), "v")
+            .await
+            .unwrap();
+    }
+    // The report of a later publish comes after the refusals before it.
+    let refused = writer.publish("full/0", "again").await;
+    assert!(
+        refused.is_ok(),
+        "an existing topic takes a write: {refused:?}"
+    );
+    assert_eq!(writer.unreported_refusals(), 2);
+}

@@ -698,6 +698,11 @@ impl Engine {
         if let Applied::New { event, .. } = &applied {
             record(persist, history, event);
         }
+        if p.req_id == spread_protocol::NO_REPORT {
+            // No report asked: the answer is only the request's credit,
+            // given back with the round (after its sync), as a report's is.
+            return fanout.answer(conn, |_| {});
+        }
         // A publish-only token must not read values through its reports.
         let readable = conn.may_read(draft.topic);
         match applied.current() {

@@ -161,7 +161,7 @@ async fn lag_under_load(
             i += 1;
         }
         publisher.flush().await?;
-        if i % (per_tick * 10) == 0 {
+        if i.is_multiple_of(per_tick * 10) {
             let r = probe.status().await?;
             if let Some(s) = r.sinks.first() {
                 lags_ms.push(s.lag_ms as f64);

@@ -6,6 +6,7 @@
 //! against both and prints a Markdown table of results and ratios.
 
 mod acked;
+mod apps;
 mod archive;
 mod cluster;
 mod nats;
@@ -95,6 +96,12 @@ struct Args {
     /// The no-op sink plugin [default: deps/libspread_example_null_sink.so next to this executable].
     #[arg(long)]
     sink_lib: Option<PathBuf>,
+    /// Instead of the workloads: both systems through their own client
+    /// libraries (spread-client against the default broker and with the
+    /// archive off; async-nats), 1 → 1 with this many messages, and the
+    /// latency at `--latency-rate`.
+    #[arg(long, default_value_t = 0)]
+    sdk_messages: u64,
     /// Durability policy of the Spread broker's event log.
     #[arg(long, default_value = "always")]
     durability: String,
@@ -172,6 +179,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.cluster_events,
             args.size,
             nats,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
+    if args.sdk_messages > 0 {
+        drop(broker);
+        let nats = cluster::NatsSetup {
+            bin: &args.nats_bin,
+            cert: &tls_dir.join("server.pem"),
+            key: &tls_dir.join("server-key.pem"),
+        };
+        let result = apps::run(
+            &broker_bin,
+            &data,
+            &nats,
+            args.sdk_messages,
+            args.size,
+            args.runs.max(1),
+            args.latency_rate,
+            args.latency_seconds,
         )
         .await;
         let _ = std::fs::remove_dir_all(&data);

@@ -71,6 +71,18 @@ impl Server {
     }
 }
 
+/// Starts `spread-broker` as a user would: only the address and the data
+/// dir given (so the SQLite archive is on, durability `always` and the
+/// default subscriber buffer), plus `extra`.
+pub fn start_spread_defaults(
+    bin: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
+    let listen: &[&str] = &["--listen", "127.0.0.1:0"];
+    spawn_broker(bin, data_dir, &[listen, extra])
+}
+
 /// Starts `spread-broker` from `bin` with its data in `data_dir`.
 pub fn start_spread(bin: &Path, data_dir: &Path, durability: &str) -> anyhow::Result<Server> {
     start_spread_with(bin, data_dir, durability, &[])
@@ -95,21 +107,30 @@ pub fn start_spread_with(
     } else {
         &["--listen", "127.0.0.1:0"]
     };
-    let mut child = Command::new(bin)
-        .args(listen)
+    let durability: &[&str] = &["--durability", durability];
+    // The same pending budget per subscriber as nats-server's default
+    // (64 MiB) before it acts on a slow consumer.
+    let buffer: &[&str] = &["--subscriber-buffer", "67108864"];
+    spawn_broker(bin, data_dir, &[listen, buffer, durability, archive, extra])
+}
+
+/// Spawns the broker on `data_dir` with the flags `args`, and waits for
+/// its `listening on` line.
+fn spawn_broker(bin: &Path, data_dir: &Path, args: &[&[&str]]) -> anyhow::Result<Server> {
+    let child = Command::new(bin)
         .arg("--data-dir")
         .arg(data_dir)
-        // The same pending budget per subscriber as nats-server's default
-        // (64 MiB) before it acts on a slow consumer.
-        .args(["--subscriber-buffer", "67108864"])
-        .args(["--durability", durability])
-        .args(archive)
-        .args(extra)
+        .args(args.iter().flat_map(|a| a.iter()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
+    listening(child)
+}
+
+/// Waits for the broker's `listening on` line and reads its address.
+fn listening(mut child: Child) -> anyhow::Result<Server> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;

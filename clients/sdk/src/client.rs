@@ -126,6 +126,38 @@ impl Client {
             .await
     }
 
+    /// Sets `topic` to `payload` without asking for a report, the way a
+    /// telemetry producer uses NATS core or MQTT QoS 0: no answer comes
+    /// back, so nothing is allocated or tracked per publish, and many
+    /// publishes share each write. The broker still logs the event before
+    /// it delivers it; a refusal is only counted
+    /// ([`Client::unreported_refusals`]) and logged. It returns once the
+    /// publish is queued for the connection (waiting while 4 MiB are
+    /// queued already); [`Error::NotConnected`] when no connection is up,
+    /// and nothing is resent after a reconnection.
+    ///
+    /// The broker handles a connection's requests in order and answers a
+    /// publish once its round is logged, so the report of a
+    /// [`Client::publish`] sent after these says they are logged too.
+    pub async fn publish_nowait(
+        &self,
+        topic: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<(), Error> {
+        self.shared.rules.check(topic, false)?;
+        self.shared
+            .publish_unreported(topic, payload.as_ref())
+            .await
+    }
+
+    /// Publishes sent with [`Client::publish_nowait`] that the broker
+    /// refused, since the client started.
+    pub fn unreported_refusals(&self) -> u64 {
+        self.shared
+            .unreported_refusals
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Sets `topic` to `payload` only if it has no live value; otherwise the
     /// outcome is [`Outcome::Present`] with the current event.
     pub async fn publish_if_absent(

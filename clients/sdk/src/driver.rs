@@ -28,6 +28,9 @@ use crate::Error;
 type Reader = FramedRead<ReadHalf<TlsStream<TcpStream>>, ClientCodec>;
 type Writer = WriteHalf<TlsStream<TcpStream>>;
 
+/// Bytes queued for the writer past which publishes without a report wait.
+pub(crate) const QUEUED_AT_MOST: usize = 4 << 20;
+
 /// A subscription as the driver tracks it.
 pub(crate) struct SubState {
     pub prefix: Topic,
@@ -60,6 +63,11 @@ pub(crate) struct Shared {
     next_id: AtomicU64,
     pub out: Mutex<Out>,
     out_ready: Notify,
+    /// Signalled each time the writer takes the queued bytes: publishers
+    /// waiting for room in [`Out::buf`] try again.
+    pub drained: Notify,
+    /// Publishes sent without a report that the broker refused.
+    pub unreported_refusals: AtomicU64,
     pub pending: Mutex<HashMap<u64, oneshot::Sender<Result<Response, Error>>>>,
     pub subs: Mutex<HashMap<u64, SubState>>,
     /// Running replays, by request id.
@@ -89,6 +97,8 @@ impl Shared {
                 connected: false,
             }),
             out_ready: Notify::new(),
+            drained: Notify::new(),
+            unreported_refusals: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
             subs: Mutex::new(HashMap::new()),
             replays: Mutex::new(HashMap::new()),
@@ -121,6 +131,39 @@ impl Shared {
         }
         self.out_ready.notify_one();
         Ok(rx)
+    }
+
+    /// Appends a publish that asks for no report, waiting while more than
+    /// [`QUEUED_AT_MOST`] bytes are queued for the writer (the broker's own
+    /// limit on requests in flight then holds the writer back).
+    pub async fn publish_unreported(&self, topic: &str, payload: &[u8]) -> Result<(), Error> {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            // Registered before the check: a drain in between still wakes it.
+            drained.as_mut().enable();
+            {
+                let mut out = self.out.lock();
+                if !out.connected {
+                    return Err(Error::NotConnected);
+                }
+                if out.buf.len() < QUEUED_AT_MOST {
+                    spread_protocol::request::encode_publish(
+                        &mut out.buf,
+                        spread_protocol::NO_REPORT,
+                        topic,
+                        payload,
+                        None,
+                        None,
+                        spread_protocol::PublishMode::Set,
+                    );
+                    drop(out);
+                    self.out_ready.notify_one();
+                    return Ok(());
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Queues `req`, whose answers arrive on a stream (a subscription or a
@@ -338,6 +381,7 @@ async fn serve(shared: &Shared, (mut reader, mut writer): (Reader, Writer)) -> O
         loop {
             shared.out_ready.notified().await;
             std::mem::swap(&mut shared.out.lock().buf, &mut local);
+            shared.drained.notify_waiters();
             if local.is_empty() {
                 continue;
             }
@@ -444,6 +488,11 @@ async fn route(shared: &Shared, resp: Response) -> Result<(), ErrorFrame> {
             let Some(id) = e.req_id else {
                 return Err(e);
             };
+            if id == spread_protocol::NO_REPORT {
+                shared.unreported_refusals.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(code = ?e.code, "a publish sent without a report was refused: {}", e.message);
+                return Ok(());
+            }
             let err = Error::Server {
                 code: e.code,
                 message: e.message,

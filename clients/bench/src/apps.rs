@@ -1,0 +1,400 @@
+//! Both systems as applications get them (`--sdk-messages`, issue #17):
+//! Spread through `spread-client` against the broker's default
+//! configuration (SQLite archive on, `--durability always`, default
+//! subscriber buffer), and against the same broker with `--archive off`;
+//! NATS through async-nats, its own client library, over TLS. The same
+//! workloads as the lean clients' (`throughput`, `latency`), through the
+//! [`System`] traits.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use spread_client::{Client, ClientConfig, Item, Subscription};
+
+use crate::servers::{self, Server};
+use crate::stats::{Latency, Throughput};
+use crate::wire::{Publisher, Subscriber, System};
+
+/// Spread through its SDK.
+pub struct SdkSpread {
+    pub config: ClientConfig,
+    pub label: &'static str,
+}
+
+/// Publishes without reports ([`Client::publish_nowait`]): queued
+/// payloads are kept in one buffer until `flush`.
+pub struct SdkPub {
+    client: Client,
+    topic: String,
+    queued: BytesMut,
+    ends: Vec<usize>,
+}
+
+pub struct SdkSub {
+    _client: Client,
+    sub: Subscription,
+}
+
+impl System for SdkSpread {
+    type Pub = SdkPub;
+    type Sub = SdkSub;
+
+    fn name(&self) -> &'static str {
+        self.label
+    }
+
+    async fn publisher(&self) -> anyhow::Result<SdkPub> {
+        Ok(SdkPub {
+            client: Client::connect(self.config.clone()).await?,
+            topic: String::new(),
+            queued: BytesMut::with_capacity(1 << 20),
+            ends: Vec::new(),
+        })
+    }
+
+    async fn subscriber(&self, topic: &str) -> anyhow::Result<SdkSub> {
+        let client = Client::connect(self.config.clone()).await?;
+        let mut sub = client.subscribe(topic).await?;
+        // Active once its (empty) snapshot is complete.
+        loop {
+            match sub.next_item().await.context("subscription ended")?? {
+                Item::Synced { .. } => break,
+                _ => continue,
+            }
+        }
+        Ok(SdkSub {
+            _client: client,
+            sub,
+        })
+    }
+}
+
+impl Publisher for SdkPub {
+    fn queue(&mut self, topic: &str, payload: &[u8]) {
+        if self.topic != topic {
+            topic.clone_into(&mut self.topic);
+        }
+        self.queued.extend_from_slice(payload);
+        self.ends.push(self.queued.len());
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let mut start = 0;
+        for end in self.ends.drain(..) {
+            self.client
+                .publish_nowait(&self.topic, &self.queued[start..end])
+                .await?;
+            start = end;
+        }
+        self.queued.clear();
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        // A reported publish is answered after every earlier one of the
+        // connection is applied and logged.
+        self.client.publish(&self.topic, Bytes::new()).await?;
+        Ok(())
+    }
+}
+
+impl Subscriber for SdkSub {
+    async fn next_batch(&mut self, f: &mut (dyn FnMut(&[u8]) + Send)) -> anyhow::Result<usize> {
+        let mut n = 0;
+        let mut item = self.sub.next_item().await;
+        loop {
+            match item {
+                None => anyhow::bail!("the subscription ended"),
+                Some(item) => {
+                    if let Item::Event(e) = item? {
+                        // The empty publish that `finish` sends is no message.
+                        if !e.payload_bytes().is_empty() {
+                            f(e.payload_bytes());
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            match self.sub.next_item().now_or_never() {
+                Some(next) if n < 4096 => item = next,
+                _ => return Ok(n),
+            }
+        }
+    }
+}
+
+/// NATS through async-nats.
+pub struct AsyncNats {
+    pub addr: std::net::SocketAddr,
+    pub ca: PathBuf,
+}
+
+impl AsyncNats {
+    async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        Ok(async_nats::ConnectOptions::new()
+            .add_root_certificates(self.ca.clone())
+            .require_tls(true)
+            .connect(format!("tls://localhost:{}", self.addr.port()))
+            .await?)
+    }
+}
+
+/// async-nats takes each payload as owned `Bytes`: queued ones are copied
+/// once, as an application would.
+pub struct NatsPub {
+    client: async_nats::Client,
+    subject: String,
+    queued: Vec<Bytes>,
+}
+
+pub struct NatsSub {
+    _client: async_nats::Client,
+    sub: async_nats::Subscriber,
+}
+
+/// NATS subjects separate their tokens with dots.
+fn subject(topic: &str) -> String {
+    topic.replace('/', ".")
+}
+
+impl System for AsyncNats {
+    type Pub = NatsPub;
+    type Sub = NatsSub;
+
+    fn name(&self) -> &'static str {
+        "NATS (async-nats)"
+    }
+
+    async fn publisher(&self) -> anyhow::Result<NatsPub> {
+        Ok(NatsPub {
+            client: self.connect().await?,
+            subject: String::new(),
+            queued: Vec::new(),
+        })
+    }
+
+    async fn subscriber(&self, topic: &str) -> anyhow::Result<NatsSub> {
+        let client = self.connect().await?;
+        let sub = client.subscribe(subject(topic)).await?;
+        // The server has the subscription once it answered a ping after it.
+        client.flush().await?;
+        Ok(NatsSub {
+            _client: client,
+            sub,
+        })
+    }
+}
+
+impl Publisher for NatsPub {
+    fn queue(&mut self, topic: &str, payload: &[u8]) {
+        if self.subject.is_empty() {
+            self.subject = subject(topic);
+        }
+        self.queued.push(Bytes::copy_from_slice(payload));
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        for payload in self.queued.drain(..) {
+            self.client.publish(self.subject.clone(), payload).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        self.flush().await?;
+        self.client.flush().await?;
+        Ok(())
+    }
+}
+
+impl Subscriber for NatsSub {
+    async fn next_batch(&mut self, f: &mut (dyn FnMut(&[u8]) + Send)) -> anyhow::Result<usize> {
+        let first = self.sub.next().await.context("the subscription ended")?;
+        f(&first.payload);
+        let mut n = 1;
+        while n < 4096 {
+            match self.sub.next().now_or_never() {
+                Some(Some(m)) => {
+                    f(&m.payload);
+                    n += 1;
+                }
+                _ => break,
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// How long `fdatasync` takes on the data dir's disk (median of 200
+/// 4 KiB appends, each synced): the floor of a durable write's latency.
+pub fn fdatasync_time(dir: &Path) -> anyhow::Result<Duration> {
+    use std::io::Write;
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    let mut times = Vec::with_capacity(200);
+    for _ in 0..200 {
+        file.write_all(&block)?;
+        let began = Instant::now();
+        file.sync_data()?;
+        times.push(began.elapsed());
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+/// One workload's figures on the three systems.
+struct Row {
+    label: String,
+    default: Vec<f64>,
+    archive_off: Vec<f64>,
+    nats: Vec<f64>,
+    /// Rates (higher is better) or times (lower is).
+    rate: bool,
+}
+
+impl Row {
+    fn new(label: impl Into<String>, rate: bool) -> Row {
+        Row {
+            label: label.into(),
+            default: Vec::new(),
+            archive_off: Vec::new(),
+            nats: Vec::new(),
+            rate,
+        }
+    }
+
+    fn print(&self) {
+        let (d, o, n) = (
+            crate::median(self.default.clone()),
+            crate::median(self.archive_off.clone()),
+            crate::median(self.nats.clone()),
+        );
+        let better = if self.rate { "higher" } else { "lower" };
+        println!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {better} |",
+            self.label,
+            crate::human(d),
+            crate::human(o),
+            crate::human(n),
+            d / n,
+            d / o,
+        );
+    }
+}
+
+/// Starts the broker with its defaults (only the address and the data dir
+/// given), plus `extra`.
+fn start_default(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Server> {
+    servers::start_spread_defaults(bin, dir, extra)
+}
+
+/// One run of the 1 → 1 throughput and the latency on `sys`, served by
+/// `server` (whose CPU is measured).
+async fn one<S: System>(
+    server: &Server,
+    sys: &S,
+    topic: &str,
+    n: u64,
+    size: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<(Throughput, Latency)> {
+    let name = sys.name();
+    let run = crate::throughput(sys, topic, 1, n, size);
+    let t = crate::within(name, crate::measured(server, run)).await?;
+    let latency_topic = format!("{topic}-lat");
+    let run = crate::latency(sys, &latency_topic, rate, secs, size);
+    let l = crate::within(name, run).await?;
+    Ok((t, l))
+}
+
+/// Adds one run's figures to the column `pick` chooses.
+fn record(
+    rows: &mut [Row; 6],
+    pick: fn(&mut Row) -> &mut Vec<f64>,
+    n: u64,
+    (t, l): (Throughput, Latency),
+) {
+    pick(&mut rows[0]).push(t.rate());
+    pick(&mut rows[1]).push(t.cpu_per_message());
+    pick(&mut rows[2]).push(n.saturating_sub(t.messages) as f64);
+    pick(&mut rows[3]).push(l.p50);
+    pick(&mut rows[4]).push(l.p99);
+    pick(&mut rows[5]).push(l.p999);
+}
+
+/// Runs every workload `runs` times, alternating the systems, and prints
+/// medians with ratios against NATS and against the archive-off broker.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    bin: &Path,
+    data: &Path,
+    nats: &crate::cluster::NatsSetup<'_>,
+    n: u64,
+    size: usize,
+    runs: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<()> {
+    let sync = fdatasync_time(data)?;
+    let default_dir = data.join("sdk-default");
+    let off_dir = data.join("sdk-archive-off");
+    for dir in [&default_dir, &off_dir] {
+        crate::cluster::share_tls(data, dir)?;
+    }
+    let ca = data.join("tls").join("ca.pem");
+    let default = start_default(bin, &default_dir, &[])?;
+    let off = start_default(bin, &off_dir, &["--archive", "off"])?;
+    let nats_server = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("js-sdk"))?;
+    let sdk = |server: &Server, label| SdkSpread {
+        config: ClientConfig::new(server.addr.to_string()).ca_file(&ca),
+        label,
+    };
+    let (s_default, s_off) = (
+        sdk(&default, "Spread SDK, default broker"),
+        sdk(&off, "Spread SDK, --archive off"),
+    );
+    let peer = AsyncNats {
+        addr: nats_server.addr,
+        ca: ca.clone(),
+    };
+    println!(
+        "# spread-bench --sdk-messages {n}: {size} B payloads, TLS, {} cores, median of {runs} runs; fdatasync on the data dir's disk: {} µs",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sync.as_micros()
+    );
+    let mut rows = [
+        Row::new("1 → 1 delivered msgs/s", true),
+        Row::new("1 → 1 server CPU µs per message", false),
+        Row::new("1 → 1 messages lost or conflated", false),
+        Row::new(format!("latency p50 µs @ {rate}/s"), false),
+        Row::new(format!("latency p99 µs @ {rate}/s"), false),
+        Row::new(format!("latency p99.9 µs @ {rate}/s"), false),
+    ];
+    for run in 0..runs {
+        let topic = format!("sdk-{run}");
+        let figures = one(&default, &s_default, &topic, n, size, rate, secs).await?;
+        record(&mut rows, |r| &mut r.default, n, figures);
+        let figures = one(&off, &s_off, &topic, n, size, rate, secs).await?;
+        record(&mut rows, |r| &mut r.archive_off, n, figures);
+        let figures = one(&nats_server, &peer, &topic, n, size, rate, secs).await?;
+        record(&mut rows, |r| &mut r.nats, n, figures);
+    }
+    println!();
+    println!("| workload | Spread SDK, default broker | Spread SDK, `--archive off` | NATS via async-nats | default ÷ NATS | default ÷ archive off | better |");
+    println!("|---|---:|---:|---:|---:|---:|---|");
+    for row in &rows {
+        row.print();
+    }
+    drop(nats_server);
+    drop(off);
+    drop(default);
+    Ok(())
+}
