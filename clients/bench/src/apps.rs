@@ -22,12 +22,16 @@ use crate::wire::{Publisher, Subscriber, System};
 pub struct SdkSpread {
     pub config: ClientConfig,
     pub label: &'static str,
+    /// Publish with [`Client::publish`], awaiting every report (each
+    /// flush's publishes in flight at once), instead of without reports.
+    pub reported: bool,
 }
 
-/// Publishes without reports ([`Client::publish_nowait`]): queued
-/// payloads are kept in one buffer until `flush`.
+/// Publishes without reports ([`Client::publish_nowait`]), or with them:
+/// queued payloads are kept in one buffer until `flush`.
 pub struct SdkPub {
     client: Client,
+    reported: bool,
     topic: String,
     queued: BytesMut,
     ends: Vec<usize>,
@@ -49,6 +53,7 @@ impl System for SdkSpread {
     async fn publisher(&self) -> anyhow::Result<SdkPub> {
         Ok(SdkPub {
             client: Client::connect(self.config.clone()).await?,
+            reported: self.reported,
             topic: String::new(),
             queued: BytesMut::with_capacity(1 << 20),
             ends: Vec::new(),
@@ -82,6 +87,17 @@ impl Publisher for SdkPub {
     }
 
     async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.reported {
+            let queued = self.queued.split().freeze();
+            let mut start = 0;
+            let publishes = self.ends.drain(..).map(|end| {
+                let payload = queued.slice(start..end);
+                start = end;
+                self.client.publish(&self.topic, payload)
+            });
+            futures_util::future::try_join_all(publishes).await?;
+            return Ok(());
+        }
         let mut start = 0;
         for end in self.ends.drain(..) {
             self.client
@@ -353,14 +369,24 @@ pub async fn run(
     let default = start_default(bin, &default_dir, &[])?;
     let off = start_default(bin, &off_dir, &["--archive", "off"])?;
     let nats_server = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("js-sdk"))?;
-    let sdk = |server: &Server, label| SdkSpread {
+    let sdk = |server: &Server, label, reported| SdkSpread {
         config: ClientConfig::new(server.addr.to_string()).ca_file(&ca),
         label,
+        reported,
     };
     let (s_default, s_off) = (
-        sdk(&default, "Spread SDK, default broker"),
-        sdk(&off, "Spread SDK, --archive off"),
+        sdk(&default, "Spread SDK, default broker", false),
+        sdk(&off, "Spread SDK, --archive off", false),
     );
+    let (r_default, r_off) = (
+        sdk(
+            &default,
+            "Spread SDK awaiting reports, default broker",
+            true,
+        ),
+        sdk(&off, "Spread SDK awaiting reports, --archive off", true),
+    );
+    let mut awaited = (Vec::new(), Vec::new());
     let peer = AsyncNats {
         addr: nats_server.addr,
         ca: ca.clone(),
@@ -386,6 +412,15 @@ pub async fn run(
         record(&mut rows, |r| &mut r.archive_off, n, figures);
         let figures = one(&nats_server, &peer, &topic, n, size, rate, secs).await?;
         record(&mut rows, |r| &mut r.nats, n, figures);
+        let topic = format!("sdk-awaited-{run}");
+        let run = crate::throughput(&r_default, &topic, 1, n, size);
+        awaited
+            .0
+            .push(crate::within(r_default.label, run).await?.rate());
+        let run = crate::throughput(&r_off, &topic, 1, n, size);
+        awaited
+            .1
+            .push(crate::within(r_off.label, run).await?.rate());
     }
     println!();
     println!("| workload | Spread SDK, default broker | Spread SDK, `--archive off` | NATS via async-nats | default ÷ NATS | default ÷ archive off | better |");
@@ -393,6 +428,12 @@ pub async fn run(
     for row in &rows {
         row.print();
     }
+    println!();
+    println!(
+        "1 → 1 through `Client::publish` (every report awaited, 256 in flight): default broker {}, `--archive off` {} msgs/s",
+        crate::human(crate::median(awaited.0)),
+        crate::human(crate::median(awaited.1)),
+    );
     drop(nats_server);
     drop(off);
     drop(default);

@@ -22,6 +22,22 @@
 //! assert_eq!(latest.map(|e| e.payload()), Some("ok".into()));
 //! # Ok(()) }
 //! ```
+//!
+//! Producers that publish many values and do not need each report (the
+//! way NATS core or MQTT QoS 0 are used) call [`Client::publish_nowait`]:
+//! about five times the rate of awaiting every report
+//! (docs/benchmarks.md), and still logged by the broker before it is
+//! delivered. A reported publish after them answers once they are logged:
+//!
+//! ```no_run
+//! # async fn demo(client: spread_client::Client) -> Result<(), spread_client::Error> {
+//! for i in 0..10_000u32 {
+//!     client.publish_nowait("fleet/eu/truck-7/speed", i.to_le_bytes()).await?;
+//! }
+//! client.publish("fleet/eu/truck-7/batch", "done").await?;
+//! assert_eq!(client.unreported_refusals(), 0);
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 #![deny(clippy::unwrap_used, clippy::expect_used)]
