@@ -333,17 +333,18 @@ async fn one<S: System>(
 
 /// Adds one run's figures to the column `pick` chooses.
 fn record(
-    rows: &mut [Row; 6],
+    rows: &mut [Row; 7],
     pick: fn(&mut Row) -> &mut Vec<f64>,
     n: u64,
     (t, l): (Throughput, Latency),
 ) {
     pick(&mut rows[0]).push(t.rate());
     pick(&mut rows[1]).push(t.cpu_per_message());
-    pick(&mut rows[2]).push(n.saturating_sub(t.messages) as f64);
-    pick(&mut rows[3]).push(l.p50);
-    pick(&mut rows[4]).push(l.p99);
-    pick(&mut rows[5]).push(l.p999);
+    pick(&mut rows[2]).push(t.client_cpu_per_message());
+    pick(&mut rows[3]).push(n.saturating_sub(t.messages) as f64);
+    pick(&mut rows[4]).push(l.p50);
+    pick(&mut rows[5]).push(l.p99);
+    pick(&mut rows[6]).push(l.p999);
 }
 
 /// Runs every workload `runs` times, alternating the systems, and prints
@@ -399,6 +400,10 @@ pub async fn run(
     let mut rows = [
         Row::new("1 → 1 delivered msgs/s", true),
         Row::new("1 → 1 server CPU µs per message", false),
+        Row::new(
+            "1 → 1 client CPU µs per message (publisher + subscriber)",
+            false,
+        ),
         Row::new("1 → 1 messages lost or conflated", false),
         Row::new(format!("latency p50 µs @ {rate}/s"), false),
         Row::new(format!("latency p99 µs @ {rate}/s"), false),

@@ -417,14 +417,16 @@ async fn within<T>(
         .map_err(|_| anyhow::anyhow!("{label} did not finish within 180 s"))?
 }
 
-/// Runs a throughput workload and records the server's CPU time during it.
+/// Runs a throughput workload and records the server's CPU time during it,
+/// and this process's (the clients').
 async fn measured(
     server: &servers::Server,
     run: impl std::future::Future<Output = anyhow::Result<Throughput>>,
 ) -> anyhow::Result<Throughput> {
-    let before = server.cpu();
+    let (before, ours) = (server.cpu(), servers::cpu_of(std::process::id()));
     let mut t = run.await?;
     t.server_cpu = server.cpu().saturating_sub(before);
+    t.client_cpu = servers::cpu_of(std::process::id()).saturating_sub(ours);
     Ok(t)
 }
 
@@ -524,6 +526,7 @@ async fn throughput<S: System>(
         bytes,
         elapsed: end - start,
         server_cpu: Duration::ZERO,
+        client_cpu: Duration::ZERO,
     };
     let expected = n * subs as u64;
     eprintln!(

@@ -13,6 +13,8 @@ pub struct Throughput {
     pub elapsed: Duration,
     /// CPU time the server used during the run.
     pub server_cpu: Duration,
+    /// CPU time this process (the publisher and the subscribers) used.
+    pub client_cpu: Duration,
 }
 
 impl Throughput {
@@ -24,6 +26,12 @@ impl Throughput {
     /// Server CPU microseconds per message received.
     pub fn cpu_per_message(&self) -> f64 {
         self.server_cpu.as_secs_f64() * 1e6 / self.messages.max(1) as f64
+    }
+
+    /// Client CPU microseconds (publisher and subscribers together) per
+    /// message received.
+    pub fn client_cpu_per_message(&self) -> f64 {
+        self.client_cpu.as_secs_f64() * 1e6 / self.messages.max(1) as f64
     }
 
     /// Payload megabytes per second.
