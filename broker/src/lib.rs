@@ -32,6 +32,15 @@ mod session;
 mod sinks;
 mod tls;
 
+/// The topic tree, for `benches/tree.rs` only (`--features
+/// bench-internals`): not a stable API.
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals {
+    pub use crate::engine::clock::{Clock, IdGen};
+    pub use crate::engine::tree::{Draft, Tree};
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -13,6 +13,7 @@
 //! - a publish visits only the nodes on its topic's path: O(depth), whatever
 //!   the number of subscriptions.
 
+use hashbrown::hash_map::EntryRef;
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 use spread_protocol::digest::{self, DigestEntry, DigestReport};
@@ -57,18 +58,17 @@ impl<S> Node<S> {
     fn descend_mut(&mut self, topic: &str) -> &mut Node<S> {
         let mut node = self;
         for seg in segments(topic) {
-            // Look up first so that the common case (the segment exists)
-            // allocates nothing.
-            if !node.children.contains_key(seg) {
-                let child = Node {
-                    hash: digest::segment_hash(seg),
-                    ..Node::default()
-                };
-                node.children.insert(seg.into(), child);
-            }
-            node = match node.children.get_mut(seg) {
-                Some(child) => child,
-                None => unreachable!("inserted above"),
+            // One lookup, by reference: the key is allocated only when the
+            // segment is new.
+            node = match node.children.entry_ref(seg) {
+                EntryRef::Occupied(child) => child.into_mut(),
+                EntryRef::Vacant(slot) => {
+                    let child = Node {
+                        hash: digest::segment_hash(seg),
+                        ..Node::default()
+                    };
+                    slot.insert_with_key(seg.into(), child)
+                }
             };
         }
         node
@@ -189,6 +189,7 @@ pub struct Draft<'a> {
     pub timestamp: Option<u64>,
     /// Event id; generated when absent.
     pub id: Option<EventId>,
+    /// Who wrote it (the token's subject, or the client's name).
     pub origin: &'a str,
     /// Set, set-if-absent or delete.
     pub mode: PublishMode,
