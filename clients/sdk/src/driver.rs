@@ -138,10 +138,6 @@ impl Shared {
     /// limit on requests in flight then holds the writer back).
     pub async fn publish_unreported(&self, topic: &str, payload: &[u8]) -> Result<(), Error> {
         loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            // Registered before the check: a drain in between still wakes it.
-            drained.as_mut().enable();
             {
                 let mut out = self.out.lock();
                 if !out.connected {
@@ -162,7 +158,19 @@ impl Shared {
                     return Ok(());
                 }
             }
-            drained.await;
+            // Full: wait for the writer, registered before checking again
+            // so that a drain in between still wakes this (and only now,
+            // not on every publish: registering takes the Notify's lock).
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let full = {
+                let out = self.out.lock();
+                out.connected && out.buf.len() >= QUEUED_AT_MOST
+            };
+            if full {
+                drained.await;
+            }
         }
     }
 
