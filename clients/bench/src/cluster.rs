@@ -66,7 +66,7 @@ pub async fn run(
     tls: TlsConnector,
     n: u64,
     size: usize,
-    nats: NatsSetup<'_>,
+    nats: &NatsSetup<'_>,
 ) -> anyhow::Result<()> {
     // Every node uses the TLS material the bench's first broker generated
     // in `data`, which `tls` trusts.

@@ -163,14 +163,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&data);
         return result;
     }
+    // The peer's servers present the certificate the broker generated.
+    let (nats_cert, nats_key) = (tls_dir.join("server.pem"), tls_dir.join("server-key.pem"));
+    let nats = cluster::NatsSetup {
+        bin: &args.nats_bin,
+        cert: &nats_cert,
+        key: &nats_key,
+    };
     if args.cluster_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
-        let nats = cluster::NatsSetup {
-            bin: &args.nats_bin,
-            cert: &tls_dir.join("server.pem"),
-            key: &tls_dir.join("server-key.pem"),
-        };
         let result = cluster::run(
             &broker_bin,
             &data,
@@ -178,7 +180,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tls,
             args.cluster_events,
             args.size,
-            nats,
+            &nats,
         )
         .await;
         let _ = std::fs::remove_dir_all(&data);
@@ -186,11 +188,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.sdk_messages > 0 {
         drop(broker);
-        let nats = cluster::NatsSetup {
-            bin: &args.nats_bin,
-            cert: &tls_dir.join("server.pem"),
-            key: &tls_dir.join("server-key.pem"),
-        };
         let result = apps::run(
             &broker_bin,
             &data,
@@ -219,12 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&data);
         return result;
     }
-    let nats_server = servers::start_nats(
-        &args.nats_bin,
-        &tls_dir.join("server.pem"),
-        &tls_dir.join("server-key.pem"),
-        &data.join("jetstream"),
-    )?;
+    let nats_server = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("jetstream"))?;
     if args.sink_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
