@@ -172,8 +172,10 @@ settings! {
         "Longest topic, in bytes";
     max_topic_depth: value usize, "SPREAD_MAX_TOPIC_DEPTH", "32",
         "Most segments in a topic";
-    subscriber_buffer: value usize, "SPREAD_SUBSCRIBER_BUFFER", "4194304",
+    subscriber_buffer: value usize, "SPREAD_SUBSCRIBER_BUFFER", "67108864",
         "Bytes of live events queued per connection before it conflates";
+    subscriber_memory: value usize, "SPREAD_SUBSCRIBER_MEMORY", "1073741824",
+        "Bytes of live events queued for all connections together before those over their share conflate";
     max_inflight: value usize, "SPREAD_MAX_INFLIGHT", "4096",
         "Requests a connection may have unanswered";
     max_connections: value usize, "SPREAD_MAX_CONNECTIONS", "10000",

@@ -35,6 +35,9 @@ pub(crate) struct Limits {
     pub topics: usize,
     /// Bytes of live events queued per connection before it conflates.
     pub subscriber_buffer: usize,
+    /// Bytes of live events queued for all connections together before
+    /// those over their share conflate.
+    pub subscriber_memory: usize,
     /// Replays, catch-ups and large snapshots.
     pub reads: crate::reads::Limits,
 }
@@ -54,6 +57,7 @@ impl Limits {
             subscriptions: config.max_subscriptions,
             topics: config.max_topics,
             subscriber_buffer: config.subscriber_buffer,
+            subscriber_memory: config.subscriber_memory,
             reads: config.reads,
         }
     }

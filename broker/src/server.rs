@@ -36,6 +36,8 @@ pub struct Shared {
     pub incarnation: u64,
     /// Delivery counters.
     pub stats: Arc<Stats>,
+    /// What the subscribers' queues may hold, together and each.
+    pub subscriber_memory: Arc<crate::session::Budget>,
     /// Verifies client tokens.
     pub auth: crate::auth::Authenticator,
     /// What is durable under the policy: the iteration a welcome gives
@@ -330,6 +332,10 @@ impl Server {
             node_id,
             incarnation,
             stats: Arc::default(),
+            subscriber_memory: Arc::new(crate::session::Budget::new(
+                limits.subscriber_buffer,
+                limits.subscriber_memory,
+            )),
             committed: engine.committed(),
             limits,
             config,

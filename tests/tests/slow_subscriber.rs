@@ -104,6 +104,78 @@ async fn stalled_subscriber_is_conflated_and_memory_stays_bounded() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_subscribers_together_stay_within_the_brokers_subscriber_memory() {
+    // Four subscribers that never read, each of its own topics: each
+    // within its own (default, 64 MiB) buffer, together past the broker's
+    // 8 MiB budget. Without the budget their queues hold ~240 MiB.
+    const STALLED: u64 = 4;
+    const TOPICS: u64 = 32;
+    const EVENTS: u64 = 15_000; // per stalled subscriber, of 4 KiB
+                                // Few recent events kept in memory: they would hold 4 KiB each too.
+    let broker = Broker::start(&[
+        "--subscriber-memory",
+        "8388608",
+        "--recent-events",
+        "1024",
+        "--archive",
+        "off",
+    ]);
+    let mut stalled = Vec::new();
+    for s in 0..STALLED {
+        let mut raw = broker.raw().await;
+        raw.send(&Request::Subscribe {
+            req_id: 1,
+            prefix: Topic::new(&format!("s{s}"), &Default::default()).unwrap(),
+            since: 0,
+            mode: spread_protocol::SubscribeMode::Latest,
+            skip_source: Default::default(),
+        })
+        .await;
+        stalled.push(raw);
+    }
+    let publisher = broker.client().await;
+    publisher.ping().await.unwrap();
+    let baseline = broker.rss();
+    let mut peak = baseline;
+    let payload = vec![b'x'; 4096];
+    for i in 0..EVENTS {
+        for s in 0..STALLED {
+            let topic = format!("s{s}/{}", i % TOPICS);
+            publisher.publish_nowait(&topic, &payload).await.unwrap();
+        }
+        if i % 1_000 == 0 {
+            // Reported after everything before it is applied.
+            publisher.publish("sync", "x").await.unwrap();
+            peak = peak.max(broker.rss());
+        }
+    }
+    publisher.publish("sync", "x").await.unwrap();
+    peak = peak.max(broker.rss());
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth < 96 * 1024 * 1024,
+        "broker grew by {} MiB for four stalled subscribers",
+        growth / (1024 * 1024)
+    );
+    // Each ends on its latest values and is told that it skipped events.
+    for (s, raw) in stalled.iter_mut().enumerate() {
+        let mut latest = HashMap::new();
+        let mut skipped = 0;
+        while latest.len() < TOPICS as usize || skipped == 0 {
+            match raw.recv().await.expect("still connected") {
+                Response::Event { event, .. } => {
+                    assert!(event.topic().starts_with(&format!("s{s}/")));
+                    latest.insert(event.topic().to_string(), event.iteration());
+                }
+                Response::Conflated { skipped: n, .. } => skipped += n,
+                Response::SnapshotComplete { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_answers_of_a_large_value_hold_one_copy_of_it() {
     let broker = Broker::start(&["--archive", "off"]);
     let client = broker.client().await;

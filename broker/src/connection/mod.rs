@@ -168,7 +168,7 @@ async fn session<S>(
                 id,
                 origin,
                 shared.limits.inflight,
-                shared.limits.subscriber_buffer,
+                shared.subscriber_memory.clone(),
                 shared.stats.clone(),
             )
             .with_rights(identity.and_then(|i| i.rights)),

@@ -201,7 +201,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_fatal_error_is_the_last_frame_even_after_conflation() {
-        let conn = Arc::new(Conn::new(1, "n".into(), 16, 100, Arc::default()));
+        let budget = Arc::new(crate::session::Budget::new(100, usize::MAX / 4));
+        let conn = Arc::new(Conn::new(1, "n".into(), 16, budget, Arc::default()));
         // Past the 100-byte budget: events conflate, then a fatal error.
         for i in 1..=20u64 {
             let event = EventParts {

@@ -8,7 +8,7 @@ use spread_protocol::Event;
 use tokio::sync::{Notify, Semaphore};
 
 use super::queue::{Batch, Outbound, Queue, Taken};
-use super::Stats;
+use super::{Budget, Stats};
 use crate::limits::HISTORY_QUEUE;
 
 /// State shared by the engine and one connection's tasks.
@@ -29,8 +29,16 @@ pub struct Conn {
     /// How many credits there are (a batch of requests takes at most this
     /// many at once).
     pub max_inflight: usize,
-    event_budget: usize,
+    budget: Arc<Budget>,
     pub(super) stats: Arc<Stats>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let q = self.queue.get_mut();
+        self.budget.release(q.event_bytes + q.conflated_bytes);
+        self.budget.closed();
+    }
 }
 
 impl std::fmt::Debug for Conn {
@@ -40,15 +48,16 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// A connection with `max_inflight` request credits and an event queue
-    /// budget of `event_budget` bytes before conflation.
+    /// A connection with `max_inflight` request credits whose queued events
+    /// count against `budget`.
     pub fn new(
         id: u64,
         origin: Arc<str>,
         max_inflight: usize,
-        event_budget: usize,
+        budget: Arc<Budget>,
         stats: Arc<Stats>,
     ) -> Self {
+        budget.opened();
         Conn {
             id,
             origin,
@@ -58,7 +67,7 @@ impl Conn {
             reads: AtomicUsize::new(0),
             credits: Semaphore::new(max_inflight),
             max_inflight,
-            event_budget,
+            budget,
             stats,
         }
     }
@@ -92,7 +101,8 @@ impl Conn {
         }
         if !batch.special
             && q.conflated.is_empty()
-            && q.event_bytes + batch.event_bytes <= self.event_budget
+            && q.event_bytes + batch.event_bytes <= self.budget.per_conn
+            && self.budget.admit(q.event_bytes, batch.event_bytes)
         {
             // The common case: take the whole batch in one move.
             q.event_bytes += batch.event_bytes;
@@ -103,7 +113,7 @@ impl Conn {
             }
         } else {
             for item in batch.items.drain(..) {
-                q.push_slow(item, self.event_budget, &self.stats);
+                q.push_slow(item, &self.budget, &self.stats);
             }
         }
         batch.clear();
@@ -193,6 +203,7 @@ impl Conn {
     pub fn take(&self, out: &mut Vec<Outbound>) -> Taken {
         let mut q = self.queue.lock();
         std::mem::swap(&mut q.items, out);
+        self.budget.release(q.event_bytes + q.conflated_bytes);
         q.event_bytes = 0;
         q.history_bytes = 0;
         let mut taken = Taken {

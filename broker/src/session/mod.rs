@@ -12,10 +12,12 @@
 //! answered at once ([`Conn::answer_now`]) so that they do not wait behind
 //! the rounds held for the disk.
 
+mod budget;
 mod conn;
 pub(crate) mod queue;
 mod stats;
 
+pub(crate) use budget::Budget;
 pub(crate) use conn::Conn;
 pub(crate) use queue::{Batch, Outbound};
 pub(crate) use stats::Stats;

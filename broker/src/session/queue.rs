@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hashbrown::{HashMap, HashSet};
 use spread_protocol::{ErrorCode, ErrorFrame, Event};
 
-use super::Stats;
+use super::{Budget, Stats};
 
 /// One item for a connection's writer.
 #[derive(Debug)]
@@ -169,7 +169,7 @@ use crate::limits::{CONFLATED_FACTOR, CONFLATED_MIN, EXACT_QUEUE_FACTOR};
 
 impl Queue {
     /// Queues one item, conflating events past the budget.
-    pub(super) fn push_slow(&mut self, item: Outbound, budget: usize, stats: &Stats) {
+    pub(super) fn push_slow(&mut self, item: Outbound, budget: &Budget, stats: &Stats) {
         if self.closed {
             return;
         }
@@ -179,19 +179,19 @@ impl Queue {
                 event,
                 exact: true,
             } => {
-                self.event_bytes += event.encoded().len();
-                if self.event_bytes > budget.saturating_mul(EXACT_QUEUE_FACTOR) {
-                    stats.closed_slow.fetch_add(1, Ordering::Relaxed);
-                    self.items.push(Outbound::Close(Some(ErrorFrame {
-                        req_id: None,
-                        code: ErrorCode::LimitExceeded,
-                        message: format!(
+                let len = event.encoded().len();
+                if self.event_bytes + len > budget.per_conn.saturating_mul(EXACT_QUEUE_FACTOR)
+                    || !budget.admit(self.event_bytes + self.conflated_bytes, len)
+                {
+                    self.close_slow(
+                        stats,
+                        format!(
                             "history subscription {sub_id} fell too far behind; \
                              resubscribe from the last iteration received"
                         ),
-                    })));
-                    self.closed = true;
+                    );
                 } else {
+                    self.event_bytes += len;
                     self.items.push(Outbound::Event {
                         sub_id,
                         event,
@@ -201,34 +201,40 @@ impl Queue {
             }
             Outbound::Event { sub_id, event, .. } => {
                 let len = event.encoded().len();
-                if !self.conflated.is_empty() || self.event_bytes + len > budget {
-                    self.conflated_bytes += len;
-                    if let Some(old) = self.conflated.replace(Conflated { sub_id, event }) {
-                        self.conflated_bytes -= old.event.encoded().len();
-                        *self.skipped.entry(sub_id).or_default() += 1;
-                        stats.conflated.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let limit = budget.saturating_mul(CONFLATED_FACTOR).max(CONFLATED_MIN);
-                    if self.conflated_bytes > limit {
-                        stats.closed_slow.fetch_add(1, Ordering::Relaxed);
-                        self.items.push(Outbound::Close(Some(ErrorFrame {
-                            req_id: None,
-                            code: ErrorCode::LimitExceeded,
-                            message: format!(
-                                "this connection fell too far behind: {} MiB of latest values \
-                                 wait for it; reconnect and resume",
-                                self.conflated_bytes >> 20
-                            ),
-                        })));
-                        self.closed = true;
-                    }
-                } else {
+                if self.conflated.is_empty()
+                    && self.event_bytes + len <= budget.per_conn
+                    && budget.admit(self.event_bytes, len)
+                {
                     self.event_bytes += len;
                     self.items.push(Outbound::Event {
                         sub_id,
                         event,
                         exact: false,
                     });
+                    return;
+                }
+                self.conflated_bytes += len;
+                budget.force(len);
+                if let Some(old) = self.conflated.replace(Conflated { sub_id, event }) {
+                    let old = old.event.encoded().len();
+                    self.conflated_bytes -= old;
+                    budget.release(old);
+                    *self.skipped.entry(sub_id).or_default() += 1;
+                    stats.conflated.fetch_add(1, Ordering::Relaxed);
+                }
+                let limit = budget
+                    .per_conn
+                    .saturating_mul(CONFLATED_FACTOR)
+                    .max(CONFLATED_MIN);
+                if self.conflated_bytes > limit || budget.over(self.conflated_bytes) {
+                    self.close_slow(
+                        stats,
+                        format!(
+                            "this connection fell too far behind: {} MiB of latest values \
+                             wait for it; reconnect and resume",
+                            self.conflated_bytes >> 20
+                        ),
+                    );
                 }
             }
             Outbound::Unsubscribed { req_id, sub_id } => {
@@ -242,6 +248,7 @@ impl Queue {
                         keep
                     });
                     self.conflated_bytes -= gone;
+                    budget.release(gone);
                     self.skipped.remove(&sub_id);
                 }
                 self.items.push(Outbound::Unsubscribed { req_id, sub_id });
@@ -252,6 +259,18 @@ impl Queue {
             }
             other => self.items.push(other),
         }
+    }
+
+    /// Closes the connection for falling behind, with `message` as its
+    /// last words.
+    fn close_slow(&mut self, stats: &Stats, message: String) {
+        stats.closed_slow.fetch_add(1, Ordering::Relaxed);
+        self.items.push(Outbound::Close(Some(ErrorFrame {
+            req_id: None,
+            code: ErrorCode::LimitExceeded,
+            message,
+        })));
+        self.closed = true;
     }
 }
 

@@ -24,7 +24,77 @@ fn ev(topic: &str, iteration: u64) -> Event {
 }
 
 fn conn(budget: usize) -> Conn {
-    Conn::new(1, "n".into(), 16, budget, Arc::default())
+    Conn::new(
+        1,
+        "n".into(),
+        16,
+        Arc::new(Budget::new(budget, usize::MAX / 4)),
+        Arc::default(),
+    )
+}
+
+fn push_events(c: &Conn, sub_id: u64, topics: &[&str], first_iteration: u64) {
+    let mut batch = Batch::default();
+    for (i, topic) in topics.iter().enumerate() {
+        batch.push(Outbound::Event {
+            sub_id,
+            event: ev(topic, first_iteration + i as u64),
+            exact: false,
+        });
+    }
+    c.push_batch(&mut batch);
+}
+
+#[test]
+fn past_the_broker_budget_only_connections_over_their_share_conflate() {
+    // The broker may queue 8 events in all, each of the two connections
+    // 100 on its own; the share of each is 4.
+    let size = ev("t/0", 1).encoded().len();
+    let budget = Arc::new(Budget::new(100 * size, 8 * size));
+    let slow = Conn::new(1, "n".into(), 16, budget.clone(), Arc::default());
+    let fast = Conn::new(2, "n".into(), 16, budget.clone(), Arc::default());
+    // 8 queue, 2 conflate (within the share: not closed).
+    let topics: Vec<String> = (0..10).map(|i| format!("t/{i}")).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    for topic in &topics {
+        push_events(&slow, 1, &[topic], 1);
+    }
+    let mut items = Vec::new();
+    // The broker's budget spent, the fast one still queues within its share.
+    push_events(&fast, 1, &topics[..3], 1);
+    let taken = fast.take(&mut items);
+    assert_eq!((items.len(), taken.conflated.len()), (3, 0));
+    items.clear();
+    let taken = slow.take(&mut items);
+    assert_eq!(taken.conflated.len(), 2, "past the budget and its share");
+    assert_eq!(items.len(), 8);
+    assert!(!taken.closed);
+    // Everything taken is given back.
+    assert_eq!(budget.used(), 0);
+    // A connection that goes away gives back what it held.
+    push_events(&slow, 1, &topics, 20);
+    assert!(budget.used() > 0);
+    drop(slow);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn conflated_values_past_the_share_of_a_spent_budget_close_the_connection() {
+    let budget = Arc::new(Budget::new(200, 1_000));
+    let c = Conn::new(1, "n".into(), 16, budget.clone(), Arc::default());
+    let topics: Vec<String> = (0..20).map(|i| format!("t/{i}")).collect();
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    // 200 bytes queue; the other 19 topics conflate: about 2,300 bytes of
+    // latest values, past the whole budget (the connection's share).
+    push_events(&c, 1, &topics, 1);
+    let mut items = Vec::new();
+    let taken = c.take(&mut items);
+    assert!(taken.closed, "never closed");
+    let closing = items
+        .iter()
+        .any(|i| matches!(i, Outbound::Close(Some(e)) if e.code == ErrorCode::LimitExceeded));
+    assert!(closing, "{items:?}");
+    assert_eq!(budget.used(), 0);
 }
 
 #[test]

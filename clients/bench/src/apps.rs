@@ -311,8 +311,20 @@ fn start_default(bin: &Path, dir: &Path, extra: &[&str]) -> anyhow::Result<Serve
     servers::start_spread_defaults(bin, dir, extra)
 }
 
-/// One run of the 1 → 1 throughput and the latency on `sys`, served by
-/// `server` (whose CPU is measured).
+/// Subscribers of the fan-out workload, each on its own connection.
+const FANOUT_SUBSCRIBERS: usize = 16;
+/// Messages the fan-out workload publishes (issue #17's figure).
+const FANOUT_MESSAGES: u64 = 100_000;
+
+/// One run's figures on one system.
+struct Figures {
+    one_to_one: Throughput,
+    fan_out: Throughput,
+    latency: Latency,
+}
+
+/// One run of the 1 → 1 throughput, the fan-out and the latency on `sys`,
+/// served by `server` (whose CPU is measured).
 async fn one<S: System>(
     server: &Server,
     sys: &S,
@@ -321,30 +333,43 @@ async fn one<S: System>(
     size: usize,
     rate: u64,
     secs: u64,
-) -> anyhow::Result<(Throughput, Latency)> {
+) -> anyhow::Result<Figures> {
     let name = sys.name();
     let run = crate::throughput(sys, topic, 1, n, size);
-    let t = crate::within(name, crate::measured(server, run)).await?;
+    let one_to_one = crate::within(name, crate::measured(server, run)).await?;
+    let fan_out_topic = format!("{topic}-fan-out");
+    let run = crate::throughput(
+        sys,
+        &fan_out_topic,
+        FANOUT_SUBSCRIBERS,
+        FANOUT_MESSAGES,
+        size,
+    );
+    let fan_out = crate::within(name, crate::measured(server, run)).await?;
     let latency_topic = format!("{topic}-lat");
     let run = crate::latency(sys, &latency_topic, rate, secs, size);
-    let l = crate::within(name, run).await?;
-    Ok((t, l))
+    let latency = crate::within(name, run).await?;
+    Ok(Figures {
+        one_to_one,
+        fan_out,
+        latency,
+    })
 }
 
 /// Adds one run's figures to the column `pick` chooses.
-fn record(
-    rows: &mut [Row; 7],
-    pick: fn(&mut Row) -> &mut Vec<f64>,
-    n: u64,
-    (t, l): (Throughput, Latency),
-) {
+fn record(rows: &mut [Row; 10], pick: fn(&mut Row) -> &mut Vec<f64>, n: u64, f: Figures) {
+    let (t, fan, l) = (f.one_to_one, f.fan_out, f.latency);
+    let fan_expected = FANOUT_MESSAGES * FANOUT_SUBSCRIBERS as u64;
     pick(&mut rows[0]).push(t.rate());
     pick(&mut rows[1]).push(t.cpu_per_message());
     pick(&mut rows[2]).push(t.client_cpu_per_message());
     pick(&mut rows[3]).push(n.saturating_sub(t.messages) as f64);
-    pick(&mut rows[4]).push(l.p50);
-    pick(&mut rows[5]).push(l.p99);
-    pick(&mut rows[6]).push(l.p999);
+    pick(&mut rows[4]).push(fan.rate());
+    pick(&mut rows[5]).push(fan.cpu_per_message());
+    pick(&mut rows[6]).push(fan_expected.saturating_sub(fan.messages) as f64);
+    pick(&mut rows[7]).push(l.p50);
+    pick(&mut rows[8]).push(l.p99);
+    pick(&mut rows[9]).push(l.p999);
 }
 
 /// Runs every workload `runs` times, alternating the systems, and prints
@@ -405,6 +430,18 @@ pub async fn run(
             false,
         ),
         Row::new("1 → 1 messages lost or conflated", false),
+        Row::new(
+            format!("1 → {FANOUT_SUBSCRIBERS} delivered msgs/s ({FANOUT_MESSAGES} published)"),
+            true,
+        ),
+        Row::new(
+            format!("1 → {FANOUT_SUBSCRIBERS} server CPU µs per delivery"),
+            false,
+        ),
+        Row::new(
+            format!("1 → {FANOUT_SUBSCRIBERS} deliveries lost or conflated"),
+            false,
+        ),
         Row::new(format!("latency p50 µs @ {rate}/s"), false),
         Row::new(format!("latency p99 µs @ {rate}/s"), false),
         Row::new(format!("latency p99.9 µs @ {rate}/s"), false),
