@@ -2,7 +2,8 @@
 //! Spread through `spread-client` against the broker's default
 //! configuration (SQLite archive on, `--durability always`, default
 //! subscriber buffer), and against the same broker with `--archive off`;
-//! NATS through async-nats, its own client library, over TLS. The same
+//! NATS through async-nats, its own client library, over TLS; Mosquitto
+//! through rumqttc, QoS 0, on plain TCP (`crate::mqtt`). The same
 //! workloads as the lean clients' (`throughput`, `latency`), through the
 //! [`System`] traits.
 
@@ -265,12 +266,13 @@ pub fn fdatasync_time(dir: &Path) -> anyhow::Result<Duration> {
     Ok(times[times.len() / 2])
 }
 
-/// One workload's figures on the three systems.
+/// One workload's figures on the four systems.
 struct Row {
     label: String,
     default: Vec<f64>,
     archive_off: Vec<f64>,
     nats: Vec<f64>,
+    mqtt: Vec<f64>,
     /// Rates (higher is better) or times (lower is).
     rate: bool,
 }
@@ -282,24 +284,28 @@ impl Row {
             default: Vec::new(),
             archive_off: Vec::new(),
             nats: Vec::new(),
+            mqtt: Vec::new(),
             rate,
         }
     }
 
     fn print(&self) {
-        let (d, o, n) = (
+        let (d, o, n, m) = (
             crate::median(self.default.clone()),
             crate::median(self.archive_off.clone()),
             crate::median(self.nats.clone()),
+            crate::median(self.mqtt.clone()),
         );
         let better = if self.rate { "higher" } else { "lower" };
         println!(
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {better} |",
+            "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {better} |",
             self.label,
             crate::human(d),
             crate::human(o),
             crate::human(n),
+            crate::human(m),
             d / n,
+            d / m,
             d / o,
         );
     }
@@ -326,7 +332,7 @@ struct Figures {
 /// One run of the 1 → 1 throughput, the fan-out and the latency on `sys`,
 /// served by `server` (whose CPU is measured).
 async fn one<S: System>(
-    server: &Server,
+    server: &impl servers::Process,
     sys: &S,
     topic: &str,
     n: u64,
@@ -384,16 +390,19 @@ pub async fn run(
     runs: usize,
     rate: u64,
     secs: u64,
+    mosquitto: &str,
 ) -> anyhow::Result<()> {
     let sync = fdatasync_time(data)?;
     let default_dir = data.join("sdk-default");
     let off_dir = data.join("sdk-archive-off");
-    for dir in [&default_dir, &off_dir] {
+    let interval_dir = data.join("sdk-interval");
+    for dir in [&default_dir, &off_dir, &interval_dir] {
         crate::cluster::share_tls(data, dir)?;
     }
     let ca = data.join("tls").join("ca.pem");
     let default = start_default(bin, &default_dir, &[])?;
     let off = start_default(bin, &off_dir, &["--archive", "off"])?;
+    let interval = start_default(bin, &interval_dir, &["--durability", "interval"])?;
     let nats_server = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("js-sdk"))?;
     let sdk = |server: &Server, label, reported| SdkSpread {
         config: ClientConfig::new(server.addr.to_string()).ca_file(&ca),
@@ -413,10 +422,16 @@ pub async fn run(
         sdk(&off, "Spread SDK awaiting reports, --archive off", true),
     );
     let mut awaited = (Vec::new(), Vec::new());
+    let s_interval = sdk(&interval, "Spread SDK, --durability interval", false);
+    let mut interval_latency = (Vec::new(), Vec::new(), Vec::new());
     let peer = AsyncNats {
         addr: nats_server.addr,
         ca: ca.clone(),
     };
+    let mqtt = crate::mqtt::Rumqttc {
+        addr: mosquitto.parse().context("--mosquitto")?,
+    };
+    let mosquitto_process = servers::Running::find("mosquitto")?;
     println!(
         "# spread-bench --sdk-messages {n}: {size} B payloads, TLS, {} cores, median of {runs} runs; fdatasync on the data dir's disk: {} µs",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -446,15 +461,17 @@ pub async fn run(
         Row::new(format!("latency p99 µs @ {rate}/s"), false),
         Row::new(format!("latency p99.9 µs @ {rate}/s"), false),
     ];
-    for run in 0..runs {
-        let topic = format!("sdk-{run}");
+    for round in 0..runs {
+        let topic = format!("sdk-{round}");
         let figures = one(&default, &s_default, &topic, n, size, rate, secs).await?;
         record(&mut rows, |r| &mut r.default, n, figures);
         let figures = one(&off, &s_off, &topic, n, size, rate, secs).await?;
         record(&mut rows, |r| &mut r.archive_off, n, figures);
         let figures = one(&nats_server, &peer, &topic, n, size, rate, secs).await?;
         record(&mut rows, |r| &mut r.nats, n, figures);
-        let topic = format!("sdk-awaited-{run}");
+        let figures = one(&mosquitto_process, &mqtt, &topic, n, size, rate, secs).await?;
+        record(&mut rows, |r| &mut r.mqtt, n, figures);
+        let topic = format!("sdk-awaited-{round}");
         let run = crate::throughput(&r_default, &topic, 1, n, size);
         awaited
             .0
@@ -463,10 +480,16 @@ pub async fn run(
         awaited
             .1
             .push(crate::within(r_off.label, run).await?.rate());
+        let topic = format!("sdk-interval-{round}");
+        let run = crate::latency(&s_interval, &topic, rate, secs, size);
+        let l = crate::within(s_interval.label, run).await?;
+        interval_latency.0.push(l.p50);
+        interval_latency.1.push(l.p99);
+        interval_latency.2.push(l.p999);
     }
     println!();
-    println!("| workload | Spread SDK, default broker | Spread SDK, `--archive off` | NATS via async-nats | default ÷ NATS | default ÷ archive off | better |");
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    println!("| workload | Spread SDK, default broker | Spread SDK, `--archive off` | NATS via async-nats | Mosquitto via rumqttc (QoS 0, plain TCP) | default ÷ NATS | default ÷ Mosquitto | default ÷ archive off | better |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for row in &rows {
         row.print();
     }
@@ -476,7 +499,14 @@ pub async fn run(
         crate::human(crate::median(awaited.0)),
         crate::human(crate::median(awaited.1)),
     );
+    println!(
+        "latency @ {rate}/s, default broker but `--durability interval` (synced every 50 ms, reported before): p50 {} µs, p99 {} µs, p99.9 {} µs",
+        crate::human(crate::median(interval_latency.0)),
+        crate::human(crate::median(interval_latency.1)),
+        crate::human(crate::median(interval_latency.2)),
+    );
     drop(nats_server);
+    drop(interval);
     drop(off);
     drop(default);
     Ok(())

@@ -9,6 +9,7 @@ mod acked;
 mod apps;
 mod archive;
 mod cluster;
+mod mqtt;
 mod nats;
 mod restart;
 mod resync;
@@ -197,6 +198,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.runs.max(1),
             args.latency_rate,
             args.latency_seconds,
+            &args.mosquitto,
         )
         .await;
         let _ = std::fs::remove_dir_all(&data);
@@ -412,7 +414,7 @@ async fn within<T>(
 /// Runs a throughput workload and records the server's CPU time during it,
 /// and this process's (the clients').
 async fn measured(
-    server: &servers::Server,
+    server: &impl servers::Process,
     run: impl std::future::Future<Output = anyhow::Result<Throughput>>,
 ) -> anyhow::Result<Throughput> {
     let (before, ours) = (server.cpu(), servers::cpu_of(std::process::id()));

@@ -63,6 +63,46 @@ impl Server {
 
 /// CPU time (user + system) process `pid` has used, from /proc (zero
 /// when it cannot be read).
+/// A server whose CPU time a workload measures.
+pub trait Process {
+    /// CPU time (user + system) the process has used, from /proc.
+    fn cpu(&self) -> Duration;
+}
+
+impl Process for Server {
+    fn cpu(&self) -> Duration {
+        Server::cpu(self)
+    }
+}
+
+/// A server the bench did not start (the machine's Mosquitto service).
+pub struct Running {
+    pid: u32,
+}
+
+impl Running {
+    /// The process whose command name is `name`, from /proc.
+    pub fn find(name: &str) -> anyhow::Result<Running> {
+        for entry in std::fs::read_dir("/proc")? {
+            let entry = entry?;
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                return Ok(Running { pid });
+            }
+        }
+        anyhow::bail!("no {name} process is running")
+    }
+}
+
+impl Process for Running {
+    fn cpu(&self) -> Duration {
+        cpu_of(self.pid)
+    }
+}
+
 pub fn cpu_of(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are
