@@ -218,15 +218,29 @@ impl Runner {
                 }
             };
             if batch.is_empty() && missed == Missed::None {
-                // Caught up: make what was delivered durable, then wait.
+                // Caught up: make what was delivered durable once the
+                // checkpoint is due (not after every batch: a sink that
+                // keeps up with a steady load would sync its database at
+                // every batch, and its syncs share the disk with the
+                // log's), then wait, at most until the next one is due.
                 self.shared.live.lock().behind_since = None;
-                if let o @ (Outcome::Fatal | Outcome::Stopped | Outcome::Rejected(_)) =
-                    self.checkpoint(driver)
-                {
-                    return o;
+                let due = checkpoint_every.saturating_sub(last_checkpoint.elapsed());
+                if due.is_zero() {
+                    if let o @ (Outcome::Fatal | Outcome::Stopped | Outcome::Rejected(_)) =
+                        self.checkpoint(driver)
+                    {
+                        return o;
+                    }
+                    last_checkpoint = Instant::now();
                 }
+                let unrecorded = self.delivered > self.shared.checkpoint.load(Ordering::Acquire);
+                let wait = if unrecorded && !due.is_zero() {
+                    due.min(IDLE_WAIT)
+                } else {
+                    IDLE_WAIT
+                };
                 self.committed
-                    .wait_beyond(until, IDLE_WAIT, || self.stop.is_set());
+                    .wait_beyond(until, wait, || self.stop.is_set());
                 continue;
             }
             let behind = *self

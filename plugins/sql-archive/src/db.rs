@@ -53,6 +53,33 @@ pub fn default_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("archive.db").display())
 }
 
+/// The write-ahead log of the SQLite database at `url`; `None` for the
+/// other databases.
+pub fn sqlite_wal(url: &str) -> Result<Option<std::path::PathBuf>, Error> {
+    if Backend::of(url)? != Backend::Sqlite {
+        return Ok(None);
+    }
+    let opts = SqliteConnectOptions::from_str(url)
+        .map_err(|e| Error::fatal(format!("archive URL {url}: {e}")))?;
+    let mut wal = opts.get_filename().as_os_str().to_owned();
+    wal.push("-wal");
+    Ok(Some(wal.into()))
+}
+
+/// Makes every commit so far durable: SQLite commits in WAL mode with
+/// `synchronous = NORMAL` write the WAL without syncing it, and what its
+/// own checkpoints copy out of the WAL is synced by SQLite. A WAL that
+/// does not exist holds nothing to sync.
+pub fn sync_sqlite_wal(wal: &Path) -> Result<(), Error> {
+    match std::fs::File::open(wal) {
+        Ok(file) => file
+            .sync_data()
+            .map_err(|e| Error::retry(format!("syncing {}: {e}", wal.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::retry(format!("opening {}: {e}", wal.display()))),
+    }
+}
+
 /// `url` with any password replaced, for messages and logs.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -79,10 +106,13 @@ pub async fn connect(url: &str) -> Result<Db, Error> {
             let opts = SqliteConnectOptions::from_str(url)
                 .map_err(|e| Error::fatal(format!("archive URL {url}: {e}")))?
                 .create_if_missing(true)
-                // WAL with a sync at every commit: a batch the host
-                // checkpoints is on disk.
+                // WAL, not synced at each commit (a crash of the machine
+                // may take back the last commits, never corrupt the file):
+                // the sink syncs the WAL when the host checkpoints
+                // ([`sync_sqlite_wal`]), so a batch the host checkpoints is
+                // on disk, and until then the broker's log holds it.
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10));
             Db::Lite(connect_sqlite(&opts).await?)
         }
@@ -170,5 +200,18 @@ mod tests {
             "postgres://app:***@db:5432/x"
         );
         assert_eq!(redact("mysql://root@h/test"), "mysql://root@h/test");
+    }
+
+    #[test]
+    fn the_wal_of_a_sqlite_archive_is_beside_it_and_synced_when_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = default_url(dir.path());
+        let wal = sqlite_wal(&url).unwrap().unwrap();
+        assert_eq!(wal, dir.path().join("archive.db-wal"));
+        // Not created yet: nothing to sync.
+        sync_sqlite_wal(&wal).unwrap();
+        std::fs::write(&wal, b"frames").unwrap();
+        sync_sqlite_wal(&wal).unwrap();
+        assert_eq!(sqlite_wal("postgres://localhost/test").unwrap(), None);
     }
 }
