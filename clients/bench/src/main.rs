@@ -9,6 +9,7 @@ mod acked;
 mod apps;
 mod archive;
 mod cluster;
+mod connections;
 mod mqtt;
 mod nats;
 mod restart;
@@ -103,6 +104,17 @@ struct Args {
     /// latency at `--latency-rate`.
     #[arg(long, default_value_t = 0)]
     sdk_messages: u64,
+    /// Instead of the workloads: this many subscriber connections of one
+    /// topic on each system (through spread-client and async-nats), one
+    /// publisher at `--connections-rate`.
+    #[arg(long, default_value_t = 0)]
+    connections: usize,
+    /// Publish rate of the `--connections` workload.
+    #[arg(long, default_value_t = 1_000)]
+    connections_rate: u64,
+    /// Duration of the `--connections` workload's publishing, in seconds.
+    #[arg(long, default_value_t = 5)]
+    connections_seconds: u64,
     /// Durability policy of the Spread broker's event log.
     #[arg(long, default_value = "always")]
     durability: String,
@@ -182,6 +194,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.cluster_events,
             args.size,
             &nats,
+        )
+        .await;
+        let _ = std::fs::remove_dir_all(&data);
+        return result;
+    }
+    if args.connections > 0 {
+        drop(broker);
+        let result = connections::run(
+            &broker_bin,
+            &data,
+            &nats,
+            args.connections,
+            args.connections_rate,
+            args.connections_seconds,
+            args.size,
         )
         .await;
         let _ = std::fs::remove_dir_all(&data);
