@@ -163,10 +163,13 @@ pub async fn run(
     let dir = data.join("connections");
     crate::cluster::share_tls(data, &dir)?;
     let ca = data.join("tls").join("ca.pem");
-    // The only setting changed from the defaults: room for the
-    // subscribers, the publisher and a margin (10,000 by default).
+    // The only settings changed from the defaults: room for the
+    // subscribers, the publisher and a margin, all from one address
+    // (10,000 in all and 1,000 per address by default; nats-server allows
+    // 64 Ki in all and has no limit per address).
     let max = (subs + 100).to_string();
-    let broker = servers::start_spread_defaults(bin, &dir, &["--max-connections", &max])?;
+    let limits = ["--max-connections", &max, "--max-connections-per-ip", &max];
+    let broker = servers::start_spread_defaults(bin, &dir, &limits)?;
     let spread = Arc::new(SdkSpread {
         config: ClientConfig::new(broker.addr.to_string()).ca_file(&ca),
         label: "Spread SDK, default broker",
