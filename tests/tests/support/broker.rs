@@ -420,12 +420,26 @@ impl Drop for Broker {
     }
 }
 
-/// A loopback address no one listens on now (the system's choice; a
-/// broker started on it right after gets it unless another process races
-/// for the same port).
+/// A loopback address no one listens on now, for a broker started on it
+/// later (a mesh's nodes, whose addresses their peers and proxies need
+/// first). Chosen below the ephemeral port range (32768–60999 on Linux),
+/// which every outgoing connection and every bind to port 0 draws from:
+/// a port picked there could be taken by another test's connection before
+/// the broker binds it. Distinct within this process; checked free.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const PORTS: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7_919) % PORTS;
+    for _ in 0..PORTS {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = FIRST + (offset + n) % PORTS;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port as u16)) {
+            return l.local_addr().expect("address");
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + PORTS)
 }
 
 /// Runs the broker with `extra` flags expecting it to refuse to start;
