@@ -59,7 +59,9 @@ pub async fn run(
     let rate = load(&spread, events, topics, size).await?;
     let loaded = server.rss().unwrap_or(0);
     let per_topic = loaded.saturating_sub(baseline) as f64 / topics as f64;
-    eprintln!("loaded {events} events over {topics} topics at {rate:.0}/s");
+    eprintln!(
+        "loaded {events} events over {topics} topics at {rate:.0}/s; {per_topic:.0} B of memory per topic"
+    );
 
     let stopping = Instant::now();
     server.stop()?;
