@@ -191,3 +191,43 @@ async fn a_client_that_reads_nothing_is_closed_after_the_write_timeout() {
     client.ping().await.unwrap();
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_during_a_periodic_checkpoint_still_leaves_one_covering_everything() {
+    // The last publish starts a periodic checkpoint of a large table (no
+    // event follows it); the stop that comes next must finish or redo it,
+    // not drop it: else the next start replays the whole log.
+    const TOPICS: u64 = 50_000;
+    let mut broker = Broker::start(&[
+        "--archive",
+        "off",
+        "--durability",
+        "never",
+        "--checkpoint-every",
+        &TOPICS.to_string(),
+    ]);
+    let client = broker.client().await;
+    let payload = vec![b'v'; 2048];
+    for i in 0..TOPICS - 1 {
+        client
+            .publish_nowait(&format!("c/{}/{}", i / 1000, i % 1000), &payload)
+            .await
+            .unwrap();
+    }
+    let last = client
+        .publish("c/last", "x")
+        .await
+        .unwrap()
+        .summary()
+        .iteration();
+    drop(client);
+    broker.terminate();
+    assert!(exit_status(&mut broker).success());
+    let checkpoint = std::fs::read(broker.dir.path().join("log").join("checkpoint"))
+        .expect("no checkpoint after a graceful stop");
+    let covered = u64::from_le_bytes(checkpoint[16..24].try_into().unwrap());
+    assert!(
+        covered >= last,
+        "checkpoint at {covered}, last event {last}"
+    );
+}

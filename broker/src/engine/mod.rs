@@ -448,9 +448,16 @@ impl Engine {
                 break;
             }
         }
-        // A checkpoint at shutdown makes the next start replay nothing.
-        if self.persist.since_checkpoint > 0 {
+        // A checkpoint at shutdown makes the next start replay nothing:
+        // needed also when no event followed a periodic one still being
+        // gathered (which would be dropped) or written (by a thread the
+        // process would not wait for).
+        if self.persist.since_checkpoint > 0 || self.persist.checkpoint_walk.is_some() {
             self.checkpoint(true);
+        } else if let Some(writer) = self.persist.checkpoint_writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the checkpoint writer panicked");
+            }
         }
         tracing::debug!("engine stopped");
     }

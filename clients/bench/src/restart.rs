@@ -82,7 +82,18 @@ pub async fn run(
     server.stop()?;
 
     let checkpoint = data.join("log").join("checkpoint");
-    std::fs::remove_file(&checkpoint).with_context(|| checkpoint.display().to_string())?;
+    std::fs::remove_file(&checkpoint).with_context(|| {
+        let files: Vec<String> = std::fs::read_dir(data.join("log"))
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "{} (the log directory holds {files:?})",
+            checkpoint.display()
+        )
+    })?;
     let (server, full) = timed_start(bin, data, durability)?;
     eprintln!("restart replaying the whole log: {full:?}");
     drop(server);
