@@ -370,3 +370,49 @@ async fn a_refused_publish_without_a_report_is_counted() {
     );
     assert_eq!(writer.unreported_refusals(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_without_a_report_wait_while_the_connection_is_stalled() {
+    // 64 MiB of publishes through a link that forwards nothing: far more
+    // than the socket buffers and the SDK's 4 MiB queue hold, so the
+    // publishing must wait (its memory stays bounded) rather than queue
+    // it all, and go on once the link does.
+    const PUBLISHES: usize = 1_000;
+    let broker = Broker::in_process(&["--archive", "off"]);
+    let proxy = support::Proxy::start(broker.addr).await;
+    let config = spread_client::ClientConfig::new(proxy.addr.to_string()).ca_file(broker.ca());
+    let writer = spread_client::Client::connect(config).await.unwrap();
+    proxy.stall();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut publishing = tokio::spawn({
+        let (writer, sent) = (writer.clone(), sent.clone());
+        async move {
+            let mut payload = vec![b'p'; 64 * 1024];
+            for i in 0..PUBLISHES {
+                payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                writer
+                    .publish_nowait(&format!("stalled/{}", i % 10), &payload)
+                    .await
+                    .unwrap();
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(2), &mut publishing).await;
+    assert!(
+        waiting.is_err(),
+        "64 MiB were queued through a stalled link"
+    );
+    let queued = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(queued < PUBLISHES, "{queued}");
+    proxy.resume();
+    publishing.await.unwrap();
+    // They arrived in order: each topic's latest is its last publish.
+    writer.publish("stalled/after", "done").await.unwrap();
+    for k in 0..10 {
+        let e = writer.get(&format!("stalled/{k}")).await.unwrap().unwrap();
+        let i = u64::from_le_bytes(e.payload_bytes()[..8].try_into().unwrap());
+        assert_eq!(i, (PUBLISHES - 10 + k) as u64);
+    }
+    assert_eq!(writer.unreported_refusals(), 0);
+}
