@@ -22,16 +22,20 @@ use spread_protocol::{Counts, Event, EventId, EventKind, EventParts, PublishMode
 use super::clock::{Clock, IdGen};
 
 /// A node's children, by segment: no map at all for a leaf (most nodes:
-/// an empty map still takes 40 bytes, a box of one 8).
-struct Children<S>(Option<Box<HashMap<Box<str>, Node<S>>>>);
+/// an empty map still takes 40 bytes, a box of one 8). Each child is boxed,
+/// so that the table's empty slots (up to half of them, at hashbrown's load
+/// factor) cost a pointer each rather than a whole node.
+struct Children<S>(Option<Box<ChildMap<S>>>);
+
+type ChildMap<S> = HashMap<Box<str>, Box<Node<S>>>;
 
 impl<S> Children<S> {
     fn get(&self, seg: &str) -> Option<&Node<S>> {
-        self.0.as_ref()?.get(seg)
+        self.0.as_ref()?.get(seg).map(|c| &**c)
     }
 
     fn get_mut(&mut self, seg: &str) -> Option<&mut Node<S>> {
-        self.0.as_mut()?.get_mut(seg)
+        self.0.as_mut()?.get_mut(seg).map(|c| &mut **c)
     }
 
     /// The child at `seg`, created (with the map) if missing.
@@ -45,7 +49,7 @@ impl<S> Children<S> {
                     hash: digest::segment_hash(seg),
                     ..Node::default()
                 };
-                slot.insert_with_key(seg.into(), child)
+                slot.insert_with_key(seg.into(), Box::new(child))
             }
         }
     }
@@ -65,7 +69,7 @@ impl<S> Children<S> {
     }
 
     fn iter(&self) -> impl Iterator<Item = (&Box<str>, &Node<S>)> {
-        self.0.iter().flat_map(|m| m.iter())
+        self.0.iter().flat_map(|m| m.iter().map(|(k, c)| (k, &**c)))
     }
 
     fn values(&self) -> impl Iterator<Item = &Node<S>> {
