@@ -103,21 +103,44 @@ pub struct OrderKey<'a> {
     /// Who wrote the event.
     pub origin: &'a str,
     /// The event's unique id.
-    pub id: &'a EventId,
+    pub id: EventId,
 }
 
 /// One applied (or proposed) change of a topic.
+///
+/// Only the encoding and the spans of its variable-length fields are
+/// kept (56 bytes, where every field decoded took 104: the latest-value
+/// table holds one per topic); the fixed ones are read from the encoding
+/// when asked. The encoding is canonical where those reads need it: the
+/// id right after the origin, as a `bin 8` of 16 bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Event {
     raw: Bytes,
     topic: Range<u32>,
     payload: Range<u32>,
     origin: Range<u32>,
-    timestamp: u64,
-    iteration: u64,
-    id: EventId,
-    kind: EventKind,
-    source: u64,
+}
+
+/// Bytes of the id's encoding: `bin 8` marker, length, 16 bytes.
+const ID_LEN: usize = 18;
+
+/// The unsigned integer encoded at `at` of `raw` (any encoding
+/// `Reader::uint` accepts; checked when the event was read or written), and
+/// the bytes it takes.
+#[inline]
+fn uint_at(raw: &[u8], at: usize) -> (u64, usize) {
+    let be = |n: usize| {
+        raw[at + 1..at + 1 + n]
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    };
+    match raw[at] {
+        m @ 0x00..=0x7f => (u64::from(m), 1),
+        0xcc | 0xd0 => (be(1), 2),
+        0xcd | 0xd1 => (be(2), 3),
+        0xce | 0xd2 => (be(4), 5),
+        _ => (be(8), 9),
+    }
 }
 
 /// The parts of an event before it is encoded.
@@ -150,7 +173,7 @@ impl<'a> EventParts<'a> {
         OrderKey {
             timestamp: self.timestamp,
             origin: self.origin,
-            id: &self.id,
+            id: self.id,
         }
     }
 
@@ -186,11 +209,6 @@ impl<'a> EventParts<'a> {
             topic: range32(topic),
             payload: range32(payload),
             origin: range32(origin),
-            timestamp: self.timestamp,
-            iteration: self.iteration,
-            id: self.id,
-            kind: self.kind,
-            source: self.source,
         }
     }
 }
@@ -233,7 +251,7 @@ impl Event {
         let origin = r.str_span("event: origin string")?;
         let id_span = r.bin_span("event: id binary")?;
         let id: [u8; 16] = r
-            .bytes_of(id_span)
+            .bytes_of(id_span.clone())
             .try_into()
             .map_err(|_| r.malformed("event: id must be 16 bytes"))?;
         let iteration = r.uint("event: iteration")?;
@@ -248,17 +266,31 @@ impl Event {
             0
         };
         let rel = |s: Range<usize>| range32(s.start - start..s.end - start);
-        Ok(Event {
+        let event = Event {
             raw: r.slice_from(start),
             topic: rel(topic),
             payload: rel(payload),
-            origin: rel(origin),
+            origin: rel(origin.clone()),
+        };
+        // `source` tells 7 fields from 8 by the fixarray header.
+        let canonical = id_span.start == origin.end + 2 && event.raw[0] == 0x90 | len as u8;
+        if canonical {
+            return Ok(event);
+        }
+        // A longer header for the array or the id (a foreign encoder's):
+        // stored re-encoded, so that the fields are where `Event` reads
+        // them.
+        Ok(EventParts {
+            topic: event.topic(),
+            payload: event.payload_bytes(),
             timestamp,
-            iteration,
+            origin: event.origin(),
             id: EventId(id),
+            iteration,
             kind,
             source,
-        })
+        }
+        .encode())
     }
 
     /// Decodes an event stored on its own (as in a log record), checking
@@ -315,34 +347,63 @@ impl Event {
     }
 
     /// Microseconds since the Unix epoch.
+    #[inline]
     pub fn timestamp(&self) -> u64 {
-        self.timestamp
+        // Right after the payload.
+        uint_at(&self.raw, self.payload.end as usize).0
+    }
+
+    /// Where the iteration is encoded: after the origin and the id.
+    #[inline]
+    fn iteration_at(&self) -> usize {
+        self.origin.end as usize + ID_LEN
     }
 
     /// The applying node's sequence number (0 when not applied).
+    #[inline]
     pub fn iteration(&self) -> u64 {
-        self.iteration
+        uint_at(&self.raw, self.iteration_at()).0
     }
 
     /// Unique id.
+    #[inline]
     pub fn id(&self) -> EventId {
-        self.id
+        let at = self.origin.end as usize + 2;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.raw[at..at + 16]);
+        EventId(id)
+    }
+
+    /// Where the kind is encoded, after the iteration.
+    #[inline]
+    fn kind_at(&self) -> usize {
+        let at = self.iteration_at();
+        at + uint_at(&self.raw, at).1
     }
 
     /// Value or tombstone.
     pub fn kind(&self) -> EventKind {
-        self.kind
+        match uint_at(&self.raw, self.kind_at()).0 {
+            0 => EventKind::Value,
+            _ => EventKind::Tombstone,
+        }
     }
 
     /// The run of the node that first accepted it (see
     /// [`EventParts::source`]).
     pub fn source(&self) -> u64 {
-        self.source
+        // Events of 7 fields (before protocol version 2) have none.
+        if self.raw[0] == 0x97 {
+            return 0;
+        }
+        let at = self.kind_at();
+        let at = at + uint_at(&self.raw, at).1;
+        uint_at(&self.raw, at).0
     }
 
     /// Whether this event deletes its topic.
     pub fn is_tombstone(&self) -> bool {
-        self.kind == EventKind::Tombstone
+        self.kind() == EventKind::Tombstone
     }
 
     /// The MessagePack encoding of the event.
@@ -362,9 +423,9 @@ impl Event {
     /// The conflict-resolution key.
     pub fn order_key(&self) -> OrderKey<'_> {
         OrderKey {
-            timestamp: self.timestamp,
+            timestamp: self.timestamp(),
             origin: self.origin(),
-            id: &self.id,
+            id: self.id(),
         }
     }
 
@@ -378,12 +439,12 @@ impl Event {
         EventParts {
             topic: self.topic(),
             payload: self.payload_bytes(),
-            timestamp: self.timestamp,
+            timestamp: self.timestamp(),
             origin: self.origin(),
-            id: self.id,
-            iteration: self.iteration,
-            kind: self.kind,
-            source: self.source,
+            id: self.id(),
+            iteration: self.iteration(),
+            kind: self.kind(),
+            source: self.source(),
         }
     }
 
@@ -402,12 +463,12 @@ impl fmt::Debug for Event {
         f.debug_struct("Event")
             .field("topic", &self.topic())
             .field("payload_len", &self.payload.len())
-            .field("timestamp", &self.timestamp)
+            .field("timestamp", &self.timestamp())
             .field("origin", &self.origin())
-            .field("id", &self.id)
-            .field("iteration", &self.iteration)
-            .field("kind", &self.kind)
-            .field("source", &self.source)
+            .field("id", &self.id())
+            .field("iteration", &self.iteration())
+            .field("kind", &self.kind())
+            .field("source", &self.source())
             .finish()
     }
 }
@@ -461,6 +522,46 @@ mod tests {
         assert_eq!(back.order_key(), ev.order_key());
         assert_eq!(back.payload_bytes(), b"v1");
         assert_eq!(back.iteration(), 42);
+    }
+
+    /// Another encoder may use longer headers and other integer encodings
+    /// than ours: the event reads the same, stored in the canonical form
+    /// whose fixed offsets `Event` reads its fields at.
+    #[test]
+    fn longer_headers_and_signed_integers_read_the_same() {
+        let mut raw = vec![0xdc, 0x00, 0x08]; // array 16 of 8
+        raw.extend_from_slice(&[0xa3, b'a', b'/', b'b']); // topic
+        raw.extend_from_slice(&[0xc4, 0x02, b'v', b'1']); // payload
+        raw.push(0xd3); // timestamp as int 64
+        raw.extend_from_slice(&1_700_000_000_000_000u64.to_be_bytes());
+        raw.extend_from_slice(&[0xa6, b'n', b'o', b'd', b'e', b'-', b'a']);
+        raw.extend_from_slice(&[0xc5, 0x00, 0x10]); // id as bin 16
+        raw.extend_from_slice(&[7; 16]);
+        raw.extend_from_slice(&[0xd1, 0x00, 42]); // iteration as int 16
+        raw.extend_from_slice(&[0xcc, 0x00]); // kind as uint 8
+        raw.extend_from_slice(&[0xce, 0x00, 0x00, 0x5e, 0xed]); // source
+        let back = Event::decode(Bytes::from(raw)).unwrap();
+        let ours = parts("a/b", b"v1").encode();
+        assert_eq!(back.parts().order_key(), ours.order_key());
+        assert_eq!(
+            (back.iteration(), back.kind(), back.source()),
+            (42, EventKind::Value, 0x5eed)
+        );
+        assert_eq!(back.encoded(), ours.encoded(), "stored canonical");
+        // Our own encoding with signed integers in place of unsigned ones
+        // keeps its bytes (the offsets do not move).
+        let mut signed = ours.encoded().to_vec();
+        let at = signed.len() - 3 - 1 - 1; // iteration (42, one byte) before kind and source
+        assert_eq!(signed[at], 42);
+        signed.splice(at..at + 1, [0xd0, 42]);
+        let back = Event::decode(Bytes::from(signed.clone())).unwrap();
+        assert_eq!((back.iteration(), back.source()), (42, 0x5eed));
+        assert_eq!(&back.encoded()[..], &signed[..]);
+    }
+
+    #[test]
+    fn an_event_keeps_only_its_encoding_and_three_spans() {
+        assert_eq!(std::mem::size_of::<Event>(), 56);
     }
 
     #[test]
