@@ -81,6 +81,55 @@ impl<S> Children<S> {
     }
 }
 
+/// The subscriptions of one prefix: none at most nodes, so a box of a
+/// vector (8 bytes) rather than a vector (24).
+// The extra allocation is the point: it exists only where there are
+// subscriptions, and the node stays 16 bytes smaller everywhere else.
+#[allow(clippy::box_collection)]
+struct Subs<S>(Option<Box<Vec<S>>>);
+
+impl<S> Subs<S> {
+    fn as_slice(&self) -> &[S] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn push(&mut self, sub: S) {
+        self.0.get_or_insert_default().push(sub);
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&S) -> bool) {
+        if let Some(subs) = &mut self.0 {
+            subs.retain(keep);
+            if subs.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    /// Removes the first matching `pred` (in any order of the rest).
+    fn remove_first(&mut self, pred: impl FnMut(&S) -> bool) -> Option<S> {
+        let subs = self.0.as_mut()?;
+        let pos = subs.iter().position(pred)?;
+        let sub = subs.swap_remove(pos);
+        if subs.is_empty() {
+            self.0 = None;
+        }
+        Some(sub)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut S> {
+        self.0.iter_mut().flat_map(|subs| subs.iter_mut())
+    }
+}
+
 struct Node<S> {
     children: Children<S>,
     value: Option<Event>,
@@ -93,7 +142,7 @@ struct Node<S> {
     /// `digest::segment_hash` of this node's segment: which bucket of its
     /// parent's children it is in.
     hash: u64,
-    subs: Vec<S>,
+    subs: Subs<S>,
 }
 
 impl<S> Default for Node<S> {
@@ -105,7 +154,7 @@ impl<S> Default for Node<S> {
             digest: 0,
             own_digest: 0,
             hash: 0,
-            subs: Vec::new(),
+            subs: Subs(None),
         }
     }
 }
@@ -188,10 +237,7 @@ impl<S> Node<S> {
     /// then prunes nodes left empty. Returns the subscriber.
     fn unsubscribe(&mut self, segs: &[&str], pred: &mut impl FnMut(&S) -> bool) -> Option<S> {
         match segs.split_first() {
-            None => {
-                let pos = self.subs.iter().position(&mut *pred)?;
-                Some(self.subs.swap_remove(pos))
-            }
+            None => self.subs.remove_first(&mut *pred),
             Some((first, rest)) => {
                 let child = self.children.get_mut(first)?;
                 let found = child.unsubscribe(rest, pred);
@@ -461,7 +507,7 @@ impl<S> Tree<S> {
             node.max_iteration = event.iteration();
             node.digest = node.digest.wrapping_add(digest_change);
             counts.push(node.subs.len() as u32);
-            for s in &node.subs {
+            for s in node.subs.as_slice() {
                 deliver(s, event);
             }
             let Some(seg) = segs.next() else { break };
