@@ -186,7 +186,14 @@ impl Reads {
 
 impl Drop for Reads {
     fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::Release);
+        // Under the queue's lock: a thread between its check of `stop` and
+        // its wait would otherwise miss the notification and never end
+        // (seen as a broker hanging when its start failed right after the
+        // pool started).
+        {
+            let _queue = self.shared.queue.lock();
+            self.shared.stop.store(true, Ordering::Release);
+        }
         self.shared.work.notify_all();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
@@ -234,4 +241,23 @@ fn run_turn(mut task: Task) {
         }
     }
     task.resume();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_dropped_as_soon_as_it_started_stops_its_threads() {
+        let limits = Limits {
+            per_connection: 1,
+            replays: 1,
+            catch_ups: 1,
+            snapshots: 1,
+        };
+        // Each drop races the threads on their way to their first wait.
+        for _ in 0..500 {
+            drop(Reads::start(limits).unwrap());
+        }
+    }
 }
