@@ -17,7 +17,7 @@ use spread_client::ClientConfig;
 use crate::apps::{AsyncNats, SdkSpread};
 use crate::servers::{self, Server};
 use crate::stats::Latency;
-use crate::wire::{Publisher, Subscriber, System};
+use crate::wire::{Subscriber, System};
 
 /// Subscriptions opened at once while connecting.
 const CONNECT_AT_ONCE: usize = 64;
@@ -105,21 +105,7 @@ where
         .collect();
 
     let mut publisher = sys.publisher().await?;
-    let mut payload = vec![0x5a; size];
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut sent = 0u64;
-    while sent < n {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(n);
-        while sent < due {
-            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-            publisher.queue(topic, &payload);
-            sent += 1;
-        }
-        publisher.flush().await?;
-    }
-    publisher.finish().await?;
+    let start = crate::paced(&mut publisher, topic, rate, n, size, base).await?;
 
     let (mut received, mut end, mut micros) = (0u64, start, Vec::new());
     for t in tasks {

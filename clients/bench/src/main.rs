@@ -574,6 +574,36 @@ async fn latency<S: System>(
     latency_across(sys, sys, run, rate, secs, size).await
 }
 
+/// Publishes `n` messages of `size` bytes on `topic` at a steady `rate`
+/// per second, each carrying its send time (nanoseconds since `base`) in
+/// its first 8 bytes, then waits until the server has them all; returns
+/// when publishing began.
+async fn paced<P: Publisher>(
+    publisher: &mut P,
+    topic: &str,
+    rate: u64,
+    n: u64,
+    size: usize,
+    base: Instant,
+) -> anyhow::Result<Instant> {
+    let mut payload = vec![0x5a; size];
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0u64;
+    while sent < n {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(n);
+        while sent < due {
+            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+            publisher.queue(topic, &payload);
+            sent += 1;
+        }
+        publisher.flush().await?;
+    }
+    publisher.finish().await?;
+    Ok(start)
+}
+
 /// [`latency`] with the publisher on `publish_to` and the subscriber on
 /// `subscribe_to` (two nodes of a cluster: the replication lag).
 async fn latency_across<S: System>(
@@ -603,21 +633,7 @@ async fn latency_across<S: System>(
         anyhow::Ok(samples)
     });
     let mut publisher = sys.publisher().await?;
-    let mut payload = vec![0x5a; size];
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(1));
-    let mut sent = 0usize;
-    while sent < n {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize).min(n);
-        while sent < due {
-            payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
-            publisher.queue(&topic, &payload);
-            sent += 1;
-        }
-        publisher.flush().await?;
-    }
-    publisher.finish().await?;
+    paced(&mut publisher, &topic, rate, n as u64, size, base).await?;
     let mut samples = task.await??;
     let warm = samples.len() / 10;
     let l = Latency::from_nanos(&mut samples[warm..]);
