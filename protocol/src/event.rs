@@ -560,6 +560,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_pointer_width = "64")]
     fn an_event_keeps_only_its_encoding_and_three_spans() {
         assert_eq!(std::mem::size_of::<Event>(), 56);
     }

@@ -146,35 +146,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // The first start creates the TLS material the client trusts.
         drop(servers::start_spread(&broker_bin, &data, &args.durability)?);
         let tls = connector(&data.join("tls").join("ca.pem"))?;
-        let result = restart::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            &args.durability,
-            tls,
-            args.restart_events,
-            args.restart_topics.max(1),
-            args.size,
+            restart::run(
+                &broker_bin,
+                &data,
+                &args.durability,
+                tls,
+                args.restart_events,
+                args.restart_topics.max(1),
+                args.size,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     let broker = servers::start_spread(&broker_bin, &data, &args.durability)?;
     let tls_dir = data.join("tls");
     if args.resync_topics > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
-        let result = resync::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            tls,
-            args.resync_topics,
-            args.resync_changed,
-            args.size,
+            resync::run(
+                &broker_bin,
+                &data,
+                tls,
+                args.resync_topics,
+                args.resync_changed,
+                args.size,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     // The peer's servers present the certificate the broker generated.
     let (nats_cert, nats_key) = (tls_dir.join("server.pem"), tls_dir.join("server-key.pem"));
@@ -186,64 +188,68 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.cluster_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
-        let result = cluster::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            &args.durability,
-            tls,
-            args.cluster_events,
-            args.size,
-            &nats,
+            cluster::run(
+                &broker_bin,
+                &data,
+                &args.durability,
+                tls,
+                args.cluster_events,
+                args.size,
+                &nats,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     if args.connections > 0 {
         drop(broker);
-        let result = connections::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            &nats,
-            args.connections,
-            args.connections_rate,
-            args.connections_seconds,
-            args.size,
+            connections::run(
+                &broker_bin,
+                &data,
+                &nats,
+                args.connections,
+                args.connections_rate,
+                args.connections_seconds,
+                args.size,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     if args.sdk_messages > 0 {
         drop(broker);
-        let result = apps::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            &nats,
-            args.sdk_messages,
-            args.size,
-            args.runs.max(1),
-            args.latency_rate,
-            args.latency_seconds,
-            &args.mosquitto,
+            apps::run(
+                &broker_bin,
+                &data,
+                &nats,
+                args.sdk_messages,
+                args.size,
+                args.runs.max(1),
+                args.latency_rate,
+                args.latency_seconds,
+                &args.mosquitto,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     if args.archive_events > 0 {
         drop(broker);
         let tls = connector(&tls_dir.join("ca.pem"))?;
-        let result = archive::run(
-            &broker_bin,
+        return cleaning_up(
             &data,
-            tls,
-            args.archive_events,
-            args.archive_rate,
+            archive::run(
+                &broker_bin,
+                &data,
+                tls,
+                args.archive_events,
+                args.archive_rate,
+            ),
         )
         .await;
-        let _ = std::fs::remove_dir_all(&data);
-        return result;
     }
     let nats_server = servers::start_nats(nats.bin, nats.cert, nats.key, &data.join("jetstream"))?;
     if args.sink_events > 0 {
@@ -429,6 +435,17 @@ fn row(label: &str, spread: f64, nats: f64) -> String {
 
 /// Fails a workload that does not finish within 3 minutes, naming it,
 /// instead of hanging the whole benchmark.
+/// Runs one mode's workload, then removes the data dir, whatever the
+/// outcome.
+async fn cleaning_up<T>(
+    data: &std::path::Path,
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let result = run.await;
+    let _ = std::fs::remove_dir_all(data);
+    result
+}
+
 async fn within<T>(
     label: &str,
     run: impl std::future::Future<Output = anyhow::Result<T>>,
